@@ -1,0 +1,1 @@
+"""Calibration data readers for INT8 quantisation (filled by later work)."""

@@ -1,0 +1,157 @@
+"""Split a trained SAC-ViT into two ONNX engines: the EE stage and the SAC stage.
+
+    ee.onnx   image (B,3,H,W) -> ee_logits (B,C), gca (B,n), ee_final (B,n,D), ee_hidden (B,n,D)
+    sac.onnx  image (B,3,H,W), target_idx (B,k), nontarget_idx (B,n-k), ee_final, ee_hidden
+              -> sac_logits (B,C)            [dynamic B and dynamic k]
+
+Selection (sorting, the 2-means split, top-k) stays on the host: TensorRT needs a constant
+K for TopK and data-dependent shapes do not export. Everything after the split, the crop of
+target regions (a gather of pixel patches), their re-embedding, the feature-reuse MLP, the
+gather of reused non-target tokens and the cluster-local attention, is inside sac.onnx.
+
+Exporter choice: the TorchScript-based exporter (``dynamo=False``) at opset 17. Both graphs
+are static-control-flow transformers, which it traces to plain MatMul / Softmax / Gather /
+GatherElements / LayerNormalization nodes: opset 17 has a native LayerNormalization that
+ONNX Runtime and TensorRT 10/11 both fuse, and every node here is in TensorRT's supported
+operator list. The dynamo exporter emits opset >= 18 graphs with local functions and
+symbolic-shape guards that older TensorRT parsers (JetPack 6 ships TensorRT 10.3) handle less
+reliably; it is still available with ``exporter="dynamo"``. Attention is exported in explicit
+matmul/softmax form (model.fused_attention(False)), see timm's note on SDPA export.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from sacvit_edge.errors import ExportError
+from sacvit_edge.model import SACViT, fused_attention
+
+log = logging.getLogger(__name__)
+
+EE_INPUTS = ["image"]
+EE_OUTPUTS = ["ee_logits", "gca", "ee_final", "ee_hidden"]
+SAC_INPUTS = ["image", "target_idx", "nontarget_idx", "ee_final", "ee_hidden"]
+SAC_OUTPUTS = ["sac_logits"]
+Exporter = Literal["torchscript", "dynamo"]
+
+
+class EEStage(nn.Module):
+    """The EE stage as a graph with tensor outputs."""
+
+    def __init__(self, model: SACViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.forward_ee(image)
+        return out.logits, out.gca, out.final, out.hidden
+
+
+class SACStage(nn.Module):
+    """The SAC stage as a graph; k = target_idx.shape[1] is a dynamic axis."""
+
+    def __init__(self, model: SACViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, target_idx, nontarget_idx, ee_final, ee_hidden) -> torch.Tensor:
+        return self.model.forward_sac(image, target_idx, nontarget_idx, ee_final, ee_hidden)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]], opset: int, exporter: Exporter) -> None:
+    with torch.no_grad(), fused_attention(False), warnings.catch_warnings():
+        # Tracing warns about the shape-dependent Python branches of forward_sac; they are
+        # static for every export (the non-target cluster is never empty when k < n).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        if exporter == "torchscript":
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=inputs,
+                              output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
+        else:
+            dims = {name: {ax: torch.export.Dim(label, min=1) for ax, label in axes.items()}
+                    for name, axes in dynamic.items() if name in inputs}
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=inputs,
+                                        output_names=outputs, dynamic_shapes=dims, optimize=True)
+            program.save(str(path))
+
+
+def add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Write metadata into the ONNX file itself (Ultralytics-style), then re-check it."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, str(value)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Exporter = "torchscript",
+                  example_k: int | None = None, metadata: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write ee.onnx and sac.onnx for `model` into out_dir (which must exist).
+
+    Raises:
+        ExportError: the model is not a SAC-ViT, the token range cannot be exported, or a
+            graph fails onnx.checker.
+    """
+    if not isinstance(model, SACViT):
+        raise ExportError(f"only SAC-ViT checkpoints split into two engines; this is arch={model.cfg.arch!r}")
+    cfg = model.cfg
+    if example_k is None:
+        example_k = max(1, min(cfg.num_coarse - 1, (cfg.k_min + cfg.k_max) // 2))
+    model = model.eval().cpu()
+    image = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        ee = model.forward_ee(image)
+    order = torch.arange(cfg.num_coarse).repeat(2, 1)
+    ee_path, sac_path = out_dir / "ee.onnx", out_dir / "sac.onnx"
+    batch = {0: "batch"}
+    try:
+        _export(EEStage(model), (image,), ee_path, EE_INPUTS, EE_OUTPUTS,
+                {name: batch for name in EE_INPUTS + EE_OUTPUTS}, opset, exporter)
+        _export(SACStage(model), (image, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden),
+                sac_path, SAC_INPUTS, SAC_OUTPUTS,
+                {"image": batch, "target_idx": {0: "batch", 1: "k"}, "nontarget_idx": {0: "batch", 1: "n_minus_k"},
+                 "ee_final": batch, "ee_hidden": batch, "sac_logits": batch}, opset, exporter)
+        for path, stage in ((ee_path, "ee"), (sac_path, "sac")):
+            add_metadata(path, {"sacvit_edge.stage": stage, **(metadata or {})})
+            check_no_training_nodes(path)
+    except ExportError:
+        raise
+    except Exception as exc:  # exporter internals raise many types; name the stage and the cause
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    return ee_path, sac_path
+
+
+TRAINING_ONLY_OPS = {"Dropout", "BatchNormalizationTraining", "Gradient", "SoftmaxCrossEntropyLoss"}
+
+
+def check_no_training_nodes(path: Path) -> None:
+    graph = onnx.load(str(path)).graph
+    found = sorted({n.op_type for n in graph.node} & TRAINING_ONLY_OPS)
+    if found:
+        raise ExportError(f"{path.name} contains training-only nodes {found}")
+
+
+def op_histogram(path: Path) -> dict[str, int]:
+    """Node counts by type, for reports and tests."""
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return dict(sorted(ops.items()))
+
+
+def random_split(cfg, batch: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random target/non-target split with k targets per image (parity tests)."""
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(cfg.num_coarse) for _ in range(batch)]).astype(np.int64)
+    return order[:, :k], order[:, k:]

@@ -1,0 +1,78 @@
+"""ONNX Runtime backend: any CPU (and any other execution provider ORT has)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from sacvit_edge.errors import BackendError
+
+from .base import BackendBase, EEResult, cpu_name, physical_cores
+
+log = logging.getLogger(__name__)
+
+
+class OrtBackend(BackendBase):
+    """One InferenceSession per engine, created once and shared by all threads.
+
+    Session options: full graph optimisation (fuses LayerNorm, GELU, attention MatMuls), intra-op
+    threads = physical cores (SMT siblings only contend for the same FMA units), no inter-op
+    threads (both graphs are sequential chains), and no spin-waiting: the host works between
+    the two engines, and spinning threads would steal its core.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, ee_path: str | Path, sac_path: str | Path, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise BackendError("onnxruntime is not installed: pip install onnxruntime") from exc
+        self._ort = ort
+        self.threads = threads or physical_cores()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        self.providers = providers or ["CPUExecutionProvider"]
+        try:
+            self.ee = ort.InferenceSession(str(ee_path), opts, providers=self.providers)
+            self.sac = ort.InferenceSession(str(sac_path), opts, providers=self.providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BackendError(f"ONNX Runtime cannot load the engines {ee_path}, {sac_path}: {exc}") from exc
+        self._ee_out = [o.name for o in self.ee.get_outputs()]
+        self._check_io()
+
+    def _check_io(self) -> None:
+        want_ee = {"image"}, {"ee_logits", "gca", "ee_final", "ee_hidden"}
+        want_sac = {"image", "target_idx", "nontarget_idx", "ee_final", "ee_hidden"}, {"sac_logits"}
+        for sess, (ins, outs), label in ((self.ee, want_ee, "ee"), (self.sac, want_sac, "sac")):
+            got_in = {i.name for i in sess.get_inputs()}
+            got_out = {o.name for o in sess.get_outputs()}
+            if got_in != ins or got_out != outs:
+                raise BackendError(f"{label} engine has inputs {sorted(got_in)} / outputs {sorted(got_out)}, "
+                                   f"expected {sorted(ins)} / {sorted(outs)}: not a sacvit-edge {label} engine")
+
+    def run_ee(self, image: np.ndarray) -> EEResult:
+        logits, gca, final, hidden = self.ee.run(["ee_logits", "gca", "ee_final", "ee_hidden"], {"image": image})
+        return EEResult(logits=logits, gca=gca, final=final, hidden=hidden)
+
+    def run_sac(self, image, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+        return self.sac.run(["sac_logits"], {"image": image, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
+                                             "ee_final": final, "ee_hidden": hidden})[0]
+
+    def device(self) -> str:
+        return cpu_name() if self.providers[0] == "CPUExecutionProvider" else self.providers[0]
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "providers": self.ee.get_providers(), "threads": self.threads,
+                "onnxruntime": self._ort.__version__, "device": self.device()}
+
+    def close(self) -> None:
+        self.ee = self.sac = None  # type: ignore[assignment]

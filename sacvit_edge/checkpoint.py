@@ -1,0 +1,143 @@
+"""The model.pt checkpoint format.
+
+A checkpoint is a plain dict of primitives and tensors, loadable with weights_only=True:
+    format          "sacvit-edge-checkpoint"
+    format_version  CHECKPOINT_VERSION
+    config          ModelConfig as a dict
+    state_dict      parameter tensors
+    class_names     list[str]
+    input           {"size": int, "mean": [3 floats], "std": [3 floats]}
+    eta             default exit threshold
+    training        free-form metadata (recipe, epochs, accuracy, command, ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, ConfigError
+from .model import VisionTransformer, build_model
+
+FORMAT = "sacvit-edge-checkpoint"
+CHECKPOINT_VERSION = 1
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+_REQUIRED = ("format", "format_version", "config", "state_dict", "class_names", "input", "eta")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model and what is needed to feed it."""
+
+    model: VisionTransformer
+    class_names: list[str]
+    size: int
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    eta: float = 0.8
+    training: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def save_checkpoint(path: str | Path, model: VisionTransformer, class_names: list[str] | tuple[str, ...],
+                    mean: tuple[float, ...] = DEFAULT_MEAN, std: tuple[float, ...] = DEFAULT_STD,
+                    eta: float | None = None, training: dict[str, Any] | None = None) -> Path:
+    """Write model.pt atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "class_names": list(class_names),
+        "input": {"size": model.cfg.img_size, "mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "eta": float(model.cfg.eta if eta is None else eta),
+        "training": dict(training or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of the file's bytes: identifies the exact weights an export came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load model.pt, validating it thoroughly.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file; not a sacvit-edge checkpoint;
+            a newer format version; keys or shapes that do not fit its config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError,
+            AttributeError, TypeError, IndexError, KeyError, io.UnsupportedOperation) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+    return checkpoint_from_dict(raw, path)
+
+
+def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:
+    where = str(path) if path else "checkpoint"
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not a sacvit-edge checkpoint (no format={FORMAT!r} entry); "
+                              "a raw DeiT state_dict can be imported with `sacvit-edge train --init`")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(f"{where}: checkpoint lacks keys {missing}")
+    version = raw["format_version"]
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{where}: format version {version!r} is newer than this sacvit-edge "
+                              f"reads ({CHECKPOINT_VERSION}); upgrade sacvit-edge")
+    try:
+        cfg = ModelConfig.from_dict(dict(raw["config"]))
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{where}: invalid model config: {exc}") from exc
+    model = build_model(cfg)
+    state = raw["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: state_dict is not a dict")
+    own = model.state_dict()
+    if set(state) != set(own):
+        extra, lost = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+        raise CheckpointError(f"{where}: weights do not match its config ({cfg.arch}): "
+                              f"unexpected {extra[:4]}, missing {lost[:4]}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"{where}: {key!r} has shape {shape}, config needs {tuple(own[key].shape)}")
+    model.load_state_dict(state)
+    model.eval()
+    names = list(raw["class_names"])
+    if len(names) != cfg.num_classes:
+        raise CheckpointError(f"{where}: {len(names)} class names for {cfg.num_classes} classes")
+    inp = raw["input"]
+    return Checkpoint(model=model, class_names=names, size=int(inp["size"]), mean=tuple(inp["mean"]),
+                      std=tuple(inp["std"]), eta=float(raw["eta"]), training=dict(raw.get("training") or {}),
+                      fingerprint=file_fingerprint(path) if path else "", path=path)

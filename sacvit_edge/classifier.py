@@ -1,0 +1,200 @@
+"""EdgeClassifier: the two-engine SAC-ViT runtime that apps embed.
+
+Per batch: preprocess -> EE engine on the whole batch -> exit gate (max softmax >= eta) ->
+semantic-aware split of the remaining images' coarse tokens (host, NumPy) -> SAC engine once
+per group of equal target count (no padding, so results equal one-at-a-time inference) ->
+Predictions. Nothing here knows which backend runs the engines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .clustering import select_targets
+from .errors import ConfigError, ExportError, ImageError
+from .images import ImageInput, preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        class_id, label, confidence: the top class and its probability.
+        topk: [(class_id, label, probability)] best first.
+        exited_early: True when the EE stage was confident enough (SAC stage skipped).
+        num_target_tokens: coarse tokens re-embedded at full resolution (0 if exited early).
+        target_mask: (Gc, Gc) bool, where the model looked closer; None if exited early.
+        timings: milliseconds of the batch this image ran in: ee, host, sac, total.
+    """
+
+    class_id: int
+    label: str
+    confidence: float
+    topk: list[tuple[int, str, float]]
+    exited_early: bool
+    num_target_tokens: int
+    target_mask: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    """Raw arrays of one batch (what benchmarks and evaluation consume)."""
+
+    probs: np.ndarray  # (B, C)
+    exited: np.ndarray  # (B,) bool
+    counts: np.ndarray  # (B,) target counts, 0 for exited images
+    target_mask: np.ndarray  # (B, n) bool
+    timings: dict[str, float]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SACVIT_EDGE_CACHE", Path.home() / ".cache" / "sacvit-edge"))
+
+
+class EdgeClassifier:
+    """SAC-ViT inference on two engines with confidence gating and token reuse.
+
+    Args:
+        path: an export directory, or a model.pt (exported on first use into a cache keyed by
+            the checkpoint's fingerprint).
+        backend: "auto" (TensorRT when usable, else ONNX Runtime), "onnxruntime", "tensorrt",
+            "pytorch" or "pytorch-cuda".
+        eta: exit threshold (default: the one stored at export).
+        threads: CPU threads for CPU backends (default: physical cores).
+        topk: how many classes each Prediction lists.
+    Raises:
+        ExportError / CheckpointError / BackendError with the file and the problem.
+
+    Thread safety: the engines are shared read-only and every call keeps its state on its
+    own stack, so several threads may call predict() at once.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", eta: float | None = None,
+                 threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None) -> None:
+        from sacvit_edge.export.bundle import read_manifest
+        from sacvit_edge.runtimes import open_backend
+
+        path = Path(path)
+        if path.is_file():
+            path = self._export_cached(path, Path(cache_dir) if cache_dir else default_cache_dir())
+        self.manifest = read_manifest(path)
+        self.config = self.manifest.config
+        if self.config.arch != "sacvit":
+            raise ExportError(f"{path}: exported from a {self.config.arch} model, not SAC-ViT")
+        self.class_names = self.manifest.class_names
+        self.eta = self.manifest.eta if eta is None else float(eta)
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"eta={self.eta} must be in [0, 1]")
+        self.topk = max(1, min(int(topk), len(self.class_names)))
+        self.k_range = self.manifest.k_range
+        self.backend = open_backend(backend, self.manifest, threads=threads)
+        self.backend_name = self.backend.name
+        log.info("EdgeClassifier on %s (%s), eta=%.3f", self.backend_name, self.backend.device(), self.eta)
+
+    @staticmethod
+    def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
+        from sacvit_edge.checkpoint import file_fingerprint
+        from sacvit_edge.export.bundle import export_checkpoint, read_manifest
+
+        target = cache_dir / file_fingerprint(checkpoint)[:16]
+        try:
+            manifest = read_manifest(target)
+            return manifest.directory
+        except ExportError:
+            log.info("exporting %s into cache %s", checkpoint, target)
+            return export_checkpoint(checkpoint, target).directory
+
+    # ---- inference ----------------------------------------------------------------------
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std)
+
+    def run(self, batch: np.ndarray, eta: float | None = None) -> BatchResult:
+        """Both stages on an already preprocessed (B, 3, H, W) float32 batch."""
+        eta = self.eta if eta is None else eta
+        size = self.manifest.size
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32 or batch.ndim != 4 \
+                or batch.shape[1:] != (3, size, size):
+            shape = getattr(batch, "shape", None)
+            raise ImageError(f"batch must be float32 (B, 3, {size}, {size}); got {type(batch).__name__} "
+                             f"{getattr(batch, 'dtype', '')} {shape}")
+        cfg = self.config
+        t0 = time.perf_counter()
+        ee = self.backend.run_ee(batch)
+        t1 = time.perf_counter()
+        probs = _softmax(ee.logits)
+        exited = probs.max(-1) >= eta
+        rest = np.flatnonzero(~exited)
+        counts = np.zeros(len(batch), dtype=np.int64)
+        mask = np.zeros((len(batch), cfg.num_coarse), dtype=bool)
+        sac_s = 0.0
+        if rest.size:
+            split = select_targets(ee.gca[rest], cfg)
+            counts[rest] = split.counts
+            mask[rest] = split.target_mask(cfg.num_coarse)
+            for k in np.unique(split.counts):
+                rows = np.flatnonzero(split.counts == k)
+                img_rows = rest[rows]
+                order = split.order[rows]
+                ts = time.perf_counter()
+                logits = self.backend.run_sac(batch[img_rows], np.ascontiguousarray(order[:, :k]),
+                                              np.ascontiguousarray(order[:, k:]), ee.final[img_rows],
+                                              ee.hidden[img_rows])
+                sac_s += time.perf_counter() - ts
+                probs[img_rows] = _softmax(logits)
+        total = time.perf_counter() - t0
+        ee_ms, sac_ms, total_ms = (t1 - t0) * 1e3, sac_s * 1e3, total * 1e3
+        timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
+        return BatchResult(probs=probs, exited=exited, counts=counts, target_mask=mask, timings=timings)
+
+    def predict_batch(self, images: Sequence[ImageInput], eta: float | None = None) -> list[Prediction]:
+        """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""
+        if isinstance(images, (str, Path, np.ndarray)) or not hasattr(images, "__len__"):
+            raise ImageError("predict_batch expects a sequence of images; use predict() for one image")
+        if len(images) == 0:
+            return []
+        res = self.run(self.preprocess(images), eta)
+        gc = self.config.coarse_grid
+        out = []
+        for b in range(len(images)):
+            top = np.argsort(-res.probs[b], kind="stable")[: self.topk]
+            out.append(Prediction(
+                class_id=int(top[0]), label=self.class_names[top[0]], confidence=float(res.probs[b, top[0]]),
+                topk=[(int(c), self.class_names[c], float(res.probs[b, c])) for c in top],
+                exited_early=bool(res.exited[b]), num_target_tokens=int(res.counts[b]),
+                target_mask=None if res.exited[b] else res.target_mask[b].reshape(gc, gc).copy(),
+                timings=dict(res.timings)))
+        return out
+
+    def predict(self, image: ImageInput, eta: float | None = None) -> Prediction:
+        """Classify one image."""
+        return self.predict_batch([image], eta)[0]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "EdgeClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EdgeClassifier({self.manifest.directory}, backend={self.backend_name!r}, eta={self.eta})"

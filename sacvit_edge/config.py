@@ -1,0 +1,158 @@
+"""Model configuration: one frozen dataclass, validated on construction, plus named presets.
+
+Every place where ../shared/SACVIT.md marks a [choice] is a field here, so that it can be
+ablated from the command line or a checkpoint without touching the model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Arch = Literal["sacvit", "deit"]
+Selection = Literal["sac", "topalpha", "window"]
+AttentionMode = Literal["cluster", "full"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Geometry of the DeiT backbone and the SAC-ViT options.
+
+    Args:
+        arch: "sacvit" (two stages) or "deit" (the plain baseline: same blocks, full resolution).
+        img_size: side of the square full-resolution input, in pixels.
+        patch_size: side of one fine patch; the coarse stage sees the image downsampled by 2,
+            so a coarse token covers 2*patch_size pixels of the full image.
+        selection: how target tokens are chosen. "sac" = exact 1-D 2-means of the global class
+            attention (the paper's non-iterative clustering, our [choice]); "topalpha" = CF-ViT's
+            fixed top share; "window" = LF-ViT's densest m x m window.
+        attention: "cluster" = SAC-ViT's attention within each cluster (CLS in both);
+            "full" = every token attends to every token (CF-ViT / LF-ViT).
+        reuse_layer: [choice] which EE feature the non-target tokens reuse: the hidden state
+            after this many blocks (0 = the patch embeddings, as CF-ViT). They join the SAC
+            stage at that block, so a later layer skips more of their recomputation.
+        k_min, k_max: clamp of the per-image target count ("sac" selection).
+        alpha: share of coarse tokens kept as targets in "topalpha" mode (CF-ViT: 0.5).
+        window: side m of the LF-ViT window in "window" mode (LF-ViT: 5 of 7).
+        gca_start_block: first block (0-based) that enters the global-class-attention EMA.
+        gca_momentum: EMA momentum, g = m * g + (1 - m) * a_l.
+        reuse_hidden_ratio: hidden width of the feature-reuse MLP, as a multiple of embed_dim.
+        eta: default exit threshold on max softmax of the EE logits.
+    """
+
+    arch: Arch = "sacvit"
+    img_size: int = 112
+    patch_size: int = 8
+    in_chans: int = 3
+    num_classes: int = 10
+    embed_dim: int = 64
+    depth: int = 6
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    selection: Selection = "sac"
+    attention: AttentionMode = "cluster"
+    reuse_layer: int = 3
+    k_min: int = 4
+    k_max: int = 25
+    alpha: float = 0.5
+    window: int = 5
+    gca_start_block: int = 2
+    gca_momentum: float = 0.99
+    reuse_hidden_ratio: float = 1.0
+    eta: float = 0.8
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(f"invalid ModelConfig: {msg}")
+
+        if self.arch not in ("sacvit", "deit"):
+            bad(f"arch={self.arch!r}, expected 'sacvit' or 'deit'")
+        if self.selection not in ("sac", "topalpha", "window"):
+            bad(f"selection={self.selection!r}, expected 'sac', 'topalpha' or 'window'")
+        if self.attention not in ("cluster", "full"):
+            bad(f"attention={self.attention!r}, expected 'cluster' or 'full'")
+        if self.img_size % (2 * self.patch_size):
+            bad(f"img_size={self.img_size} must be a multiple of 2*patch_size={2 * self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            bad(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if not 0 <= self.reuse_layer < self.depth:
+            bad(f"reuse_layer={self.reuse_layer} must be in [0, depth-1={self.depth - 1}]")
+        if not 1 <= self.k_min <= self.k_max <= self.num_coarse:
+            bad(f"need 1 <= k_min ({self.k_min}) <= k_max ({self.k_max}) <= {self.num_coarse}")
+        if not 0.0 < self.alpha <= 1.0:
+            bad(f"alpha={self.alpha} must be in (0, 1]")
+        if not 1 <= self.window <= self.coarse_grid:
+            bad(f"window={self.window} must be in [1, {self.coarse_grid}]")
+        if not 0.0 <= self.eta <= 1.0:
+            bad(f"eta={self.eta} must be in [0, 1]")
+        if not 0 <= self.gca_start_block < self.depth:
+            bad(f"gca_start_block={self.gca_start_block} must be in [0, {self.depth - 1}]")
+
+    # ---- derived geometry -------------------------------------------------------------
+    @property
+    def fine_grid(self) -> int:
+        """Gf: fine tokens per side (full-resolution image)."""
+        return self.img_size // self.patch_size
+
+    @property
+    def coarse_grid(self) -> int:
+        """Gc: coarse tokens per side (image downsampled by 2)."""
+        return self.fine_grid // 2
+
+    @property
+    def num_coarse(self) -> int:
+        return self.coarse_grid**2
+
+    @property
+    def num_fine(self) -> int:
+        return self.fine_grid**2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# The small presets keep the paper's 7x7 coarse / 14x14 fine token geometry at 112 px.
+PRESETS: dict[str, ModelConfig] = {
+    "deit_s_224": ModelConfig(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                              num_classes=1000, reuse_layer=6, gca_start_block=2),
+    "tiny_112": ModelConfig(img_size=112, patch_size=8, embed_dim=64, depth=6, num_heads=2),
+    "small_112": ModelConfig(img_size=112, patch_size=8, embed_dim=128, depth=6, num_heads=4),
+}
+
+# Peer methods, expressed as option sets over the same model (for like-for-like comparison).
+MODES: dict[str, dict[str, Any]] = {
+    "sac": dict(selection="sac", attention="cluster"),
+    "cf": dict(selection="topalpha", attention="full", reuse_layer=0, alpha=0.5),
+    "lf": dict(selection="window", attention="full", reuse_layer=0, window=5),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset with overrides, e.g. ``preset("tiny_112", arch="deit")``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def with_mode(config: ModelConfig, mode: str) -> ModelConfig:
+    """The same model run as SAC-ViT ("sac"), CF-ViT ("cf") or LF-ViT ("lf")."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {sorted(MODES)}")
+    changes = dict(MODES[mode])
+    if changes.get("selection") == "window":
+        changes["window"] = min(changes["window"], config.coarse_grid)
+    return config.replace(**changes)

@@ -1,0 +1,271 @@
+"""Training and evaluation (SACVIT.md section 5).
+
+Loss = CE(logits_sac, y) + KL(log_softmax(logits_ee) || softmax(logits_sac).detach()).
+For the first `warmup_share` of the steps the SAC stage takes every coarse token as a
+target; clustering switches on after that. The DeiT baseline trains with plain CE.
+
+Runs unchanged as one process, or under torchrun with DistributedDataParallel (gloo on CPU,
+nccl on GPU): each rank takes a disjoint shard of every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
+from .config import ModelConfig
+from .flops import CostModel
+from .model import SACViT, VisionTransformer, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 5.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    warmup_share: float = 2 / 3  # share of steps with clustering off (CF-ViT: 200 of 300 epochs)
+    seed: int = 0
+    train_limit: int | None = None
+    eval_limit: int | None = 2000
+    grad_clip: float = 1.0
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def to_input(images_uint8: torch.Tensor, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> normalised float32, the same arithmetic as images.normalize."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return (images_uint8.float() - m) / s
+
+
+def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Render the next batches in a thread while the model trains on this one."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def worker() -> None:
+        for item in it:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        q.put(done)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            yield item
+    finally:  # the consumer stopped early (break, exception): let the worker finish
+        stop.set()
+        thread.join()
+
+
+def sac_loss(out, labels: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(out.logits, labels)
+    kl = F.kl_div(F.log_softmax(out.ee_logits, -1), F.softmax(out.logits, -1).detach(), reduction="batchmean")
+    return ce + kl
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed() -> bool:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return True
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
+          init_state: dict[str, torch.Tensor] | None = None, eval_dataset=None,
+          on_step: Callable[[int, int, float], None] | None = None,
+          metadata: dict[str, Any] | None = None) -> TrainResult:
+    """Train `model_cfg` on `dataset` and write a checkpoint to `out_path`.
+
+    Args:
+        init_state: optional DeiT/timm state_dict to fine-tune from.
+        on_step: progress callback (step, total_steps, loss) - the CLI drives rich with it.
+    """
+    from .model import load_deit_state_dict
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    distributed = setup_distributed()
+    rank, world = _dist_info()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg)
+    if init_state is not None:
+        load_deit_state_dict(model, init_state)
+    model.to(device)
+    net: torch.nn.Module = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n and "token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    n_items = len(dataset) if cfg.train_limit is None else min(cfg.train_limit, len(dataset))
+    steps_per_epoch = math.ceil(n_items / world / cfg.batch_size)
+    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    cluster_from = int(round(cfg.warmup_share * total))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+    is_sac = isinstance(model, SACViT)
+    history: list[dict[str, Any]] = []
+    log_path = out_path.with_suffix(".log.jsonl")
+    if rank == 0 and log_path.exists():
+        log_path.unlink()
+    step, epoch, t0 = 0, 0, time.time()
+    while step < total:
+        net.train()
+        losses, seen = [], 0
+        batches = dataset.batches(cfg.batch_size, epoch=epoch, shuffle=True, rank=rank, world=world)
+        for images, labels in prefetch(batches):
+            if step >= total:
+                break
+            if cfg.train_limit is not None and seen >= math.ceil(cfg.train_limit / world):
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            x, y = to_input(images).to(device), labels.to(device)
+            if is_sac:
+                loss = sac_loss(net(x, clustering=step >= cluster_from), y)
+            else:
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+            seen += len(labels)
+            step += 1
+            if on_step and rank == 0:
+                on_step(step, total, loss.item())
+        epoch += 1
+        if rank == 0:
+            row: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
+                                   "lr": lr_at(step - 1), "clustering": is_sac and step > cluster_from,
+                                   "elapsed_s": round(time.time() - t0, 1)}
+            if eval_dataset is not None:
+                row.update(evaluate(model, eval_dataset, limit=cfg.eval_limit, batch_size=256, flops=False))
+            history.append(row)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            log.info("epoch %s", row)
+    if rank == 0:
+        meta = {"train_config": asdict(cfg), "history": history, "world_size": world, **(metadata or {})}
+        save_checkpoint(out_path, model.cpu(), class_names=list(dataset.classes), eta=model_cfg.eta, training=meta)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(checkpoint=out_path, history=history)
+
+
+@torch.no_grad()
+def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit: int | None = None,
+             batch_size: int = 256, flops: bool = True,
+             on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Accuracy and cost of a model on a dataset.
+
+    SAC-ViT: top-1 of the EE head alone, of the SAC head alone (clustering on for every image),
+    and of the full early-exit model at eta; exit rate; mean target count of the images that
+    went to the SAC stage; expected GFLOPs per image. DeiT: top-1 and GFLOPs.
+    """
+    model.eval()
+    cfg = model.cfg
+    eta = cfg.eta if eta is None else eta
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    stats: dict[str, list] = {"y": [], "ee": [], "sac": [], "final": [], "exited": [], "counts": [], "eeconf": []}
+    done = 0
+    for images, labels in prefetch(dataset.batches(batch_size)):
+        if done >= n:
+            break
+        images, labels = images[: n - done], labels[: n - done]
+        x = to_input(images)
+        stats["y"].append(labels.numpy())
+        if isinstance(model, SACViT):
+            out = model(x, clustering=True)
+            ee_prob = out.ee_logits.softmax(-1)
+            conf, ee_pred = ee_prob.max(-1)
+            exited = (conf >= eta).numpy()
+            sac_pred = out.logits.argmax(-1).numpy()
+            stats["ee"].append(ee_pred.numpy())
+            stats["sac"].append(sac_pred)
+            stats["final"].append(np.where(exited, ee_pred.numpy(), sac_pred))
+            stats["exited"].append(exited)
+            stats["counts"].append(out.split.counts)
+            stats["eeconf"].append(conf.numpy())
+        else:
+            stats["final"].append(model(x).argmax(-1).numpy())
+        done += len(labels)
+        if on_batch:
+            on_batch(done, n)
+    y = np.concatenate(stats["y"])
+    result: dict[str, Any] = {"images": int(len(y)), "eta": eta}
+    final = np.concatenate(stats["final"])
+    if isinstance(model, SACViT):
+        exited, counts = np.concatenate(stats["exited"]), np.concatenate(stats["counts"])
+        result.update(
+            top1_ee=float((np.concatenate(stats["ee"]) == y).mean() * 100),
+            top1_sac=float((np.concatenate(stats["sac"]) == y).mean() * 100),
+            top1=float((final == y).mean() * 100),
+            exit_rate=float(exited.mean()),
+            mean_target_tokens=float(counts[~exited].mean()) if (~exited).any() else 0.0,
+            mean_target_tokens_all=float(counts.mean()),
+        )
+        if flops:
+            cost = CostModel(model)
+            result.update(gflops=cost.expected(exited, counts), gflops_ee=cost.ee,
+                          gflops_sac_mean=float(np.mean([cost.sac(k) for k in counts])),
+                          gflops_full_resolution=cost.full)
+    else:
+        result["top1"] = float((final == y).mean() * 100)
+        if flops:
+            result["gflops"] = CostModel(model).full
+    return result

@@ -1,0 +1,50 @@
+"""Shared fixtures: a small random SAC-ViT checkpoint (fast) and the shipped one (real)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sacvit_edge.checkpoint import save_checkpoint
+from sacvit_edge.config import preset
+from sacvit_edge.data import FASHION_CLASSES
+from sacvit_edge.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_SAC = REPO / "checkpoints" / "sacvit_tiny_112.pt"
+SHIPPED_DEIT = REPO / "checkpoints" / "deit_tiny_112.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return preset("tiny_112", embed_dim=32, depth=3, num_heads=2, reuse_layer=1, gca_start_block=0)
+
+
+@pytest.fixture(scope="session")
+def random_ckpt(tmp_path_factory, tiny_cfg) -> Path:
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, FASHION_CLASSES, eta=0.5)
+
+
+@pytest.fixture(scope="session")
+def shipped_sac() -> Path:
+    if not SHIPPED_SAC.is_file():
+        pytest.fail(f"shipped checkpoint {SHIPPED_SAC} is missing")
+    return SHIPPED_SAC
+
+
+@pytest.fixture(scope="session")
+def shipped_export(tmp_path_factory, shipped_sac) -> Path:
+    from sacvit_edge.export.bundle import export_checkpoint
+
+    return export_checkpoint(shipped_sac, tmp_path_factory.mktemp("export") / "sacvit").directory
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory, random_ckpt) -> Path:
+    from sacvit_edge.export.bundle import export_checkpoint
+
+    return export_checkpoint(random_ckpt, tmp_path_factory.mktemp("export") / "random").directory
