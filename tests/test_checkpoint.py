@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from sacvit_edge.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from sacvit_edge.config import preset
+from sacvit_edge.errors import CheckpointError, SacvitError
+from sacvit_edge.model import build_model
+
+
+def test_round_trip_is_exact(tmp_path, random_ckpt):
+    ck = load_checkpoint(random_ckpt)
+    again = save_checkpoint(tmp_path / "again.pt", ck.model, ck.class_names, ck.mean, ck.std, ck.eta,
+                            training={"note": "x"})
+    ck2 = load_checkpoint(again)
+    assert ck2.config == ck.config and ck2.class_names == ck.class_names and ck2.eta == ck.eta
+    for (k1, v1), (k2, v2) in zip(ck.model.state_dict().items(), ck2.model.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(ck.model(x).logits, ck2.model(x).logits)
+    assert ck2.training == {"note": "x"}
+
+
+def _raw(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_truncated_file(tmp_path, random_ckpt):
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(random_ckpt.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        load_checkpoint(bad)
+
+
+def test_garbage_and_missing(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_pickled_object_refused_by_weights_only(tmp_path):
+    import pathlib
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "sacvit-edge-checkpoint", "obj": pathlib.PurePosixPath("x")}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_raw_state_dict_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(build_model(preset("tiny_112")).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a sacvit-edge checkpoint"):
+        load_checkpoint(path)
+
+
+def test_newer_version_and_missing_keys(tmp_path, random_ckpt):
+    raw = _raw(random_ckpt)
+    raw["format_version"] = CHECKPOINT_VERSION + 1
+    torch.save(raw, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(tmp_path / "new.pt")
+    raw = _raw(random_ckpt)
+    del raw["class_names"]
+    torch.save(raw, tmp_path / "nokey.pt")
+    with pytest.raises(CheckpointError, match="class_names"):
+        load_checkpoint(tmp_path / "nokey.pt")
+
+
+def test_weights_of_another_model(tmp_path, random_ckpt):
+    raw = _raw(random_ckpt)
+    raw["state_dict"] = build_model(preset("tiny_112")).state_dict()  # width 64 vs config's 32
+    torch.save(raw, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="shape|do not match"):
+        load_checkpoint(tmp_path / "other.pt")
+    raw = _raw(random_ckpt)
+    raw["config"]["arch"] = "deit"  # DeiT config with SAC-ViT weights
+    torch.save(raw, tmp_path / "arch.pt")
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(tmp_path / "arch.pt")
+    raw = _raw(random_ckpt)
+    raw["config"]["selection"] = "magic"
+    torch.save(raw, tmp_path / "cfg.pt")
+    with pytest.raises(SacvitError, match="selection"):
+        load_checkpoint(tmp_path / "cfg.pt")

@@ -1,0 +1,63 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sacvit_edge.checkpoint import load_checkpoint
+from sacvit_edge.config import preset
+from sacvit_edge.data import ClutteredFashionMNIST
+from sacvit_edge.model import build_model
+from sacvit_edge.train import TrainConfig, evaluate, sac_loss, to_input, train
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    cfg = preset("tiny_112", embed_dim=32, depth=2, reuse_layer=1, gca_start_block=0)
+    model = build_model(cfg)
+    ds = ClutteredFashionMNIST("train", limit=16)
+    x, y = next(ds.batches(16))
+    x = to_input(x)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(25):
+        loss = sac_loss(model(x, clustering=step >= 10), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
+    # gradients reach the reuse MLP and the coarse positional embedding
+    assert model.reuse[1].weight.grad.abs().sum() > 0 and model.pos_embed_coarse.grad.abs().sum() > 0
+
+
+def test_train_writes_checkpoint_and_log(tmp_path):
+    cfg = preset("tiny_112", embed_dim=32, depth=2, reuse_layer=1, gca_start_block=0)
+    ds, test = ClutteredFashionMNIST("train", limit=64), ClutteredFashionMNIST("test", limit=32)
+    res = train(cfg, TrainConfig(epochs=2, batch_size=32, warmup_steps=1, eval_limit=32), ds,
+                tmp_path / "m.pt", eval_dataset=test)
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.config == cfg and ck.class_names[0] == "T-shirt/top"
+    rows = [json.loads(line) for line in (tmp_path / "m.log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["clustering"] is True
+    ev = evaluate(ck.model, test, eta=0.5, limit=32)
+    assert 0 <= ev["exit_rate"] <= 1 and ev["gflops_ee"] < ev["gflops"] <= ev["gflops_ee"] + max(
+        ev["gflops_sac_mean"], 0) + 1e-9 and ev["images"] == 32
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "sacvit_edge.cli", "train", "--preset", "tiny_112", "--limit", "64", "--epochs", "1",
+           "--batch-size", "16", "--eval-limit", "16", "--threads", "1", "-o", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(out)
+    assert ck.training["world_size"] == 2
+    assert ck.training["history"][0]["step"] == 2  # 64 items / 2 ranks / 16 per batch
