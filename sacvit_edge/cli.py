@@ -132,5 +132,108 @@ def eval_cmd(
         _fail(exc)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def bundled_checkpoint() -> Path:
+    """The shipped SAC-ViT checkpoint (repository checkout or installed package)."""
+    for candidate in (REPO_ROOT / "checkpoints" / "sacvit_tiny_112.pt", ASSETS / "sacvit_tiny_112.pt"):
+        if candidate.is_file():
+            return candidate
+    raise SacvitError("the bundled checkpoint checkpoints/sacvit_tiny_112.pt is missing from this checkout")
+
+
+@app.command()
+def export(
+    model_path: Annotated[Path, typer.Argument(help="model.pt to export")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="export directory (default: exports/<name>)")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 17,
+    batch_max: Annotated[int, typer.Option(help="largest batch the engines accept")] = 64,
+    k_min: Annotated[Optional[int], typer.Option(help="smallest target count (default: the checkpoint's)")] = None,
+    k_max: Annotated[Optional[int], typer.Option(help="largest target count (default: the checkpoint's)")] = None,
+    exporter: Annotated[str, typer.Option(help="torchscript (default) or dynamo")] = "torchscript",
+) -> None:
+    """Split a trained SAC-ViT into ee.onnx + sac.onnx with a manifest."""
+    from .export.bundle import export_checkpoint
+
+    if exporter not in ("torchscript", "dynamo"):
+        _fail(SacvitError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'"))
+    out = out or Path("exports") / model_path.stem
+    try:
+        with err.status(f"exporting {model_path} -> {out}"):
+            m = export_checkpoint(model_path, out, opset=opset, batch_max=batch_max, k_min=k_min, k_max=k_max,
+                                  exporter=exporter)  # type: ignore[arg-type]
+    except SacvitError as exc:
+        _fail(exc)
+    table = Table("file", "what", title=f"exported {model_path}")
+    table.add_row("ee.onnx", f"EE stage, batch {m.batch_range[0]}..{m.batch_range[1]}")
+    table.add_row("sac.onnx", f"SAC stage, k {m.k_range[0]}..{m.k_range[1]} targets")
+    table.add_row("manifest.json", f"fingerprint {m.fingerprint[:12]}, eta {m.eta}")
+    console.print(table)
+    console.print(f"wrote {out}")
+
+
+def _predict_table(files: list[str], preds, title: str) -> Table:
+    table = Table("file", "label", "confidence", "exited early", "target tokens", "ms", title=title)
+    for f, p in zip(files, preds):
+        table.add_row(f, p.label, f"{p.confidence:.3f}", "yes" if p.exited_early else "no",
+                      str(p.num_target_tokens), f"{p.timings['total']:.2f}")
+    return table
+
+
+@app.command()
+def predict(
+    source: Annotated[Path, typer.Argument(help="export directory or model.pt")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    eta: Annotated[Optional[float], typer.Option(help="exit threshold")] = None,
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)")] = False,
+) -> None:
+    """Classify images with EdgeClassifier."""
+    from .classifier import EdgeClassifier
+
+    try:
+        clf = EdgeClassifier(source, backend=backend, eta=eta)
+        preds = clf.predict_batch(images) if batch else [clf.predict(img) for img in images]
+    except SacvitError as exc:
+        _fail(exc)
+    if as_json:
+        rows = [{"file": str(f), "class_id": p.class_id, "label": p.label, "confidence": p.confidence,
+                 "exited_early": p.exited_early, "num_target_tokens": p.num_target_tokens,
+                 "topk": p.topk, "timings_ms": p.timings,
+                 "target_mask": None if p.target_mask is None else p.target_mask.astype(int).tolist()}
+                for f, p in zip(images, preds)]
+        console.print_json(json.dumps({"backend": clf.backend_name, "eta": clf.eta, "predictions": rows}))
+        return
+    console.print(_predict_table([str(f) for f in images], preds, f"backend {clf.backend_name}, eta {clf.eta}"))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to export the bundled model")] = Path("exports/sacvit_tiny_112"),
+    backend: Annotated[str, typer.Option(help="backend to run")] = "onnxruntime",
+) -> None:
+    """The main job on the bundled default: export the shipped checkpoint, classify the samples."""
+    from .classifier import EdgeClassifier
+    from .export.bundle import export_checkpoint
+
+    try:
+        ckpt = bundled_checkpoint()
+        with err.status(f"exporting {ckpt.name}"):
+            export_checkpoint(ckpt, out)
+        clf = EdgeClassifier(out, backend=backend)
+        samples = sorted((ASSETS / "samples").glob("*.png"))
+        preds = [clf.predict(p) for p in samples]
+    except SacvitError as exc:
+        _fail(exc)
+    console.print(f"exported {ckpt} -> {out} (ee.onnx, sac.onnx, manifest.json)")
+    table = _predict_table([p.name for p in samples], preds, f"bundled samples, backend {clf.backend_name}, eta {clf.eta}")
+    console.print(table)
+    right = sum(p.label.replace("/", "-").replace(" ", "-") in s.stem for p, s in zip(preds, samples))
+    console.print(f"{right}/{len(samples)} correct (sample file names carry the true label)")
+
+
 if __name__ == "__main__":
     app()

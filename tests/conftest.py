@@ -26,6 +26,9 @@ def tiny_cfg():
 def random_ckpt(tmp_path_factory, tiny_cfg) -> Path:
     torch.manual_seed(0)
     model = build_model(tiny_cfg)
+    with torch.no_grad():  # spread the random model's confidences so that eta splits images
+        model.ee_head.weight.mul_(200)
+        model.head.weight.mul_(200)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, FASHION_CLASSES, eta=0.5)
 
 

@@ -1,0 +1,247 @@
+"""EdgeClassifier: inputs, batching, threads, errors, and parity with the PyTorch model."""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sacvit_edge import EdgeClassifier, Prediction
+from sacvit_edge.checkpoint import load_checkpoint
+from sacvit_edge.data import ClutteredFashionMNIST
+from sacvit_edge.errors import BackendError, ConfigError, ExportError, ImageError, SacvitError
+from sacvit_edge.train import to_input
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sacvit_edge" / "assets" / "samples").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def canvases():
+    ds = ClutteredFashionMNIST("test", limit=24)
+    x, y = next(ds.batches(24))
+    return x.permute(0, 2, 3, 1).numpy().copy(), y.numpy()
+
+
+@pytest.fixture(scope="module")
+def eta(random_export, canvases):
+    """The median EE confidence: about half the images exit, half go to the SAC stage."""
+    probe = EdgeClassifier(random_export, backend="onnxruntime", eta=1.0)
+    conf = probe.backend.run_ee(probe.preprocess(list(canvases[0]))).logits
+    p = np.exp(conf - conf.max(1, keepdims=True))
+    return float(np.median((p / p.sum(1, keepdims=True)).max(1)))
+
+
+@pytest.fixture(scope="module")
+def clf(random_export, eta):
+    return EdgeClassifier(random_export, backend="onnxruntime", eta=eta)
+
+
+def test_prediction_fields(clf, canvases):
+    p = clf.predict(canvases[0][0])
+    assert isinstance(p, Prediction) and clf.backend_name == "onnxruntime"
+    assert 0 <= p.class_id < 10 and p.label == clf.class_names[p.class_id]
+    assert len(p.topk) == 5 and p.topk[0][0] == p.class_id and p.topk[0][2] == pytest.approx(p.confidence)
+    assert all(p.topk[i][2] >= p.topk[i + 1][2] for i in range(4))
+    assert set(p.timings) == {"ee", "host", "sac", "total"}
+    if p.exited_early:
+        assert p.target_mask is None and p.num_target_tokens == 0
+    else:
+        assert p.target_mask.shape == (7, 7) and p.target_mask.sum() == p.num_target_tokens
+    with pytest.raises(Exception):
+        p.class_id = 3  # frozen
+
+
+def test_batch_equals_one_at_a_time_with_mixed_counts(clf, canvases):
+    images = list(canvases[0])
+    batch = clf.predict_batch(images)
+    single = [clf.predict(img) for img in images]
+    counts = {p.num_target_tokens for p in batch}
+    assert 0 in counts and len(counts - {0}) >= 2, f"test needs images that take different paths: {counts}"
+    for a, b in zip(batch, single):
+        assert (a.class_id, a.exited_early, a.num_target_tokens) == (b.class_id, b.exited_early, b.num_target_tokens)
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+        assert (a.target_mask is None) == (b.target_mask is None)
+        if a.target_mask is not None:
+            assert np.array_equal(a.target_mask, b.target_mask)
+
+
+def test_matches_pytorch_reference(clf, random_ckpt, canvases):
+    model = load_checkpoint(random_ckpt).model
+    x = to_input(torch.from_numpy(canvases[0]).permute(0, 3, 1, 2))
+    ref = model.predict(x, eta=clf.eta)
+    res = clf.run(x.numpy())
+    assert np.array_equal(res.exited, ref["exited"]) and np.array_equal(res.counts, ref["counts"])
+    assert np.abs(res.probs - ref["probs"]).max() < 1e-4
+
+
+def test_eta_extremes(clf, canvases):
+    imgs = list(canvases[0][:4])
+    assert all(p.exited_early for p in clf.predict_batch(imgs, eta=0.0))
+    assert not any(p.exited_early for p in clf.predict_batch(imgs, eta=1.0))
+
+
+def test_input_kinds_agree(clf, tmp_path, canvases):
+    arr = canvases[0][1]
+    path = tmp_path / "img.png"
+    Image.fromarray(arr).save(path)
+    ref = clf.predict(arr)
+    for src in (path, str(path), Image.open(path)):
+        assert clf.predict(src).confidence == pytest.approx(ref.confidence, abs=1e-6)
+
+
+def test_conversions(clf, tmp_path, canvases):
+    arr = canvases[0][2]
+    gray = arr.mean(2).astype(np.uint8)
+    ref_gray = clf.predict(np.repeat(gray[..., None], 3, 2))
+    assert clf.predict(gray).confidence == pytest.approx(ref_gray.confidence, abs=1e-6)  # 2-D array
+    Image.fromarray(gray, "L").save(tmp_path / "g.png")
+    assert clf.predict(tmp_path / "g.png").confidence == pytest.approx(ref_gray.confidence, abs=1e-6)
+    # 16-bit grayscale PNG: scaled to 8 bits
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert clf.predict(tmp_path / "g16.png").confidence == pytest.approx(ref_gray.confidence, abs=1e-6)
+    # RGBA with opaque alpha behaves as RGB
+    rgba = np.concatenate([arr, np.full(arr.shape[:2] + (1,), 255, np.uint8)], 2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert clf.predict(tmp_path / "a.png").confidence == pytest.approx(clf.predict(arr).confidence, abs=1e-6)
+    # any size is resized
+    big = np.asarray(Image.fromarray(arr).resize((224, 224), Image.BILINEAR))
+    assert clf.predict(big).class_id in range(10)
+
+
+def test_exif_rotation(clf, tmp_path, canvases):
+    arr = canvases[0][3]
+    rotated = np.rot90(arr, k=1).copy()  # stored rotated; EXIF says rotate back
+    img = Image.fromarray(rotated)
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    Image.fromarray(arr).save(tmp_path / "u.jpg", quality=100)
+    from sacvit_edge.images import load_image
+
+    shown = load_image(tmp_path / "r.jpg")
+    assert shown.shape == arr.shape
+    assert np.abs(shown.astype(int) - load_image(tmp_path / "u.jpg").astype(int)).mean() < 3
+
+
+def test_threads_equal_sequential(clf, canvases):
+    images = list(canvases[0][:12])
+    expected = [clf.predict(img) for img in images]
+    results: dict[int, Prediction] = {}
+
+    def work(i):
+        results[i] = clf.predict(images[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images)) for _ in range(1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, e in enumerate(expected):
+        assert results[i].class_id == e.class_id and results[i].confidence == pytest.approx(e.confidence, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((10, 10, 3), np.float32), "dtype float32"),
+    (np.zeros((10, 10, 4), np.uint8), "4 channels"),
+    (np.zeros((10, 10, 3, 2), np.uint8), "shape"),
+    (12, "unsupported image input"),
+])
+def test_bad_arrays(clf, bad, match):
+    with pytest.raises(ImageError, match=match):
+        clf.predict(bad)
+
+
+def test_bad_files(clf, tmp_path, canvases):
+    Image.fromarray(canvases[0][0]).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.jpg").write_bytes(b"\x00garbage" * 50)
+    for name, match in (("trunc.png", "trunc.png: corrupt or truncated"), ("junk.jpg", "junk.jpg: not an image"),
+                        ("missing.png", "no such image")):
+        with pytest.raises(ImageError, match=match):
+            clf.predict(tmp_path / name)
+    with pytest.raises(ImageError, match="sequence"):
+        clf.predict_batch(tmp_path / "ok.png")
+    with pytest.raises(ImageError, match="float32"):
+        clf.run(np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_bad_directories_and_backends(tmp_path, random_export, random_ckpt):
+    with pytest.raises(ExportError, match="not an export directory"):
+        EdgeClassifier(tmp_path / "nope")
+    d = tmp_path / "d"
+    shutil.copytree(random_export, d)
+    data = json.loads((d / "manifest.json").read_text())
+    data["files"]["sac.onnx"] = "0" * 64
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="do not match the manifest"):
+        EdgeClassifier(d)
+    # engines swapped: hashes updated so only the I/O check can catch it
+    shutil.rmtree(d)
+    shutil.copytree(random_export, d)
+    (d / "ee.onnx").write_bytes((random_export / "sac.onnx").read_bytes())
+    data = json.loads((d / "manifest.json").read_text())
+    import hashlib
+    data["files"]["ee.onnx"] = hashlib.sha256((d / "ee.onnx").read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BackendError, match="not a sacvit-edge ee engine"):
+        EdgeClassifier(d, backend="onnxruntime")
+    with pytest.raises(BackendError, match="unknown backend"):
+        EdgeClassifier(random_export, backend="tpu")
+    with pytest.raises(ConfigError, match="eta"):
+        EdgeClassifier(random_export, backend="onnxruntime", eta=2.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="CUDA|tensorrt"):
+            EdgeClassifier(random_export, backend="tensorrt")
+        with pytest.raises(BackendError, match="CUDA"):
+            EdgeClassifier(random_export, backend="pytorch-cuda")
+    assert issubclass(ExportError, SacvitError) and issubclass(ImageError, SacvitError)
+
+
+def test_model_pt_is_exported_into_cache(tmp_path, random_ckpt):
+    clf = EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path)
+    (cached,) = list(tmp_path.iterdir())
+    assert (cached / "manifest.json").is_file() and clf.manifest.directory == cached
+    again = EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path)  # reuses, no re-export
+    assert again.manifest.directory == cached and len(list(tmp_path.iterdir())) == 1
+
+
+def test_auto_backend_says_what_it_picked(random_export, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="sacvit_edge.runtimes"):
+        clf = EdgeClassifier(random_export)
+    assert clf.backend_name in ("onnxruntime", "tensorrt")
+    assert "backend auto ->" in caplog.text
+
+
+def test_pytorch_backend_agrees_with_onnxruntime(random_export, canvases, eta):
+    a = EdgeClassifier(random_export, backend="onnxruntime", eta=eta)
+    b = EdgeClassifier(random_export, backend="pytorch", eta=eta)
+    images = list(canvases[0][:8])
+    for p, q in zip(a.predict_batch(images), b.predict_batch(images)):
+        assert p.class_id == q.class_id and p.num_target_tokens == q.num_target_tokens
+        assert p.confidence == pytest.approx(q.confidence, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_shipped_model_whole_test_split_equals_pytorch(shipped_export, shipped_sac):
+    """EdgeClassifier (ONNX Runtime) == PyTorch early-exit predictions on all 10,000 test images."""
+    clf = EdgeClassifier(shipped_export, backend="onnxruntime")
+    model = load_checkpoint(shipped_sac).model
+    ds = ClutteredFashionMNIST("test")
+    mismatches, exits, n = 0, 0, 0
+    for images, _ in ds.batches(250):
+        x = to_input(images)
+        ref = model.predict(x, eta=clf.eta)
+        res = clf.run(x.numpy())
+        mismatches += int((res.probs.argmax(1) != ref["probs"].argmax(1)).sum())
+        assert np.array_equal(res.exited, ref["exited"]) and np.array_equal(res.counts, ref["counts"])
+        exits += int(res.exited.sum())
+        n += len(images)
+    assert n == 10000 and mismatches == 0
+    assert 0 < exits < n  # both paths exercised

@@ -1,0 +1,147 @@
+"""Two-engine export: manifest, graph hygiene, atomic writes and ORT-vs-PyTorch parity."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sacvit_edge.checkpoint import load_checkpoint
+from sacvit_edge.errors import ConfigError, ExportError
+from sacvit_edge.export import bundle
+from sacvit_edge.export.bundle import MANIFEST_VERSION, export_checkpoint, read_manifest
+from sacvit_edge.export.torch2onnx import TRAINING_ONLY_OPS, op_histogram, random_split
+from sacvit_edge.runtimes.ort import OrtBackend
+
+ATOL = 1e-4  # fp32 logits, ONNX Runtime vs PyTorch
+
+
+def test_manifest_contents(random_export, random_ckpt):
+    m = read_manifest(random_export)
+    ck = load_checkpoint(random_ckpt)
+    assert m.fingerprint == ck.fingerprint and len(m.fingerprint) == 64
+    assert m.class_names == ck.class_names and m.size == 112 and m.eta == ck.eta
+    assert m.k_range == (ck.config.k_min, ck.config.k_max) and m.batch_range == (1, 64)
+    assert m.config == ck.config
+    assert m.data["opset"] == 17 and m.data["versions"]["torch"] == torch.__version__
+    for name in ("ee.onnx", "sac.onnx"):
+        model = onnx.load(str(random_export / name))
+        onnx.checker.check_model(model, full_check=True)
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["sacvit_edge.checkpoint_fingerprint"] == ck.fingerprint
+        assert not set(op_histogram(random_export / name)) & TRAINING_ONLY_OPS
+
+
+def test_sac_graph_has_dynamic_batch_and_token_axes(random_export):
+    graph = onnx.load(str(random_export / "sac.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims["target_idx"] == ["batch", "k"]
+    assert dims["nontarget_idx"] == ["batch", "n_minus_k"]
+    assert dims["image"][0] == "batch"
+    # selection stays on the host: no TopK / sort in the graphs
+    assert "TopK" not in op_histogram(random_export / "sac.onnx")
+
+
+def _parity(export_dir, ckpt_path, batches=(1, 5)):
+    model = load_checkpoint(ckpt_path).model
+    cfg = model.cfg
+    backend = OrtBackend(export_dir / "ee.onnx", export_dir / "sac.onnx")
+    worst = {"ee": 0.0, "sac": 0.0}
+    for b in batches:
+        img = np.random.default_rng(b).standard_normal((b, 3, 112, 112)).astype(np.float32)
+        ee = backend.run_ee(img)
+        with torch.no_grad():
+            ref = model.forward_ee(torch.from_numpy(img))
+        for got, want in zip((ee.logits, ee.gca, ee.final, ee.hidden), (ref.logits, ref.gca, ref.final, ref.hidden)):
+            worst["ee"] = max(worst["ee"], float(np.abs(got - want.numpy()).max()))
+        for k in range(cfg.k_min, cfg.k_max + 1):
+            t, nt = random_split(cfg, b, k, seed=k)
+            got = backend.run_sac(img, t, nt, ee.final, ee.hidden)
+            with torch.no_grad():
+                want = model.forward_sac(torch.from_numpy(img), torch.from_numpy(t), torch.from_numpy(nt),
+                                         ref.final, ref.hidden).numpy()
+            assert got.shape == (b, cfg.num_classes)
+            worst["sac"] = max(worst["sac"], float(np.abs(got - want).max()))
+    return worst
+
+
+def test_parity_random_model_every_k(random_export, random_ckpt):
+    worst = _parity(random_export, random_ckpt)
+    assert worst["ee"] <= ATOL and worst["sac"] <= ATOL, worst
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(__file__).parents[1].joinpath("checkpoints/sacvit_tiny_112.pt").is_file(), reason="shipped checkpoint not trained yet")
+def test_parity_shipped_model_every_k(shipped_export, shipped_sac):
+    worst = _parity(shipped_export, shipped_sac, batches=(1, 8))
+    assert worst["ee"] <= ATOL and worst["sac"] <= ATOL, worst
+
+
+def test_interrupted_export_leaves_nothing_that_loads(tmp_path, random_ckpt, monkeypatch):
+    out = tmp_path / "exp"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle, "export_stages", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(random_ckpt, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary directory was removed too
+
+
+def test_reexport_replaces_atomically(tmp_path, random_ckpt, monkeypatch):
+    out = tmp_path / "exp"
+    first = export_checkpoint(random_ckpt, out)
+    monkeypatch.setattr(bundle, "export_stages", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        export_checkpoint(random_ckpt, out)
+    assert read_manifest(out).fingerprint == first.fingerprint  # the old export is intact
+
+
+def test_k_override_and_bad_options(tmp_path, random_ckpt):
+    m = export_checkpoint(random_ckpt, tmp_path / "k", k_min=6, k_max=12, batch_max=8)
+    assert m.k_range == (6, 12) and m.batch_range == (1, 8)
+    with pytest.raises(ConfigError, match="k_max"):
+        export_checkpoint(random_ckpt, tmp_path / "k2", k_max=49)
+    with pytest.raises(ConfigError, match="opset"):
+        export_checkpoint(random_ckpt, tmp_path / "k3", opset=13)
+
+
+def test_deit_checkpoint_is_refused(tmp_path):
+    from sacvit_edge.checkpoint import save_checkpoint
+    from sacvit_edge.config import preset
+    from sacvit_edge.model import build_model
+
+    path = save_checkpoint(tmp_path / "deit.pt", build_model(preset("tiny_112", arch="deit", embed_dim=32)), list("abcdefghij"))
+    with pytest.raises(ExportError, match="deit"):
+        export_checkpoint(path, tmp_path / "out")
+
+
+def test_broken_export_directories(tmp_path, random_export):
+    with pytest.raises(ExportError, match="not an export directory"):
+        read_manifest(tmp_path / "nothing")
+    d = tmp_path / "copy"
+    shutil.copytree(random_export, d)
+    (d / "sac.onnx").write_bytes((d / "sac.onnx").read_bytes()[:-100])  # truncated engine
+    with pytest.raises(ExportError, match="sac.onnx.*do not match"):
+        read_manifest(d)
+    shutil.rmtree(d)
+    shutil.copytree(random_export, d)
+    (d / "ee.onnx").unlink()
+    with pytest.raises(ExportError, match="ee.onnx is missing"):
+        read_manifest(d)
+    shutil.rmtree(d)
+    shutil.copytree(random_export, d)
+    data = json.loads((d / "manifest.json").read_text())
+    data["format_version"] = MANIFEST_VERSION + 1
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="format version"):
+        read_manifest(d)
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError, match="corrupt manifest"):
+        read_manifest(d)
+    (d / "manifest.json").unlink()
+    with pytest.raises(ExportError, match="manifest.json is missing"):
+        read_manifest(d)
