@@ -155,3 +155,16 @@ def random_split(cfg, batch: int, k: int, seed: int = 0) -> tuple[np.ndarray, np
     rng = np.random.default_rng(seed)
     order = np.stack([rng.permutation(cfg.num_coarse) for _ in range(batch)]).astype(np.int64)
     return order[:, :k], order[:, k:]
+
+
+def export_single(model: nn.Module, path: Path, *, opset: int = 17) -> Path:
+    """A plain one-graph classifier (the DeiT baseline): image (B,3,H,W) -> logits (B,C)."""
+    cfg = model.cfg
+    image = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    try:
+        _export(model.eval(), (image,), path, ["image"], ["logits"], {"image": {0: "batch"}, "logits": {0: "batch"}},
+                opset, "torchscript")
+        add_metadata(path, {"sacvit_edge.stage": "full"})
+    except Exception as exc:
+        raise ExportError(f"ONNX export of the baseline failed: {type(exc).__name__}: {exc}") from exc
+    return path

@@ -14,6 +14,32 @@ from .base import BackendBase, EEResult, cpu_name, physical_cores
 log = logging.getLogger(__name__)
 
 
+def session_options(threads: int | None = None):
+    """Options for speed on a CPU: see OrtBackend."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+class OrtSingle:
+    """A one-graph model (the DeiT baseline in benchmarks) with the same session options."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": image})[0]
+
+
 class OrtBackend(BackendBase):
     """One InferenceSession per engine, created once and shared by all threads.
 
@@ -33,13 +59,7 @@ class OrtBackend(BackendBase):
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from exc
         self._ort = ort
         self.threads = threads or physical_cores()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
+        opts = session_options(self.threads)
         self.providers = providers or ["CPUExecutionProvider"]
         try:
             self.ee = ort.InferenceSession(str(ee_path), opts, providers=self.providers)

@@ -52,7 +52,8 @@ class Prediction:
 class BatchResult:
     """Raw arrays of one batch (what benchmarks and evaluation consume)."""
 
-    probs: np.ndarray  # (B, C)
+    probs: np.ndarray  # (B, C) final probabilities
+    ee_probs: np.ndarray  # (B, C) EE-head probabilities (what the gate saw)
     exited: np.ndarray  # (B,) bool
     counts: np.ndarray  # (B,) target counts, 0 for exited images
     target_mask: np.ndarray  # (B, n) bool
@@ -139,7 +140,8 @@ class EdgeClassifier:
         t0 = time.perf_counter()
         ee = self.backend.run_ee(batch)
         t1 = time.perf_counter()
-        probs = _softmax(ee.logits)
+        ee_probs = _softmax(ee.logits)
+        probs = ee_probs.copy()
         exited = probs.max(-1) >= eta
         rest = np.flatnonzero(~exited)
         counts = np.zeros(len(batch), dtype=np.int64)
@@ -162,7 +164,7 @@ class EdgeClassifier:
         total = time.perf_counter() - t0
         ee_ms, sac_ms, total_ms = (t1 - t0) * 1e3, sac_s * 1e3, total * 1e3
         timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
-        return BatchResult(probs=probs, exited=exited, counts=counts, target_mask=mask, timings=timings)
+        return BatchResult(probs=probs, ee_probs=ee_probs, exited=exited, counts=counts, target_mask=mask, timings=timings)
 
     def predict_batch(self, images: Sequence[ImageInput], eta: float | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""

@@ -132,6 +132,89 @@ def eval_cmd(
         _fail(exc)
 
 
+@app.command()
+def profile(
+    source: Annotated[Path, typer.Argument(help="export directory or model.pt")],
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
+    batch: Annotated[int, typer.Option(help="images per call")] = 1,
+    images: Annotated[Optional[Path], typer.Option(help="folder of images to time on")] = None,
+    synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (default)")] = False,
+    warmup: Annotated[int, typer.Option(help="untimed calls first")] = 10,
+    iters: Annotated[int, typer.Option(help="timed calls")] = 100,
+    eta: Annotated[Optional[float], typer.Option(help="exit threshold")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
+) -> None:
+    """Latency / throughput / per-stage split / GFLOPs / power of EdgeClassifier on this device."""
+    from .classifier import EdgeClassifier
+    from .profiling import ProfileConfig, load_image_batches, profile as run_profile
+
+    if images is not None and synthetic:
+        _fail(SacvitError("--images and --synthetic exclude each other"))
+    if batch < 1 or iters < 1 or warmup < 0:
+        _fail(SacvitError(f"need --batch >= 1, --iters >= 1, --warmup >= 0 (got {batch}, {iters}, {warmup})"))
+    try:
+        clf = EdgeClassifier(source, backend=backend, eta=eta, threads=threads)
+        batches = load_image_batches(images, clf, batch)
+        with _progress() as progress:
+            task = progress.add_task("profile", total=iters, info=clf.backend_name)
+            rep = run_profile(clf, batches, ProfileConfig(batch=batch, warmup=warmup, iters=iters, eta=eta),
+                              on_iter=lambda i, n: progress.update(task, completed=i))
+    except SacvitError as exc:
+        _fail(exc)
+    table = Table("", "count", "mean", "stdev", "p50", "p90", "p99", title=f"{source} on {clf.backend_name}, batch {batch} (ms)")
+    for name, st in (("per call", rep.latency_ms), *((f"  {k}", v) for k, v in rep.stages_ms.items())):
+        table.add_row(name, str(st["count"]), *(f"{st[q]:.3f}" for q in ("mean", "stdev", "p50", "p90", "p99")))
+    console.print(table)
+    summary = Table("metric", "value")
+    summary.add_row("throughput", f"{rep.throughput_ips:.1f} images/s")
+    summary.add_row("exit rate", f"{rep.exit_rate:.3f}")
+    summary.add_row("mean target tokens", f"{rep.mean_target_tokens:.2f}")
+    for k, v in rep.gflops.items():
+        summary.add_row(f"GFLOPs {k}", f"{v:.4f}")
+    summary.add_row("power", json.dumps(rep.power))
+    summary.add_row("power mode", rep.power_mode.get("mode") or rep.power_mode.get("reason", ""))
+    for k in ("backend", "device", "providers", "threads", "onnxruntime", "torch", "tensorrt", "gpu"):
+        if k in rep.environment:
+            summary.add_row(k, str(rep.environment[k]))
+    console.print(summary)
+    if json_out:
+        json_out.write_text(json.dumps(rep.to_dict(), indent=2, default=str))
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def bench(
+    sac: Annotated[Optional[Path], typer.Option(help="SAC-ViT checkpoint (default: the bundled one)")] = None,
+    deit: Annotated[Optional[Path], typer.Option(help="DeiT baseline checkpoint (default: the bundled one)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for bench.json, bench.md, bench.png")] = Path("bench"),
+    eval_images: Annotated[int, typer.Option(help="test images for accuracy")] = 10000,
+    speed_images: Annotated[int, typer.Option(help="images timed per point at batch --batch")] = 512,
+    latency_iters: Annotated[int, typer.Option(help="batch-1 calls timed per point")] = 100,
+    batch: Annotated[int, typer.Option()] = 32,
+    etas: Annotated[str, typer.Option(help="comma-separated exit thresholds")] = ",".join(map(str, __import__("sacvit_edge.bench", fromlist=["x"]).DEFAULT_ETAS)),
+    backends: Annotated[str, typer.Option(help="comma-separated; unavailable ones are skipped")] = "onnxruntime,pytorch,tensorrt,pytorch-cuda",
+    threads: Annotated[Optional[int], typer.Option()] = None,
+    paper_geometry: Annotated[bool, typer.Option(help="also time deit_s_224 geometry")] = True,
+) -> None:
+    """DeiT vs SAC-ViT vs CF-ViT / LF-ViT modes, one run: JSON, Markdown table and PNG plot."""
+    from .bench import BenchConfig, markdown, run_bench, write_reports
+
+    try:
+        cfg = BenchConfig(sac_checkpoint=sac or bundled_checkpoint(), deit_checkpoint=deit or bundled_checkpoint().with_name("deit_tiny_112.pt"),
+                          eval_images=eval_images, speed_images=speed_images, latency_iters=latency_iters, batch=batch,
+                          etas=tuple(float(e) for e in etas.split(",")), backends=tuple(backends.split(",")),
+                          threads=threads, paper_geometry=paper_geometry, work_dir=out / "work")
+        with err.status("benchmarking") as status:
+            result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
+        paths = write_reports(result, out)
+    except SacvitError as exc:
+        _fail(exc)
+    console.print(markdown(result))
+    console.print_json(json.dumps({k: v for k, v in result["targets"].items() if k != "sac_point"}, default=str))
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 

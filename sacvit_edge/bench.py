@@ -1,0 +1,397 @@
+"""`sacvit-edge bench`: DeiT vs SAC-ViT vs CF-ViT mode vs LF-ViT mode, in ONE run.
+
+Every method runs on the same images and the same backends. Accuracy, exit rate and
+expected GFLOPs come from one pass per method over the evaluation images (EE and SAC
+probabilities of every image are kept, so every eta of the sweep is evaluated exactly);
+throughput (batch 32) and latency (batch 1) are measured for each eta of the sweep.
+
+CF-ViT and LF-ViT modes run the trained SAC-ViT weights with the peers' selection and
+attention rules (CF: top-50% targets, full attention, layer-0 reuse; LF: densest 5x5
+window, full attention, layer-0 reuse): a training-free, like-for-like comparison of the
+selection and attention rules on one backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .classifier import EdgeClassifier
+from .clustering import select_targets
+from .config import ModelConfig, preset, with_mode
+from .flops import CostModel
+from .images import normalize
+from .model import build_model
+
+log = logging.getLogger(__name__)
+
+METHODS = ("deit", "sac", "cf", "lf")
+LABELS = {"deit": "DeiT (baseline)", "sac": "SAC-ViT", "cf": "CF-ViT mode", "lf": "LF-ViT mode"}
+DEFAULT_ETAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+@dataclass
+class BenchConfig:
+    sac_checkpoint: Path
+    deit_checkpoint: Path
+    eval_images: int = 10000
+    speed_images: int = 512
+    latency_iters: int = 100
+    batch: int = 32
+    etas: tuple[float, ...] = DEFAULT_ETAS
+    backends: tuple[str, ...] = ("onnxruntime", "pytorch")
+    threads: int | None = None
+    paper_geometry: bool = True
+    work_dir: Path | None = None
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+class DeitRunner:
+    """The baseline on one backend, with the same timing interface as EdgeClassifier.run."""
+
+    def __init__(self, model, backend: str, work: Path, threads: int | None) -> None:
+        self.model = model.eval()
+        self.backend = backend
+        if backend == "onnxruntime":
+            from .export.torch2onnx import export_single
+            from .runtimes.ort import OrtSingle
+
+            path = export_single(model, work / f"deit_{model.cfg.img_size}.onnx")
+            self._ort = OrtSingle(path, threads)
+        elif backend.startswith("pytorch"):
+            self._dev = torch.device("cuda" if backend == "pytorch-cuda" else "cpu")
+            self.model.to(self._dev)
+        else:
+            raise ValueError(f"the DeiT baseline has no {backend!r} runner in the benchmark")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "onnxruntime":
+            return self._ort.run(x)
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(x).to(self._dev)).float().cpu().numpy()
+        return out
+
+
+def eval_images(n: int, mean, std, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """The first n canvases of the cluttered test split, normalised, and their labels."""
+    from .data import ClutteredFashionMNIST
+
+    ds = ClutteredFashionMNIST("test", limit=n)
+    xs, ys = [], []
+    for images, labels in ds.batches(batch):
+        xs.append(normalize(images.numpy(), mean, std))
+        ys.append(labels.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(x[i:i + batch]) for i in range(0, len(x) - batch + 1, batch)]
+
+
+def mode_checkpoint(sac_path: Path, mode: str, work: Path) -> Path:
+    """The trained SAC-ViT weights saved with a peer method's selection/attention rules."""
+    if mode == "sac":
+        return sac_path
+    ck = load_checkpoint(sac_path)
+    model = ck.model
+    model.cfg = with_mode(ck.config, mode)
+    return save_checkpoint(work / f"{mode}.pt", model, ck.class_names, ck.mean, ck.std, ck.eta, ck.training)
+
+
+def sweep(ee_probs: np.ndarray, sac_probs: np.ndarray, counts: np.ndarray, y: np.ndarray, cost: CostModel,
+          etas) -> list[dict[str, float]]:
+    """Accuracy / exit rate / expected GFLOPs at every eta, from one pass's probabilities."""
+    conf, ee_pred, sac_pred = ee_probs.max(1), ee_probs.argmax(1), sac_probs.argmax(1)
+    rows = []
+    for eta in etas:
+        exited = conf >= eta
+        final = np.where(exited, ee_pred, sac_pred)
+        rows.append({"eta": float(eta), "top1": float((final == y).mean() * 100), "exit_rate": float(exited.mean()),
+                     "mean_target_tokens": float(counts[~exited].mean()) if (~exited).any() else 0.0,
+                     "gflops": cost.expected(exited, counts)})
+    return rows
+
+
+def measure_speed(run: Callable[[np.ndarray], dict | None], x: np.ndarray, batch: int, single: np.ndarray,
+                  latency_iters: int) -> dict[str, float]:
+    """images/s at `batch` over x (after one warm-up batch), p50/p99 ms at batch 1, host share."""
+    batches = _batches(x, batch)
+    run(batches[0])
+    host, total = 0.0, 0.0
+    t0 = time.perf_counter()
+    for b in batches:
+        timing = run(b)
+        if timing:
+            host += timing["host"]
+            total += timing["total"]
+    wall = time.perf_counter() - t0
+    lat = []
+    for i in range(min(10, latency_iters)):
+        run(single[i % len(single)][None])
+    for i in range(latency_iters):
+        lat.append(_timed(lambda: run(single[i % len(single)][None])) * 1e3)
+    return {"images_per_s": len(batches) * batch / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "host_share": host / total if total else 0.0}
+
+
+def forced_two_stage(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """EdgeClassifier's path with imposed exit decisions and target counts (paper geometry table).
+
+    The host still computes the real split of the GCA scores (its cost is measured); only the
+    decisions are replaced, so the engines run exactly the imposed token counts.
+    """
+    t0 = time.perf_counter()
+    ee = clf.backend.run_ee(x)
+    t1 = time.perf_counter()
+    rest = np.flatnonzero(~exited)
+    sac = 0.0
+    if rest.size:
+        split = select_targets(ee.gca[rest], clf.config)
+        for k in np.unique(counts[rest]):
+            rows = rest[counts[rest] == k]
+            order = split.order[np.searchsorted(rest, rows)]
+            ts = time.perf_counter()
+            clf.backend.run_sac(x[rows], np.ascontiguousarray(order[:, :k]), np.ascontiguousarray(order[:, k:]),
+                                ee.final[rows], ee.hidden[rows])
+            sac += time.perf_counter() - ts
+    total = (time.perf_counter() - t0) * 1e3
+    return {"ee": (t1 - t0) * 1e3, "sac": sac * 1e3, "host": total - (t1 - t0) * 1e3 - sac * 1e3, "total": total}
+
+
+def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns a JSON-able dict (rows, targets, environment)."""
+    from .profiling import environment
+    from .runtimes import available_backends
+
+    step = on_step or (lambda msg: None)
+    work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="sacvit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sac_ck, deit_ck = load_checkpoint(cfg.sac_checkpoint), load_checkpoint(cfg.deit_checkpoint)
+    backends = [b for b in cfg.backends if b in available_backends()]
+    x, y = eval_images(cfg.eval_images, sac_ck.mean, sac_ck.std)
+    speed_x, single = x[: cfg.speed_images], x[: max(1, min(len(x), 64))]
+    rows: list[dict[str, Any]] = []
+
+    # DeiT baseline
+    deit_cost = CostModel(deit_ck.model)
+    for backend in backends:
+        if backend == "tensorrt":
+            continue  # the baseline is timed on ORT/PyTorch; TensorRT runs the SAC engines only
+        step(f"DeiT on {backend}")
+        runner = DeitRunner(deit_ck.model, backend, work, cfg.threads)
+        acc = None
+        if backend == backends[0]:
+            preds = np.concatenate([runner.logits(b).argmax(1) for b in np.array_split(x, max(1, len(x) // 250))])
+            acc = float((preds == y).mean() * 100)
+        def run_deit(b: np.ndarray, runner=runner) -> None:
+            runner.logits(b)
+
+        speed = measure_speed(run_deit, speed_x, cfg.batch, single, cfg.latency_iters)
+        rows.append({"method": "deit", "backend": backend, "eta": None, "top1": acc, "exit_rate": 0.0,
+                     "mean_target_tokens": None, "gflops": deit_cost.full, **speed})
+    deit_top1 = next(r["top1"] for r in rows if r["method"] == "deit" and r["top1"] is not None)
+    for r in rows:
+        r["top1"] = deit_top1
+
+    # SAC-ViT and the peer modes
+    for mode in ("sac", "cf", "lf"):
+        path = mode_checkpoint(cfg.sac_checkpoint, mode, work)
+        cost = CostModel(load_checkpoint(path).model)
+        curve = None
+        for backend in backends:
+            step(f"{LABELS[mode]} on {backend}")
+            clf = EdgeClassifier(path, backend=backend, threads=cfg.threads, cache_dir=work / "cache")
+            if curve is None:  # accuracy from one pass with nothing exiting: EE and SAC probs of every image
+                ee_p, sac_p, cnt = [], [], []
+                for b in np.array_split(x, max(1, len(x) // 250)):
+                    res = clf.run(np.ascontiguousarray(b), eta=1.01)
+                    ee_p.append(res.ee_probs), sac_p.append(res.probs), cnt.append(res.counts)
+                curve = sweep(np.concatenate(ee_p), np.concatenate(sac_p), np.concatenate(cnt), y, cost, cfg.etas)
+            for point in curve:
+                speed = measure_speed(lambda b: clf.run(b, eta=point["eta"]).timings, speed_x, cfg.batch, single,
+                                      cfg.latency_iters)
+                rows.append({"method": mode, "backend": backend, **point, **speed})
+            clf.close()
+
+    deit_rows = {r["backend"]: r for r in rows if r["method"] == "deit"}
+    for r in rows:
+        base = deit_rows.get(r["backend"])
+        r["flop_ideal_speedup"] = deit_cost.full / r["gflops"]
+        r["realised_speedup"] = r["images_per_s"] / base["images_per_s"] if base else None
+        r["realised_over_ideal"] = r["realised_speedup"] / r["flop_ideal_speedup"] if base else None
+
+    result: dict[str, Any] = {
+        "config": {"sac_checkpoint": str(cfg.sac_checkpoint), "deit_checkpoint": str(cfg.deit_checkpoint),
+                   "eval_images": len(y), "speed_images": len(speed_x), "batch": cfg.batch,
+                   "latency_iters": cfg.latency_iters, "backends": backends, "etas": list(cfg.etas)},
+        "deit_top1": deit_top1, "deit_gflops": deit_cost.full, "rows": rows,
+        "environment": environment({"threads": cfg.threads}),
+    }
+    result["targets"] = check_targets(rows, deit_top1)
+    if cfg.paper_geometry:
+        step("paper geometry (deit_s_224)")
+        result["paper_geometry"] = paper_geometry_table(rows, cfg, work)
+    return result
+
+
+def _best_at_accuracy(rows, method: str, backend: str, min_top1: float) -> dict | None:
+    ok = [r for r in rows if r["method"] == method and r["backend"] == backend and r["top1"] >= min_top1]
+    return max(ok, key=lambda r: r["images_per_s"]) if ok else None
+
+
+def check_targets(rows: list[dict], deit_top1: float, backend: str = "onnxruntime") -> dict[str, Any]:
+    """The issue's targets, evaluated on the ONNX Runtime rows of this run."""
+    floor = deit_top1 - 0.3
+    best = _best_at_accuracy(rows, "sac", backend, floor)
+    out: dict[str, Any] = {"accuracy_floor": floor, "sac_point": best}
+    if best:
+        out.update(speedup=best["realised_speedup"], speedup_target=2.5, speedup_met=best["realised_speedup"] >= 2.5,
+                   flops_ratio=1 / best["flop_ideal_speedup"], flops_target=0.38,
+                   flops_met=1 / best["flop_ideal_speedup"] <= 0.38,
+                   realised_over_ideal=best["realised_over_ideal"], realised_target=0.9,
+                   realised_met=best["realised_over_ideal"] >= 0.9)
+    # SAC-ViT beats a peer when, at the peer's every point, some SAC point is at least as accurate AND
+    # at least as fast; reported as the share of peer points dominated.
+    sac_pts = [(r["top1"], r["images_per_s"]) for r in rows if r["method"] == "sac" and r["backend"] == backend]
+    for peer in ("cf", "lf"):
+        peer_pts = [(r["top1"], r["images_per_s"]) for r in rows if r["method"] == peer and r["backend"] == backend]
+        dominated = sum(any(a >= pa and s >= ps for a, s in sac_pts) for pa, ps in peer_pts)
+        best_peer = _best_at_accuracy(rows, peer, backend, floor)
+        out[f"vs_{peer}"] = {"peer_points_dominated": dominated, "peer_points": len(peer_pts),
+                             "peer_best_at_floor_ips": best_peer["images_per_s"] if best_peer else None,
+                             "sac_best_at_floor_ips": best["images_per_s"] if best else None}
+    return out
+
+
+def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list[dict[str, Any]]:
+    """DeiT-S geometry (224 px, patch 16, width 384, depth 12) with untrained weights, run with the
+    exit rate and target counts that the trained small model shows at its default eta."""
+    sac_small = load_checkpoint(cfg.sac_checkpoint)
+    default = min((r for r in rows if r["method"] == "sac" and r["backend"] == "onnxruntime"),
+                  key=lambda r: abs(r["eta"] - sac_small.eta))
+    x_small, _ = eval_images(256, sac_small.mean, sac_small.std)
+    probe = EdgeClassifier(cfg.sac_checkpoint, backend="onnxruntime", threads=cfg.threads, cache_dir=work / "cache")
+    res = probe.run(x_small[:256], eta=sac_small.eta)
+    exited_pattern, count_pattern = res.exited, res.counts
+    out = []
+    torch.manual_seed(0)
+    big_cfg = preset("deit_s_224", num_classes=10, k_min=sac_small.config.k_min, k_max=sac_small.config.k_max,
+                     eta=sac_small.eta)
+    sac_big = build_model(big_cfg)
+    deit_big = build_model(big_cfg.replace(arch="deit"))
+    path = save_checkpoint(work / "deit_s_224_sac.pt", sac_big, sac_small.class_names)
+    clf = EdgeClassifier(path, backend="onnxruntime", threads=cfg.threads, cache_dir=work / "cache")
+    deit = DeitRunner(deit_big, "onnxruntime", work, cfg.threads)
+    x = np.random.default_rng(0).standard_normal((cfg.batch * 3, 3, 224, 224)).astype(np.float32)
+    batches = _batches(x, cfg.batch)
+    deit.logits(batches[0])
+    t_deit = sum(_timed(lambda: deit.logits(b)) for b in batches)
+    cost = CostModel(sac_big)
+    n = len(exited_pattern)
+    forced_exit = np.concatenate([exited_pattern] * (-(-cfg.batch * 3 // n)))[: cfg.batch * 3]
+    forced_k = np.concatenate([count_pattern] * (-(-cfg.batch * 3 // n)))[: cfg.batch * 3]
+    forced_two_stage(clf, batches[0], forced_exit[: cfg.batch], forced_k[: cfg.batch])
+    host = total = 0.0
+    t0 = time.perf_counter()
+    for i, b in enumerate(batches):
+        sl = slice(i * cfg.batch, (i + 1) * cfg.batch)
+        tm = forced_two_stage(clf, b, forced_exit[sl], forced_k[sl])
+        host += tm["host"]
+        total += tm["total"]
+    t_sac = time.perf_counter() - t0
+    images = len(batches) * cfg.batch
+    deit_g, sac_g = cost.full, cost.expected(forced_exit, forced_k)
+    out.append({"method": "deit", "gflops": deit_g, "images_per_s": images / t_deit, "exit_rate": 0.0})
+    out.append({"method": "sac", "gflops": sac_g, "images_per_s": images / t_sac,
+                "exit_rate": float(forced_exit.mean()),
+                "mean_target_tokens": float(forced_k[~forced_exit].mean()) if (~forced_exit).any() else 0.0,
+                "flop_ideal_speedup": deit_g / sac_g, "realised_speedup": t_deit / t_sac,
+                "realised_over_ideal": (t_deit / t_sac) / (deit_g / sac_g), "host_share": host / total,
+                "pattern_from_eta": default["eta"]})
+    return out
+
+
+# ---- reports ------------------------------------------------------------------------------
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["| method | backend | eta | top-1 % | exit rate | mean k | GFLOPs | img/s @32 | p50 ms @1 | p99 ms @1 "
+             "| speedup | FLOP-ideal | realised/ideal | host share |",
+             "|" + "---|" * 14]
+    for r in result["rows"]:
+        lines.append(f"| {LABELS[r['method']]} | {r['backend']} | {_f(r['eta'], '.2f')} | {_f(r['top1'], '.2f')} "
+                     f"| {_f(r['exit_rate'], '.3f')} | {_f(r.get('mean_target_tokens'), '.1f')} | {r['gflops']:.4f} "
+                     f"| {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                     f"| {_f(r['realised_speedup'], '.2f')}x | {r['flop_ideal_speedup']:.2f}x "
+                     f"| {_f(r['realised_over_ideal'], '.2f')} | {r['host_share']:.3f} |")
+    return "\n".join(lines)
+
+
+def markdown_paper(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | GFLOPs | exit rate | mean k | img/s @32 | speedup | FLOP-ideal | realised/ideal | host share |",
+             "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {LABELS[r['method']]} | {r['gflops']:.3f} | {r['exit_rate']:.3f} "
+                     f"| {_f(r.get('mean_target_tokens'), '.1f')} | {r['images_per_s']:.1f} "
+                     f"| {_f(r.get('realised_speedup'), '.2f')} | {_f(r.get('flop_ideal_speedup'), '.2f')} "
+                     f"| {_f(r.get('realised_over_ideal'), '.2f')} | {_f(r.get('host_share'), '.3f')} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Path:
+    """Accuracy against GFLOPs and against images/s, one curve per method, DeiT marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {"sac": "tab:red", "cf": "tab:blue", "lf": "tab:green", "deit": "black"}
+    for ax, key, xlabel in ((axes[0], "gflops", "expected GFLOPs / image"),
+                            (axes[1], "images_per_s", f"images/s (batch {result['config']['batch']}, {backend})")):
+        for method in ("sac", "cf", "lf"):
+            pts = sorted(((r[key], r["top1"]) for r in result["rows"] if r["method"] == method and r["backend"] == backend))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=colors[method], label=LABELS[method])
+        deit = [r for r in result["rows"] if r["method"] == "deit" and r["backend"] == backend]
+        if deit:
+            ax.scatter([deit[0][key]], [deit[0]["top1"]], marker="*", s=250, color="black", label=LABELS["deit"], zorder=5)
+            ax.axhline(deit[0]["top1"] - 0.3, color="gray", ls=":", lw=1, label="DeiT - 0.3 pt")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 % (cluttered Fashion-MNIST test)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    fig.suptitle("SAC-ViT vs DeiT and the CF-ViT / LF-ViT modes (eta sweep)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "bench.png"}
+    paths["json"].write_text(json.dumps(result, indent=2, default=str))
+    md = ["## Trained small model (tiny_112), cluttered Fashion-MNIST test split", "", markdown(result)]
+    if "paper_geometry" in result:
+        md += ["", "## Paper geometry (deit_s_224, untrained weights, exit pattern of the trained model)", "",
+               markdown_paper(result["paper_geometry"])]
+    paths["markdown"].write_text("\n".join(md) + "\n")
+    plot(result, paths["plot"])
+    return paths
