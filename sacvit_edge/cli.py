@@ -17,7 +17,7 @@ from .errors import SacvitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deploy SAC-ViT classifiers on edge hardware.")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _progress() -> Progress:

@@ -1,0 +1,51 @@
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from sacvit_edge.cli import app
+
+runner = CliRunner()
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sacvit_edge" / "assets" / "samples").glob("*.png"))
+
+
+def test_export_and_predict(tmp_path, random_ckpt):
+    out = tmp_path / "exp"
+    r = runner.invoke(app, ["export", str(random_ckpt), "-o", str(out), "--k-min", "5", "--k-max", "20"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engines"]["sac"]["k_range"] == [5, 20]
+    r = runner.invoke(app, ["predict", str(out), *map(str, SAMPLES[:3]), "--backend", "onnxruntime", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["backend"] == "onnxruntime" and len(data["predictions"]) == 3
+    assert {"label", "confidence", "exited_early", "num_target_tokens", "timings_ms"} <= set(data["predictions"][0])
+    r = runner.invoke(app, ["predict", str(out), str(SAMPLES[0]), "--backend", "onnxruntime"])
+    assert r.exit_code == 0 and "confidence" in r.output
+
+
+def test_errors_are_clean(tmp_path, random_ckpt):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    r = runner.invoke(app, ["predict", str(random_ckpt), str(tmp_path / "bad.png"), "--backend", "onnxruntime"])
+    assert r.exit_code == 2 and "bad.png" in r.output and "Traceback" not in r.output
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    r = runner.invoke(app, ["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "bad.pt" in r.output
+    r = runner.invoke(app, ["eval", str(tmp_path / "missing.pt")])
+    assert r.exit_code == 2 and "no such checkpoint" in r.output
+
+
+def test_eval_json(tmp_path, random_ckpt):
+    out = tmp_path / "e.json"
+    r = runner.invoke(app, ["eval", str(random_ckpt), "--limit", "32", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    for key in ("top1_ee", "top1_sac", "top1", "exit_rate", "mean_target_tokens", "gflops"):
+        assert key in res
+    assert res["images"] == 32
+
+
+def test_demo_runs_on_bundled_checkpoint(tmp_path, shipped_sac):
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    assert "correct" in r.output and (tmp_path / "demo" / "sac.onnx").is_file()

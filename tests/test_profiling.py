@@ -1,0 +1,132 @@
+"""profile / bench: report structure and invariants (never timings), tegrastats parsing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sacvit_edge import EdgeClassifier
+from sacvit_edge.profiling import (ProfileConfig, TegrastatsSampler, latency_stats, load_image_batches,
+                                   nvpmodel_mode, parse_tegrastats_line, profile)
+
+# Lines in the formats NVIDIA documents for tegrastats (L4T 32 Nano/TX2; L4T 35/36 Orin).
+NANO = ("RAM 2448/3964MB (lfb 41x4MB) SWAP 0/1982MB (cached 0MB) CPU [9%@1479,3%@1479,6%@1479,5%@1479] "
+        "EMC_FREQ 0% GR3D_FREQ 12% PLL@29C CPU@31.5C PMIC@50C GPU@30C AO@38C thermal@30.75C "
+        "POM_5V_IN 2451/2451 POM_5V_GPU 120/95 POM_5V_CPU 405/405")
+ORIN_AGX = ("RAM 2779/30536MB (lfb 6644x4MB) SWAP 0/15268MB (cached 0MB) CPU [1%@729,0%@729,0%@729] "
+            "EMC_FREQ 0%@2133 GR3D_FREQ 0%@[305,305] CV0@-256C CPU@42.875C GPU@41.625C "
+            "VDD_GPU_SOC 2769mW/2769mW VDD_CPU_CV 396mW/396mW VIN_SYS_5V0 2816mW/2816mW VDDQ_VDD2_1V8AO 303mW/303mW")
+ORIN_NANO = ("RAM 1997/7620MB (lfb 1x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@1510,1%@1510] GR3D_FREQ 45% "
+             "cpu@47.5C VDD_IN 5136mW/5031mW VDD_CPU_GPU_CV 792mW/780mW VDD_SOC 1584mW/1570mW")
+
+
+def test_tegrastats_lines():
+    nano = parse_tegrastats_line(NANO)
+    assert nano["total_mw"] == 2451 and nano["rails_mw"]["POM_5V_GPU"] == 120
+    assert nano["ram_used_mb"] == 2448 and nano["gpu_util_pct"] == 12
+    agx = parse_tegrastats_line(ORIN_AGX)
+    assert agx["total_mw"] == 2816  # board input rail, not the sum of the sub-rails
+    assert agx["rails_mw"]["VDD_GPU_SOC"] == 2769 and "RAM" not in agx["rails_mw"]
+    orin = parse_tegrastats_line(ORIN_NANO)
+    assert orin["total_mw"] == 5136 and orin["rails_mw"]["VDD_SOC"] == 1584
+    # no input rail: the rails are summed
+    assert parse_tegrastats_line("VDD_A 100mW/100mW VDD_B 50mW/50mW")["total_mw"] == 150
+    assert parse_tegrastats_line("garbage")["total_mw"] is None
+
+
+def test_power_summary_from_samples():
+    s = TegrastatsSampler()
+    s.available = True
+    s.samples = [parse_tegrastats_line(ORIN_NANO), parse_tegrastats_line(ORIN_NANO.replace("VDD_IN 5136", "VDD_IN 4864"))]
+    summ = s.summary(seconds=2.0, images=100)
+    assert summ["avg_power_w"] == pytest.approx(5.0) and summ["joules_per_image"] == pytest.approx(0.1)
+
+
+def test_absent_jetson_tools_say_so(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert nvpmodel_mode()["available"] is False and "not found" in nvpmodel_mode()["reason"]
+    with TegrastatsSampler() as s:
+        pass
+    assert s.summary(1.0, 1) == {"available": False, "reason": "tegrastats not found (not a Jetson, or not on PATH)"}
+
+
+def test_latency_stats():
+    st = latency_stats([1, 2, 3, 4, 100])
+    assert st["count"] == 5 and st["p50"] == 3 and st["min"] == 1 and st["max"] == 100
+    assert st["p50"] <= st["p90"] <= st["p99"] <= st["max"] and st["mean"] == pytest.approx(22)
+
+
+def test_profile_report(random_export):
+    clf = EdgeClassifier(random_export, backend="onnxruntime", eta=0.5)
+    batches = load_image_batches(None, clf, batch=4, count=16)
+    assert len(batches) == 4 and batches[0].shape == (4, 3, 112, 112)
+    rep = profile(clf, batches, ProfileConfig(batch=4, warmup=1, iters=6))
+    d = rep.to_dict()
+    json.dumps(d, default=str)
+    assert d["latency_ms"]["count"] == 6 and d["config"]["batch"] == 4
+    assert set(d["stages_ms"]) == {"ee", "host", "sac"}
+    for st in d["stages_ms"].values():
+        assert st["count"] == 6 and st["min"] >= 0
+    stage_sum = sum(d["stages_ms"][k]["mean"] for k in ("ee", "host", "sac"))
+    assert stage_sum == pytest.approx(d["latency_ms"]["mean"], rel=1e-6)
+    assert 0 <= d["exit_rate"] <= 1 and d["throughput_ips"] > 0
+    g = d["gflops"]
+    assert g["ee"] <= g["executed"] <= g["deit_full_resolution"] * 2
+    if d["exit_rate"] == 1:
+        assert g["executed"] == pytest.approx(g["ee"])
+    assert d["environment"]["backend"] == "onnxruntime" and d["environment"]["threads"] >= 1
+    assert d["power"]["available"] in (True, False)
+
+
+def test_profile_cli_writes_json(random_export, tmp_path):
+    from typer.testing import CliRunner
+
+    from sacvit_edge.cli import app
+
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["profile", str(random_export), "--backend", "onnxruntime", "--batch", "2",
+                                 "--iters", "3", "--warmup", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["latency_ms"]["count"] == 3 and "p99" in data["latency_ms"]
+    r = CliRunner().invoke(app, ["profile", str(random_export), "--images", str(tmp_path), "--synthetic"])
+    assert r.exit_code == 2 and "exclude" in r.output
+
+
+def test_bench_report_structure(tmp_path, random_ckpt):
+    from sacvit_edge.bench import BenchConfig, run_bench, write_reports
+    from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint
+    from sacvit_edge.model import build_model
+
+    ck = load_checkpoint(random_ckpt)
+    deit = save_checkpoint(tmp_path / "deit.pt", build_model(ck.config.replace(arch="deit")), ck.class_names)
+    cfg = BenchConfig(sac_checkpoint=random_ckpt, deit_checkpoint=deit, eval_images=64, speed_images=32,
+                      latency_iters=3, batch=16, etas=(0.2, 0.9, 1.0), backends=("onnxruntime", "pytorch", "tensorrt"),
+                      paper_geometry=False, work_dir=tmp_path / "w")
+    res = run_bench(cfg)
+    rows = res["rows"]
+    assert res["config"]["backends"] == ["onnxruntime", "pytorch"]  # unavailable TensorRT is skipped
+    assert {(r["method"], r["backend"]) for r in rows} == {(m, b) for m in ("deit", "sac", "cf", "lf")
+                                                          for b in ("onnxruntime", "pytorch")}
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["p50_ms"] <= r["p99_ms"] and 0 <= r["host_share"] <= 1
+        if r["method"] == "deit":
+            assert r["flop_ideal_speedup"] == pytest.approx(1.0) and r["realised_speedup"] == pytest.approx(1.0)
+        else:
+            assert r["gflops"] == pytest.approx(res["deit_gflops"] / r["flop_ideal_speedup"])
+    sac = sorted((r for r in rows if r["method"] == "sac" and r["backend"] == "onnxruntime"), key=lambda r: r["eta"])
+    # raising eta can only lower the exit rate and raise the expected cost
+    assert all(a["exit_rate"] >= b["exit_rate"] and a["gflops"] <= b["gflops"] + 1e-12 for a, b in zip(sac, sac[1:]))
+    assert sac[-1]["exit_rate"] <= sac[0]["exit_rate"]
+    for mode, k in (("cf", 25), ("lf", 25)):
+        pts = [r for r in rows if r["method"] == mode and r["exit_rate"] < 1]
+        assert all(r["mean_target_tokens"] == k for r in pts)
+    # accuracy is a property of the method, not of the backend
+    for m in ("sac", "cf", "lf"):
+        accs = {(r["eta"], r["top1"]) for r in rows if r["method"] == m}
+        assert len(accs) == len(cfg.etas)
+    paths = write_reports(res, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["rows"]
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["markdown"].read_text().count("SAC-ViT |") == 2 * len(cfg.etas)
+    assert {"vs_cf", "vs_lf", "accuracy_floor"} <= set(res["targets"])
