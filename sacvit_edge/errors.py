@@ -29,3 +29,7 @@ class ExportError(SacvitError):
 
 class BackendError(SacvitError):
     """A runtime backend is unavailable (missing library or GPU) or its engines do not match."""
+
+
+class EngineBuildError(ExportError):
+    """TensorRT could not parse the ONNX graphs or build an engine from them."""

@@ -1,0 +1,192 @@
+"""TensorRT backend (Jetson and desktop NVIDIA GPUs), TensorRT 10/11 API.
+
+Engines are built from the exported ONNX on first use, on the device that runs them, and
+cached beside the ONNX files as `ee.engine` / `sac.engine`. Each engine file starts with a
+JSON header (Ultralytics-style metadata in the artifact): TensorRT version, GPU, checkpoint
+fingerprint and the profile ranges, so an engine built for another model, another TensorRT
+version or another GPU is refused with a clear error instead of failing deep inside
+deserialisation. Buffers are PyTorch CUDA tensors; tensors are bound by name and run with
+execute_async_v3 (no deprecated binding indices).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sacvit_edge.errors import BackendError, EngineBuildError
+
+from .base import BackendBase, EEResult
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"SACVTRT1"
+
+
+def _trt():
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise BackendError("TensorRT is not installed (pip install tensorrt, or use JetPack's python3-libnvinfer)") from exc
+    return trt
+
+
+def engine_header(path: Path) -> dict[str, Any]:
+    """Read the JSON header of a sacvit-edge engine file."""
+    with open(path, "rb") as f:
+        if f.read(8) != _MAGIC:
+            raise BackendError(f"{path}: not a sacvit-edge TensorRT engine (no header); delete it to rebuild")
+        (size,) = struct.unpack("<I", f.read(4))
+        return json.loads(f.read(size))
+
+
+def write_engine(path: Path, header: dict[str, Any], blob: bytes) -> None:
+    head = json.dumps(header).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(_MAGIC + struct.pack("<I", len(head)) + head + blob)
+    tmp.replace(path)
+
+
+def profile_shapes(manifest, stage: str, batch_opt: int = 8) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """(min, opt, max) shape of every input: buffers and profiles are sized from the max."""
+    cfg = manifest.config
+    b_lo, b_hi = manifest.batch_range
+    b_opt = max(b_lo, min(batch_opt, b_hi))
+    img = lambda b: (b, cfg.in_chans, cfg.img_size, cfg.img_size)  # noqa: E731
+    if stage == "ee":
+        return {"image": (img(b_lo), img(b_opt), img(b_hi))}
+    n, d = cfg.num_coarse, cfg.embed_dim
+    k_lo, k_hi = manifest.k_range
+    k_opt = (k_lo + k_hi) // 2
+    feat = lambda b: (b, n, d)  # noqa: E731
+    return {"image": (img(b_lo), img(b_opt), img(b_hi)),
+            "target_idx": ((b_lo, k_lo), (b_opt, k_opt), (b_hi, k_hi)),
+            "nontarget_idx": ((b_lo, n - k_hi), (b_opt, n - k_opt), (b_hi, n - k_lo)),
+            "ee_final": (feat(b_lo), feat(b_opt), feat(b_hi)),
+            "ee_hidden": (feat(b_lo), feat(b_opt), feat(b_hi))}
+
+
+def build_engine(onnx_path: Path, engine_path: Path, manifest, stage: str, fp16: bool = False,
+                 workspace_gb: float = 1.0) -> Path:
+    """ONNX -> serialized TensorRT engine with one optimisation profile over batch and k."""
+    trt = _trt()
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile_shapes(manifest, stage).items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    log.info("building TensorRT engine %s (this takes a while once)", engine_path.name)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    header = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(0), "stage": stage,
+              "checkpoint_fingerprint": manifest.fingerprint, "fp16": fp16,
+              "profile": {k: v for k, v in profile_shapes(manifest, stage).items()}}
+    write_engine(engine_path, header, bytes(blob))
+    return engine_path
+
+
+class _Engine:
+    """One deserialised engine with a lock-protected execution context."""
+
+    def __init__(self, path: Path, manifest, stage: str) -> None:
+        trt = _trt()
+        import torch
+
+        header = engine_header(path)
+        problems = []
+        if header.get("tensorrt") != trt.__version__:
+            problems.append(f"built with TensorRT {header.get('tensorrt')}, this is {trt.__version__}")
+        if header.get("checkpoint_fingerprint") != manifest.fingerprint:
+            problems.append("built for another checkpoint")
+        if header.get("gpu") != torch.cuda.get_device_name(0):
+            problems.append(f"built on {header.get('gpu')}, this GPU is {torch.cuda.get_device_name(0)}")
+        if header.get("stage") != stage:
+            problems.append(f"is a {header.get('stage')!r} engine, expected {stage!r}")
+        if problems:
+            raise BackendError(f"{path}: {'; '.join(problems)}; delete it to rebuild")
+        data = path.read_bytes()
+        blob = data[12 + struct.unpack("<I", data[8:12])[0]:]
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise BackendError(f"{path}: TensorRT could not deserialise the engine; delete it to rebuild")
+        self.context = self.engine.create_execution_context()
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in self.names if n not in self.inputs]
+        self.lock = threading.Lock()
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with self.lock, torch.cuda.stream(self.stream):
+            dev = {n: torch.from_numpy(np.ascontiguousarray(a)).cuda(non_blocking=True) for n, a in feeds.items()}
+            for name in self.inputs:
+                self.context.set_input_shape(name, tuple(dev[name].shape))
+                self.context.set_tensor_address(name, dev[name].data_ptr())
+            outs = {}
+            for name in self.outputs:
+                outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+                self.context.set_tensor_address(name, outs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise BackendError("TensorRT execution failed")
+            self.stream.synchronize()
+            return {n: t.cpu().numpy() for n, t in outs.items()}
+
+
+class TensorRTBackend(BackendBase):
+    name = "tensorrt"
+
+    def __init__(self, ee: _Engine, sac: _Engine) -> None:
+        self.ee, self.sac = ee, sac
+
+    @classmethod
+    def from_manifest(cls, manifest, fp16: bool = False) -> "TensorRTBackend":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError("backend 'tensorrt' needs a CUDA GPU; none is visible")
+        engines = []
+        for stage in ("ee", "sac"):
+            path = manifest.path(f"{stage}.engine")
+            if not path.is_file():
+                build_engine(manifest.path(f"{stage}.onnx"), path, manifest, stage, fp16=fp16)
+            engines.append(_Engine(path, manifest, stage))
+        return cls(*engines)
+
+    def run_ee(self, image: np.ndarray) -> EEResult:
+        out = self.ee({"image": image})
+        return EEResult(logits=out["ee_logits"], gca=out["gca"], final=out["ee_final"], hidden=out["ee_hidden"])
+
+    def run_sac(self, image, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+        return self.sac({"image": image, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
+                         "ee_final": final, "ee_hidden": hidden})["sac_logits"]
+
+    def device(self) -> str:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device(), "tensorrt": _trt().__version__}

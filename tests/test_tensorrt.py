@@ -1,0 +1,44 @@
+"""TensorRT backend: engine headers everywhere; parity only where TensorRT and a GPU exist."""
+
+import numpy as np
+import pytest
+
+from sacvit_edge.errors import BackendError
+from sacvit_edge.runtimes import tensorrt_usable
+from sacvit_edge.runtimes.trt import engine_header, write_engine
+
+usable, why = tensorrt_usable()
+
+
+def test_engine_header_round_trip(tmp_path):
+    write_engine(tmp_path / "e.engine", {"tensorrt": "10.3.0", "stage": "ee"}, b"\x00\x01blob")
+    assert engine_header(tmp_path / "e.engine") == {"tensorrt": "10.3.0", "stage": "ee"}
+    (tmp_path / "raw.engine").write_bytes(b"plain TensorRT plan bytes")
+    with pytest.raises(BackendError, match="not a sacvit-edge TensorRT engine"):
+        engine_header(tmp_path / "raw.engine")
+
+
+def test_profile_shapes_cover_the_manifest(random_export):
+    from sacvit_edge.export.bundle import read_manifest
+    from sacvit_edge.runtimes.trt import profile_shapes
+
+    m = read_manifest(random_export)
+    shapes = profile_shapes(m, "sac")
+    k_lo, k_hi = m.k_range
+    assert shapes["target_idx"][0] == (1, k_lo) and shapes["target_idx"][2] == (64, k_hi)
+    assert shapes["nontarget_idx"][0][1] == 49 - k_hi and shapes["nontarget_idx"][2][1] == 49 - k_lo
+    assert profile_shapes(m, "ee")["image"][2] == (64, 3, 112, 112)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not usable, reason=f"TensorRT backend unavailable: {why}")
+def test_tensorrt_parity_with_onnxruntime(random_export):
+    from sacvit_edge import EdgeClassifier
+    from sacvit_edge.data import ClutteredFashionMNIST
+
+    x, _ = next(ClutteredFashionMNIST("test", limit=16).batches(16))
+    images = list(x.permute(0, 2, 3, 1).numpy())
+    a = EdgeClassifier(random_export, backend="tensorrt", eta=0.5).predict_batch(images)
+    b = EdgeClassifier(random_export, backend="onnxruntime", eta=0.5).predict_batch(images)
+    for p, q in zip(a, b):
+        assert p.class_id == q.class_id and abs(p.confidence - q.confidence) < 1e-3
