@@ -136,6 +136,12 @@ class EdgeClassifier:
             shape = getattr(batch, "shape", None)
             raise ImageError(f"batch must be float32 (B, 3, {size}, {size}); got {type(batch).__name__} "
                              f"{getattr(batch, 'dtype', '')} {shape}")
+        hi = self.manifest.batch_range[1]
+        if len(batch) > hi:  # engines are built for batch <= batch_max: run in chunks
+            parts = [self.run(batch[i:i + hi], eta) for i in range(0, len(batch), hi)]
+            timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings}
+            return BatchResult(*(np.concatenate([getattr(p, f) for p in parts])
+                                 for f in ("probs", "ee_probs", "exited", "counts", "target_mask")), timings=timings)
         cfg = self.config
         t0 = time.perf_counter()
         ee = self.backend.run_ee(batch)

@@ -245,3 +245,16 @@ def test_shipped_model_whole_test_split_equals_pytorch(shipped_export, shipped_s
         n += len(images)
     assert n == 10000 and mismatches == 0
     assert 0 < exits < n  # both paths exercised
+
+
+def test_batches_beyond_batch_max_are_chunked(tmp_path, random_ckpt, canvases, eta):
+    from sacvit_edge.export.bundle import export_checkpoint
+
+    d = export_checkpoint(random_ckpt, tmp_path / "b4", batch_max=4).directory
+    small = EdgeClassifier(d, backend="onnxruntime", eta=eta)
+    big = EdgeClassifier(d, backend="onnxruntime", eta=eta, )
+    images = list(canvases[0][:10])
+    chunked = small.predict_batch(images)
+    single = [big.predict(i) for i in images]
+    assert [p.class_id for p in chunked] == [p.class_id for p in single]
+    assert [p.num_target_tokens for p in chunked] == [p.num_target_tokens for p in single]
