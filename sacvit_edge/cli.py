@@ -46,6 +46,7 @@ def train(
     epochs: Annotated[float, typer.Option()] = 5.0,
     batch_size: Annotated[int, typer.Option()] = 128,
     lr: Annotated[float, typer.Option()] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(help="linear learning-rate warm-up steps")] = 200,
     warmup_share: Annotated[float, typer.Option(help="share of steps before clustering switches on")] = 2 / 3,
     limit: Annotated[Optional[int], typer.Option(help="train on the first N items only")] = None,
     eval_limit: Annotated[int, typer.Option(help="test images evaluated after each epoch")] = 2000,
@@ -79,7 +80,7 @@ def train(
                 init_state = torch.load(init, map_location="cpu", weights_only=True)
                 if isinstance(init_state, dict) and "model" in init_state:
                     init_state = init_state["model"]  # timm/DeiT release files wrap the state_dict
-        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_share=warmup_share, seed=seed,
+        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share, seed=seed,
                            train_limit=limit, eval_limit=eval_limit, threads=threads)
         meta = {"command": " ".join(["sacvit-edge", *sys.argv[1:]]), "init": str(init) if init else None,
                 "dataset": "cluttered-fashion-mnist" if data is None else str(data)}
@@ -106,7 +107,7 @@ def eval_cmd(
     eta: Annotated[Optional[float], typer.Option(help="exit threshold (default: the checkpoint's)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N test images")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the results as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON file (default: <model>.eval.json here)")] = None,
 ) -> None:
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
     from .checkpoint import load_checkpoint
@@ -125,9 +126,9 @@ def eval_cmd(
         for key, value in res.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
-        if json_out:
-            json_out.write_text(json.dumps(res, indent=2))
-            console.print(f"wrote {json_out}")
+        json_out = json_out or Path(f"{model_path.stem}.eval.json")
+        json_out.write_text(json.dumps(res, indent=2))
+        console.print(f"wrote {json_out}")
     except SacvitError as exc:
         _fail(exc)
 
