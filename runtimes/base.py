@@ -32,9 +32,12 @@ class Backend(Protocol):
         """image (B, 3, H, W) float32, normalised -> EE outputs."""
         ...
 
-    def run_sac(self, image: np.ndarray, target_idx: np.ndarray, nontarget_idx: np.ndarray,
+    def run_sac(self, patches: np.ndarray, target_idx: np.ndarray, nontarget_idx: np.ndarray,
                 final: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        """One group of images with equal target count k -> SAC logits (B, C)."""
+        """One group of images with equal target count k -> SAC logits (B, C).
+
+        patches: (B, 4k, C*p*p) target-region pixels (tokens.crop_target_patches).
+        """
         ...
 
     def device(self) -> str:

@@ -38,8 +38,8 @@ class TorchBackend(BackendBase):
         return EEResult(*(t.float().cpu().numpy() for t in (out.logits, out.gca, out.final, out.hidden)))
 
     @torch.inference_mode()
-    def run_sac(self, image, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
-        out = self.model.forward_sac(self._t(image), self._t(target_idx), self._t(nontarget_idx),
+    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+        out = self.model.forward_sac(self._t(patches), self._t(target_idx), self._t(nontarget_idx),
                                      self._t(final), self._t(hidden))
         return out.float().cpu().numpy()
 

@@ -66,7 +66,8 @@ def profile_shapes(manifest, stage: str, batch_opt: int = 8) -> dict[str, tuple[
     k_lo, k_hi = manifest.k_range
     k_opt = (k_lo + k_hi) // 2
     feat = lambda b: (b, n, d)  # noqa: E731
-    return {"image": (img(b_lo), img(b_opt), img(b_hi)),
+    px = cfg.in_chans * cfg.patch_size**2
+    return {"target_patches": ((b_lo, 4 * k_lo, px), (b_opt, 4 * k_opt, px), (b_hi, 4 * k_hi, px)),
             "target_idx": ((b_lo, k_lo), (b_opt, k_opt), (b_hi, k_hi)),
             "nontarget_idx": ((b_lo, n - k_hi), (b_opt, n - k_opt), (b_hi, n - k_lo)),
             "ee_final": (feat(b_lo), feat(b_opt), feat(b_hi)),
@@ -179,8 +180,8 @@ class TensorRTBackend(BackendBase):
         out = self.ee({"image": image})
         return EEResult(logits=out["ee_logits"], gca=out["gca"], final=out["ee_final"], hidden=out["ee_hidden"])
 
-    def run_sac(self, image, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
-        return self.sac({"image": image, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
+    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+        return self.sac({"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
                          "ee_final": final, "ee_hidden": hidden})["sac_logits"]
 
     def device(self) -> str:

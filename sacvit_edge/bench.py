@@ -31,6 +31,7 @@ from .config import ModelConfig, preset, with_mode
 from .flops import CostModel
 from .images import normalize
 from .model import build_model
+from .tokens import crop_target_patches
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,10 @@ def forced_two_stage(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, cou
         for k in np.unique(counts[rest]):
             rows = rest[counts[rest] == k]
             order = split.order[np.searchsorted(rest, rows)]
+            target_idx = np.ascontiguousarray(order[:, :k])
+            patches = crop_target_patches(x[rows], target_idx, clf.config.patch_size)
             ts = time.perf_counter()
-            clf.backend.run_sac(x[rows], np.ascontiguousarray(order[:, :k]), np.ascontiguousarray(order[:, k:]),
-                                ee.final[rows], ee.hidden[rows])
+            clf.backend.run_sac(patches, target_idx, np.ascontiguousarray(order[:, k:]), ee.final[rows], ee.hidden[rows])
             sac += time.perf_counter() - ts
     total = (time.perf_counter() - t0) * 1e3
     return {"ee": (t1 - t0) * 1e3, "sac": sac * 1e3, "host": total - (t1 - t0) * 1e3 - sac * 1e3, "total": total}

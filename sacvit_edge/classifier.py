@@ -21,6 +21,7 @@ import numpy as np
 from .clustering import select_targets
 from .errors import ConfigError, ExportError, ImageError
 from .images import ImageInput, preprocess
+from .tokens import crop_target_patches
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,11 @@ class EdgeClassifier:
                 rows = np.flatnonzero(split.counts == k)
                 img_rows = rest[rows]
                 order = split.order[rows]
+                target_idx = np.ascontiguousarray(order[:, :k])
+                patches = crop_target_patches(batch[img_rows], target_idx, cfg.patch_size)
                 ts = time.perf_counter()
-                logits = self.backend.run_sac(batch[img_rows], np.ascontiguousarray(order[:, :k]),
-                                              np.ascontiguousarray(order[:, k:]), ee.final[img_rows],
-                                              ee.hidden[img_rows])
+                logits = self.backend.run_sac(patches, target_idx, np.ascontiguousarray(order[:, k:]),
+                                              ee.final[img_rows], ee.hidden[img_rows])
                 sac_s += time.perf_counter() - ts
                 probs[img_rows] = _softmax(logits)
         total = time.perf_counter() - t0

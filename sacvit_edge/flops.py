@@ -39,8 +39,8 @@ def sac_gflops(model: SACViT, k: int) -> float:
     cfg = model.cfg
     n, d = cfg.num_coarse, cfg.embed_dim
     order = torch.arange(n).unsqueeze(0)
-    return _count(model.forward_sac, torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size),
-                  order[:, :k], order[:, k:], torch.zeros(1, n, d), torch.zeros(1, n, d))
+    patches = torch.zeros(1, 4 * k, cfg.in_chans * cfg.patch_size**2)
+    return _count(model.forward_sac, patches, order[:, :k], order[:, k:], torch.zeros(1, n, d), torch.zeros(1, n, d))
 
 
 class CostModel:

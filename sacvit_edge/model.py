@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .clustering import Split, all_targets, select_targets
 from .config import ModelConfig
 from .errors import CheckpointError
+from .tokens import crop_target_patches
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,6 @@ class PatchEmbed(nn.Module):
     def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Embed already-cut patches (B, T, C*p*p) with the same weights as forward()."""
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
-
-
-def patchify(img: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H/p * W/p, C*p*p), row-major patches, (C, p, p) inside each."""
-    b, c, h, w = img.shape
-    x = img.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, p, p)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -279,9 +273,13 @@ class SACViT(VisionTransformer):
         base = (target_idx // gc) * 2 * gf + (target_idx % gc) * 2  # (B, k)
         return (base.unsqueeze(-1) + self.fine_offsets).flatten(1)  # (B, 4k)
 
+    def crop_targets(self, img: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Cut the target regions of the full-resolution image into fine patches (B, 4k, C*p*p)."""
+        return crop_target_patches(img, target_idx, self.cfg.patch_size)
+
     def forward_sac(
         self,
-        img: torch.Tensor,
+        patches: torch.Tensor,
         target_idx: torch.Tensor,
         nontarget_idx: torch.Tensor,
         ee_final: torch.Tensor,
@@ -292,7 +290,8 @@ class SACViT(VisionTransformer):
         """SAC stage.
 
         Args:
-            img: (B, C, H, W) full-resolution normalised image.
+            patches: (B, 4k, C*p*p) pixels of the target regions (crop_targets), cropped
+                from the full-resolution normalised image.
             target_idx: (B, k) coarse indices of target tokens.
             nontarget_idx: (B, N) coarse indices of non-target tokens (N may be 0).
             ee_final: (B, n, D) EE features after the last block (fed to the reuse MLP).
@@ -305,7 +304,6 @@ class SACViT(VisionTransformer):
         cfg = self.cfg
         b, k = target_idx.shape
         fine_idx = self.fine_indices(target_idx)  # (B, 4k)
-        patches = gather_tokens(patchify(img, cfg.patch_size), fine_idx)  # (B, 4k, C*p*p) crop
         pos = self.pos_embed[0, 1:][fine_idx]  # (B, 4k, D)
         tgt = self.patch_embed.embed_patches(patches) + pos  # re-embed as fine tokens
         reused = self.reuse(gather_tokens(ee_final, target_idx))  # (B, k, D)
@@ -313,7 +311,7 @@ class SACViT(VisionTransformer):
         non = gather_tokens(ee_hidden, nontarget_idx)  # (B, N, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
 
-        ones = torch.ones_like(img[:, 0, 0, :1], dtype=torch.bool)  # (B, 1)
+        ones = torch.ones_like(target_idx[:, :1], dtype=torch.bool)  # (B, 1)
         keep = None
         if target_keep is not None:
             keep = torch.cat([ones, target_keep.repeat_interleave(4, dim=1)], 1)
@@ -354,7 +352,7 @@ class SACViT(VisionTransformer):
         if k_hi != k_lo:
             target_keep = pos[None, :k_hi] < counts[:, None]
             nontarget_keep = pos[None, k_lo:] >= counts[:, None]
-        logits = self.forward_sac(img, target_idx, nontarget_idx, ee.final, ee.hidden, target_keep, nontarget_keep)
+        logits = self.forward_sac(self.crop_targets(img, target_idx), target_idx, nontarget_idx, ee.final, ee.hidden, target_keep, nontarget_keep)
         return SACOutput(logits=logits, ee_logits=ee.logits, split=split)
 
     @torch.no_grad()
@@ -374,7 +372,9 @@ class SACViT(VisionTransformer):
         order = torch.from_numpy(split.order).to(img.device)
         for k in np.unique(counts[rest]):
             rows = torch.from_numpy(rest[counts[rest] == k]).to(img.device)
-            logits = self.forward_sac(img[rows], order[rows, :k], order[rows, k:], ee.final[rows], ee.hidden[rows])
+            target_idx = order[rows, :k]
+            logits = self.forward_sac(self.crop_targets(img[rows], target_idx), target_idx, order[rows, k:],
+                                      ee.final[rows], ee.hidden[rows])
             probs[rows] = logits.softmax(-1)
         mask = split.target_mask(self.cfg.num_coarse) & (counts > 0)[:, None]
         return dict(probs=probs.cpu().numpy(), exited=exited.cpu().numpy(), counts=counts, target_mask=mask)

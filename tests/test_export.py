@@ -39,7 +39,7 @@ def test_sac_graph_has_dynamic_batch_and_token_axes(random_export):
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert dims["target_idx"] == ["batch", "k"]
     assert dims["nontarget_idx"] == ["batch", "n_minus_k"]
-    assert dims["image"][0] == "batch"
+    assert dims["target_patches"] == ["batch", "four_k", 192]
     # selection stays on the host: no TopK / sort in the graphs
     assert "TopK" not in op_histogram(random_export / "sac.onnx")
 
@@ -58,9 +58,12 @@ def _parity(export_dir, ckpt_path, batches=(1, 5)):
             worst["ee"] = max(worst["ee"], float(np.abs(got - want.numpy()).max()))
         for k in range(cfg.k_min, cfg.k_max + 1):
             t, nt = random_split(cfg, b, k, seed=k)
-            got = backend.run_sac(img, t, nt, ee.final, ee.hidden)
+            from sacvit_edge.tokens import crop_target_patches
+
+            got = backend.run_sac(crop_target_patches(img, t, cfg.patch_size), t, nt, ee.final, ee.hidden)
             with torch.no_grad():
-                want = model.forward_sac(torch.from_numpy(img), torch.from_numpy(t), torch.from_numpy(nt),
+                tt = torch.from_numpy(t)
+                want = model.forward_sac(model.crop_targets(torch.from_numpy(img), tt), tt, torch.from_numpy(nt),
                                          ref.final, ref.hidden).numpy()
             assert got.shape == (b, cfg.num_classes)
             worst["sac"] = max(worst["sac"], float(np.abs(got - want).max()))

@@ -74,7 +74,7 @@ def test_padded_batch_equals_per_image():
         for b in range(4):
             k = int(out.split.counts[b])
             order = torch.from_numpy(out.split.order[b:b + 1])
-            single = model.forward_sac(img[b:b + 1], order[:, :k], order[:, k:], ee.final[b:b + 1], ee.hidden[b:b + 1])
+            single = model.forward_sac(model.crop_targets(img[b:b + 1], order[:, :k]), order[:, :k], order[:, k:], ee.final[b:b + 1], ee.hidden[b:b + 1])
             torch.testing.assert_close(out.logits[b:b + 1], single, atol=1e-5, rtol=1e-5)
 
 
@@ -88,11 +88,12 @@ def test_padding_path_with_forced_different_counts():
     pos = torch.arange(49)
     with torch.no_grad():
         ee = model.forward_ee(img)
-        padded = model.forward_sac(img, order[:, :25], order[:, 4:], ee.final, ee.hidden,
+        padded = model.forward_sac(model.crop_targets(img, order[:, :25]), order[:, :25], order[:, 4:], ee.final, ee.hidden,
                                    pos[None, :25] < counts[:, None], pos[None, 4:] >= counts[:, None])
         for b in range(3):
             k = int(counts[b])
-            single = model.forward_sac(img[b:b + 1], order[b:b + 1, :k], order[b:b + 1, k:], ee.final[b:b + 1], ee.hidden[b:b + 1])
+            t = order[b:b + 1, :k]
+            single = model.forward_sac(model.crop_targets(img[b:b + 1], t), t, order[b:b + 1, k:], ee.final[b:b + 1], ee.hidden[b:b + 1])
             torch.testing.assert_close(padded[b:b + 1], single, atol=1e-5, rtol=1e-5)
 
 
@@ -120,7 +121,7 @@ def test_reuse_layer_joins_nontargets_late():
     with torch.no_grad():
         ee = model.forward_ee(torch.zeros(1, 3, 112, 112))
         lengths.clear()
-        model.forward_sac(torch.zeros(1, 3, 112, 112), order[:, :10], order[:, 10:], ee.final, ee.hidden)
+        model.forward_sac(torch.zeros(1, 40, 192), order[:, :10], order[:, 10:], ee.final, ee.hidden)
     for h in hooks:
         h.remove()
     assert lengths == [41, 41, 41, 80, 80, 80]
@@ -181,3 +182,21 @@ def test_deit_baseline_is_the_same_blocks():
     assert deit_keys < set(sac.state_dict())
     assert set(sac.state_dict()) - deit_keys == {"pos_embed_coarse", "ee_head.weight", "ee_head.bias",
                                                  *{k for k in sac.state_dict() if k.startswith("reuse.")}}
+
+
+def test_crop_equals_patchify_then_gather_numpy_and_torch():
+    from sacvit_edge.tokens import crop_target_patches
+
+    model = build_model(preset("tiny_112"))
+    img = torch.randn(3, 3, 112, 112)
+    target = torch.stack([torch.randperm(49)[:9] for _ in range(3)])
+    # reference: cut the whole image into 8x8 patches (row-major, (C, p, p) inside), gather fine tokens
+    b = img.shape[0]
+    allp = img.reshape(b, 3, 14, 8, 14, 8).permute(0, 2, 4, 1, 3, 5).reshape(b, 196, 192)
+    ref = torch.gather(allp, 1, model.fine_indices(target).unsqueeze(-1).expand(-1, -1, 192))
+    torch.testing.assert_close(crop_target_patches(img, target, 8), ref, rtol=0, atol=0)
+    np.testing.assert_array_equal(crop_target_patches(img.numpy(), target.numpy(), 8), ref.numpy())
+    # and the conv patch embedding of the whole image agrees with re-embedding the crops
+    emb = model.patch_embed(img)
+    emb_ref = torch.gather(emb, 1, model.fine_indices(target).unsqueeze(-1).expand(-1, -1, 64))
+    torch.testing.assert_close(model.patch_embed.embed_patches(ref), emb_ref, atol=1e-5, rtol=1e-5)
