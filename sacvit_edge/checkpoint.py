@@ -59,14 +59,15 @@ def save_checkpoint(path: str | Path, model: VisionTransformer, class_names: lis
     """Write model.pt atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    eta = float(model.cfg.eta if eta is None else eta)
     payload = {
         "format": FORMAT,
         "format_version": CHECKPOINT_VERSION,
-        "config": model.cfg.to_dict(),
+        "config": {**model.cfg.to_dict(), "eta": eta},  # one source of truth for the threshold
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "class_names": list(class_names),
         "input": {"size": model.cfg.img_size, "mean": [float(m) for m in mean], "std": [float(s) for s in std]},
-        "eta": float(model.cfg.eta if eta is None else eta),
+        "eta": eta,
         "training": dict(training or {}),
     }
     tmp = path.with_name(path.name + ".tmp")

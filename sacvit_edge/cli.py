@@ -216,6 +216,40 @@ def bench(
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@app.command("tune-eta")
+def tune_eta_cmd(
+    model_path: Annotated[Path, typer.Argument(help="SAC-ViT model.pt; its default eta is rewritten")],
+    tolerance: Annotated[float, typer.Option(help="accuracy points the early exit may cost vs the SAC head")] = 0.25,
+    val_items: Annotated[int, typer.Option(help="held-out items: the LAST N of the train split")] = 5000,
+    seed: Annotated[int, typer.Option(help="layout seed of the validation canvases")] = 1,
+    dry_run: Annotated[bool, typer.Option(help="only print the choice")] = False,
+) -> None:
+    """Choose the default exit threshold on held-out canvases (never the test split)."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import ClutteredFashionMNIST
+    from .model import SACViT
+    from .train import tune_eta
+
+    try:
+        ck = load_checkpoint(model_path)
+        if not isinstance(ck.model, SACViT):
+            raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
+        val = ClutteredFashionMNIST("train", seed=seed, offset=60000 - val_items, limit=val_items)
+        with err.status("sweeping eta"):
+            eta, rows = tune_eta(ck.model, val, tolerance)
+    except SacvitError as exc:
+        _fail(exc)
+    table = Table("eta", "top-1 %", "exit rate", title=f"{model_path}: validation sweep")
+    for r in rows[::5]:
+        table.add_row(f"{r['eta']:.2f}", f"{r['top1']:.2f}", f"{r['exit_rate']:.3f}")
+    console.print(table)
+    console.print(f"chosen eta = {eta:.2f}")
+    if not dry_run:
+        training = dict(ck.training, eta_tuning={"tolerance": tolerance, "val_items": val_items, "seed": seed, "eta": eta})
+        save_checkpoint(model_path, ck.model, ck.class_names, ck.mean, ck.std, eta=eta, training=training)
+        console.print(f"wrote eta {eta:.2f} into {model_path}")
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 

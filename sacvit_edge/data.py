@@ -78,17 +78,18 @@ class ClutteredFashionMNIST:
         split: "train" (official train set only) or "test" (official test set only).
         seed: layout seed; the test split is fixed for a seed, the train split is redrawn
             each epoch (``batches(epoch=...)``) as augmentation.
-        limit: use only the first `limit` items (quick runs and tests).
+        limit: use only `limit` items (quick runs and tests).
+        offset: skip the first `offset` items of the split (e.g. a validation slice).
     """
 
     classes = FASHION_CLASSES
 
     def __init__(self, split: Split = "train", seed: int = 0, limit: int | None = None,
-                 spec: CanvasSpec = CanvasSpec(), root: Path = FASHION_MNIST_DIR) -> None:
+                 spec: CanvasSpec = CanvasSpec(), root: Path = FASHION_MNIST_DIR, offset: int = 0) -> None:
         self.split, self.seed, self.spec = split, seed, spec
         images, labels = load_fashion_mnist(split, root)
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
+        end = None if limit is None else offset + limit
+        images, labels = images[offset:end], labels[offset:end]
         self.items = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)  # (N,1,28,28)
         self.labels = torch.from_numpy(labels.copy())
 

@@ -269,3 +269,33 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
         if flops:
             result["gflops"] = CostModel(model).full
     return result
+
+
+@torch.no_grad()
+def tune_eta(model: SACViT, dataset, tolerance: float = 0.25, batch_size: int = 256,
+             etas: np.ndarray | None = None) -> tuple[float, list[dict[str, float]]]:
+    """The smallest exit threshold whose early-exit accuracy is within `tolerance` points of the
+    SAC head's own accuracy, on `dataset` (use held-out data, not the test split).
+
+    Returns the chosen eta and the whole sweep (eta, top1, exit_rate).
+    """
+    model.eval()
+    etas = np.round(np.arange(0.30, 1.0001, 0.01), 2) if etas is None else np.asarray(etas)
+    conf, ee_pred, sac_pred, ys = [], [], [], []
+    for images, labels in prefetch(dataset.batches(batch_size)):
+        out = model(to_input(images))
+        p = out.ee_logits.softmax(-1)
+        conf.append(p.max(-1).values.numpy())
+        ee_pred.append(p.argmax(-1).numpy())
+        sac_pred.append(out.logits.argmax(-1).numpy())
+        ys.append(labels.numpy())
+    conf_a, ee_a, sac_a, y = map(np.concatenate, (conf, ee_pred, sac_pred, ys))
+    sac_top1 = float((sac_a == y).mean() * 100)
+    rows = []
+    for eta in etas:
+        exited = conf_a >= eta
+        rows.append({"eta": float(eta), "top1": float((np.where(exited, ee_a, sac_a) == y).mean() * 100),
+                     "exit_rate": float(exited.mean())})
+    ok = [r for r in rows if r["top1"] >= sac_top1 - tolerance]
+    chosen = min(ok, key=lambda r: r["eta"])["eta"] if ok else 1.0
+    return chosen, rows

@@ -61,3 +61,25 @@ def test_ddp_two_cpu_processes(tmp_path):
     ck = load_checkpoint(out)
     assert ck.training["world_size"] == 2
     assert ck.training["history"][0]["step"] == 2  # 64 items / 2 ranks / 16 per batch
+
+
+def test_tune_eta_picks_smallest_eta_within_tolerance(random_ckpt):
+    from sacvit_edge.train import tune_eta
+
+    model = load_checkpoint(random_ckpt).model
+    val = ClutteredFashionMNIST("train", offset=59900, limit=64, seed=1)
+    assert len(val) == 64 and int(val.labels[0]) == int(load_fashion_mnist_labels()[59900])
+    eta, rows = tune_eta(model, val, tolerance=0.0)
+    exits = [r["exit_rate"] for r in rows]
+    assert all(a >= b for a, b in zip(exits, exits[1:]))  # higher eta, fewer exits
+    sac_top1 = rows[-1]["top1"] if rows[-1]["exit_rate"] == 0 else None
+    chosen = next(r for r in rows if r["eta"] == eta)
+    if sac_top1 is not None:
+        assert chosen["top1"] >= sac_top1
+        assert all(r["top1"] < sac_top1 for r in rows if r["eta"] < eta)
+
+
+def load_fashion_mnist_labels():
+    from sacvit_edge.data import load_fashion_mnist
+
+    return load_fashion_mnist("train")[1]
