@@ -55,6 +55,7 @@ def train(
     k_min: Annotated[Optional[int], typer.Option()] = None,
     k_max: Annotated[Optional[int], typer.Option()] = None,
     reuse_layer: Annotated[Optional[int], typer.Option(help="EE layer whose features non-targets reuse")] = None,
+    cluster_space: Annotated[Optional[str], typer.Option(help="2-means on 'log' (default) or 'raw' GCA")] = None,
 ) -> None:
     """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
     import torch
@@ -65,7 +66,8 @@ def train(
     from .train import TrainConfig, train as run_train
 
     try:
-        overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer).items() if v is not None}
+        overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer,
+                                                     cluster_space=cluster_space).items() if v is not None}
         if data is None:
             train_set, test_set = ClutteredFashionMNIST("train", seed=seed), ClutteredFashionMNIST("test", seed=seed)
         else:

@@ -92,7 +92,8 @@ def select_targets(scores: np.ndarray, config: ModelConfig) -> Split:
     # Stable sort by descending score so that equal scores break ties by index everywhere.
     order = np.argsort(-scores, axis=1, kind="stable").astype(np.int64)
     if config.selection == "sac":
-        counts = np.clip(two_means_split(scores), config.k_min, config.k_max)
+        space = np.log(np.maximum(scores, 1e-12)) if config.cluster_space == "log" else scores
+        counts = np.clip(two_means_split(space), config.k_min, config.k_max)
     elif config.selection == "topalpha":
         counts = np.full(b, math.ceil(config.alpha * n), dtype=np.int64)
     else:  # "window": targets are the window, in descending score order, then the rest

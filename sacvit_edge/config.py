@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 Arch = Literal["sacvit", "deit"]
+ScoreSpace = Literal["raw", "log"]
 Selection = Literal["sac", "topalpha", "window"]
 AttentionMode = Literal["cluster", "full"]
 
@@ -34,6 +35,9 @@ class ModelConfig:
         reuse_layer: [choice] which EE feature the non-target tokens reuse: the hidden state
             after this many blocks (0 = the patch embeddings, as CF-ViT). They join the SAC
             stage at that block, so a later layer skips more of their recomputation.
+        cluster_space: [choice] the 1-D space the 2-means split works in: "raw" GCA values, or
+            "log" GCA. Attention is heavy-tailed: on raw values the split isolates the few
+            peak tokens of the object; in log space it separates object from background.
         k_min, k_max: clamp of the per-image target count ("sac" selection).
         alpha: share of coarse tokens kept as targets in "topalpha" mode (CF-ViT: 0.5).
         window: side m of the LF-ViT window in "window" mode (LF-ViT: 5 of 7).
@@ -55,6 +59,7 @@ class ModelConfig:
     selection: Selection = "sac"
     attention: AttentionMode = "cluster"
     reuse_layer: int = 3
+    cluster_space: ScoreSpace = "log"
     k_min: int = 4
     k_max: int = 25
     alpha: float = 0.5
@@ -72,6 +77,8 @@ class ModelConfig:
             bad(f"arch={self.arch!r}, expected 'sacvit' or 'deit'")
         if self.selection not in ("sac", "topalpha", "window"):
             bad(f"selection={self.selection!r}, expected 'sac', 'topalpha' or 'window'")
+        if self.cluster_space not in ("raw", "log"):
+            bad(f"cluster_space={self.cluster_space!r}, expected 'raw' or 'log'")
         if self.attention not in ("cluster", "full"):
             bad(f"attention={self.attention!r}, expected 'cluster' or 'full'")
         if self.img_size % (2 * self.patch_size):

@@ -83,3 +83,15 @@ def test_target_mask_matches_targets():
     mask = split.target_mask(49)
     for b in range(3):
         assert set(np.flatnonzero(mask[b]).tolist()) == set(split.targets(b).tolist())
+
+
+def test_log_space_separates_object_from_background_not_just_peaks():
+    # An "object" of 12 cells with heavy-tailed attention (two peaks) on a flat background.
+    scores = np.full((1, 49), 1e-4)
+    obj = np.arange(12)
+    scores[0, obj] = 0.02
+    scores[0, [0, 1]] = 0.5
+    raw = select_targets(scores, preset("tiny_112", cluster_space="raw", k_min=1))
+    log = select_targets(scores, preset("tiny_112", cluster_space="log", k_min=1))
+    assert raw.counts[0] == 2  # raw values: only the two peaks
+    assert log.counts[0] == 12  # log values: the whole object
