@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("deit", "sac", "cf", "lf")
 LABELS = {"deit": "DeiT (baseline)", "sac": "SAC-ViT", "cf": "CF-ViT mode", "lf": "LF-ViT mode"}
-DEFAULT_ETAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+DEFAULT_ETAS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)  # plus the checkpoint's own eta
 
 
 @dataclass
@@ -53,6 +53,7 @@ class BenchConfig:
     threads: int | None = None
     paper_geometry: bool = True
     work_dir: Path | None = None
+    include_default_eta: bool = True
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -183,6 +184,8 @@ def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) ->
     work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="sacvit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     sac_ck, deit_ck = load_checkpoint(cfg.sac_checkpoint), load_checkpoint(cfg.deit_checkpoint)
+    if cfg.include_default_eta:
+        cfg.etas = tuple(sorted(set(cfg.etas) | {round(sac_ck.eta, 4)}))
     backends = [b for b in cfg.backends if b in available_backends()]
     x, y = eval_images(cfg.eval_images, sac_ck.mean, sac_ck.std)
     speed_x, single = x[: cfg.speed_images], x[: max(1, min(len(x), 64))]

@@ -102,7 +102,7 @@ def test_bench_report_structure(tmp_path, random_ckpt):
     deit = save_checkpoint(tmp_path / "deit.pt", build_model(ck.config.replace(arch="deit")), ck.class_names)
     cfg = BenchConfig(sac_checkpoint=random_ckpt, deit_checkpoint=deit, eval_images=64, speed_images=32,
                       latency_iters=3, batch=16, etas=(0.2, 0.9, 1.0), backends=("onnxruntime", "pytorch", "tensorrt"),
-                      paper_geometry=False, work_dir=tmp_path / "w")
+                      paper_geometry=False, work_dir=tmp_path / "w", include_default_eta=False)
     res = run_bench(cfg)
     rows = res["rows"]
     assert res["config"]["backends"] == ["onnxruntime", "pytorch"]  # unavailable TensorRT is skipped
