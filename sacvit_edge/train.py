@@ -247,9 +247,10 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
         if on_batch:
             on_batch(done, n)
     y = np.concatenate(stats["y"])
-    result: dict[str, Any] = {"images": int(len(y)), "eta": eta}
+    result: dict[str, Any] = {"images": int(len(y))}
     final = np.concatenate(stats["final"])
     if isinstance(model, SACViT):
+        result["eta"] = eta
         exited, counts = np.concatenate(stats["exited"]), np.concatenate(stats["counts"])
         result.update(
             top1_ee=float((np.concatenate(stats["ee"]) == y).mean() * 100),

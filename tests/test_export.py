@@ -75,7 +75,6 @@ def test_parity_random_model_every_k(random_export, random_ckpt):
     assert worst["ee"] <= ATOL and worst["sac"] <= ATOL, worst
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path(__file__).parents[1].joinpath("checkpoints/sacvit_tiny_112.pt").is_file(), reason="shipped checkpoint not trained yet")
 def test_parity_shipped_model_every_k(shipped_export, shipped_sac):
     worst = _parity(shipped_export, shipped_sac, batches=(1, 8))
     assert worst["ee"] <= ATOL and worst["sac"] <= ATOL, worst
