@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sacvit-edge-export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: SAC engine takes target patches and keep masks
 ENGINE_FILES = ("ee.onnx", "sac.onnx")
 
 
@@ -200,9 +200,10 @@ def read_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ExportError(f"{path}: not a sacvit-edge export manifest")
     version = data.get("format_version")
-    if not isinstance(version, int) or version > MANIFEST_VERSION:
-        raise ExportError(f"{path}: format version {version!r}; this sacvit-edge reads up to {MANIFEST_VERSION}. "
-                          "Re-export the checkpoint with this version")
+    if not isinstance(version, int) or version != MANIFEST_VERSION:
+        age = "a newer" if isinstance(version, int) and version > MANIFEST_VERSION else "an older"
+        raise ExportError(f"{path}: format version {version!r} was written by {age} sacvit-edge; this one reads "
+                          f"version {MANIFEST_VERSION}. Re-export the checkpoint with this version")
     for key in ("checkpoint_fingerprint", "class_names", "input", "eta", "model_config", "engines", "files"):
         if key not in data:
             raise ExportError(f"{path}: manifest lacks {key!r}")

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 EE_INPUTS = ["image"]
 EE_OUTPUTS = ["ee_logits", "gca", "ee_final", "ee_hidden"]
-SAC_INPUTS = ["target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden"]
+SAC_INPUTS = ["target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep"]
 SAC_OUTPUTS = ["sac_logits"]
 Exporter = Literal["torchscript", "dynamo"]
 
@@ -65,8 +65,10 @@ class SACStage(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, target_patches, target_idx, nontarget_idx, ee_final, ee_hidden) -> torch.Tensor:
-        return self.model.forward_sac(target_patches, target_idx, nontarget_idx, ee_final, ee_hidden)
+    def forward(self, target_patches, target_idx, nontarget_idx, ee_final, ee_hidden, target_keep,
+                nontarget_keep) -> torch.Tensor:
+        return self.model.forward_sac(target_patches, target_idx, nontarget_idx, ee_final, ee_hidden, target_keep,
+                                      nontarget_keep)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -122,10 +124,14 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
         _export(EEStage(model), (image,), ee_path, EE_INPUTS, EE_OUTPUTS,
                 {name: batch for name in EE_INPUTS + EE_OUTPUTS}, opset, exporter)
         patches = model.crop_targets(image, order[:, :example_k])
-        _export(SACStage(model), (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden),
+        keep_t = torch.ones(2, example_k, dtype=torch.bool)
+        keep_n = torch.ones(2, cfg.num_coarse - example_k, dtype=torch.bool)
+        _export(SACStage(model), (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden, keep_t, keep_n),
                 sac_path, SAC_INPUTS, SAC_OUTPUTS,
-                {"target_patches": {0: "batch", 1: "four_k"}, "target_idx": {0: "batch", 1: "k"}, "nontarget_idx": {0: "batch", 1: "n_minus_k"},
-                 "ee_final": batch, "ee_hidden": batch, "sac_logits": batch}, opset, exporter)
+                {"target_patches": {0: "batch", 1: "four_k"}, "target_idx": {0: "batch", 1: "k"},
+                 "nontarget_idx": {0: "batch", 1: "n_rest"}, "ee_final": batch, "ee_hidden": batch,
+                 "target_keep": {0: "batch", 1: "k"}, "nontarget_keep": {0: "batch", 1: "n_rest"},
+                 "sac_logits": batch}, opset, exporter)
         for path, stage in ((ee_path, "ee"), (sac_path, "sac")):
             add_metadata(path, {"sacvit_edge.stage": stage, **(metadata or {})})
             check_no_training_nodes(path)

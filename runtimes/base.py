@@ -33,10 +33,12 @@ class Backend(Protocol):
         ...
 
     def run_sac(self, patches: np.ndarray, target_idx: np.ndarray, nontarget_idx: np.ndarray,
-                final: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+                final: np.ndarray, hidden: np.ndarray, target_keep: np.ndarray,
+                nontarget_keep: np.ndarray) -> np.ndarray:
         """One group of images with equal target count k -> SAC logits (B, C).
 
         patches: (B, 4k, C*p*p) target-region pixels (tokens.crop_target_patches).
+        target_keep / nontarget_keep: (B, k) / (B, n-k') bool, False on padding.
         """
         ...
 

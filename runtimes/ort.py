@@ -71,7 +71,8 @@ class OrtBackend(BackendBase):
 
     def _check_io(self) -> None:
         want_ee = {"image"}, {"ee_logits", "gca", "ee_final", "ee_hidden"}
-        want_sac = {"target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden"}, {"sac_logits"}
+        want_sac = {"target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep",
+                    "nontarget_keep"}, {"sac_logits"}
         for sess, (ins, outs), label in ((self.ee, want_ee, "ee"), (self.sac, want_sac, "sac")):
             got_in = {i.name for i in sess.get_inputs()}
             got_out = {o.name for o in sess.get_outputs()}
@@ -83,9 +84,10 @@ class OrtBackend(BackendBase):
         logits, gca, final, hidden = self.ee.run(["ee_logits", "gca", "ee_final", "ee_hidden"], {"image": image})
         return EEResult(logits=logits, gca=gca, final=final, hidden=hidden)
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
         return self.sac.run(["sac_logits"], {"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
-                                             "ee_final": final, "ee_hidden": hidden})[0]
+                                             "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep,
+                                             "nontarget_keep": nontarget_keep})[0]
 
     def device(self) -> str:
         return cpu_name() if self.providers[0] == "CPUExecutionProvider" else self.providers[0]

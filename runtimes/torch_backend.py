@@ -38,9 +38,9 @@ class TorchBackend(BackendBase):
         return EEResult(*(t.float().cpu().numpy() for t in (out.logits, out.gca, out.final, out.hidden)))
 
     @torch.inference_mode()
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
         out = self.model.forward_sac(self._t(patches), self._t(target_idx), self._t(nontarget_idx),
-                                     self._t(final), self._t(hidden))
+                                     self._t(final), self._t(hidden), self._t(target_keep), self._t(nontarget_keep))
         return out.float().cpu().numpy()
 
     def device(self) -> str:

@@ -70,6 +70,8 @@ def profile_shapes(manifest, stage: str, batch_opt: int = 8) -> dict[str, tuple[
     return {"target_patches": ((b_lo, 4 * k_lo, px), (b_opt, 4 * k_opt, px), (b_hi, 4 * k_hi, px)),
             "target_idx": ((b_lo, k_lo), (b_opt, k_opt), (b_hi, k_hi)),
             "nontarget_idx": ((b_lo, n - k_hi), (b_opt, n - k_opt), (b_hi, n - k_lo)),
+            "target_keep": ((b_lo, k_lo), (b_opt, k_opt), (b_hi, k_hi)),
+            "nontarget_keep": ((b_lo, n - k_hi), (b_opt, n - k_opt), (b_hi, n - k_lo)),
             "ee_final": (feat(b_lo), feat(b_opt), feat(b_hi)),
             "ee_hidden": (feat(b_lo), feat(b_opt), feat(b_hi))}
 
@@ -180,9 +182,10 @@ class TensorRTBackend(BackendBase):
         out = self.ee({"image": image})
         return EEResult(logits=out["ee_logits"], gca=out["gca"], final=out["ee_final"], hidden=out["ee_hidden"])
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden) -> np.ndarray:
+    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
         return self.sac({"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
-                         "ee_final": final, "ee_hidden": hidden})["sac_logits"]
+                         "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep,
+                                             "nontarget_keep": nontarget_keep})["sac_logits"]
 
     def device(self) -> str:
         import torch

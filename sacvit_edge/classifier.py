@@ -21,7 +21,7 @@ import numpy as np
 from .clustering import select_targets
 from .errors import ConfigError, ExportError, ImageError
 from .images import ImageInput, preprocess
-from .tokens import crop_target_patches
+from .tokens import crop_target_patches, plan_sac_groups
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class EdgeClassifier:
         eta: exit threshold (default: the one stored at export).
         threads: CPU threads for CPU backends (default: physical cores).
         topk: how many classes each Prediction lists.
+        group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
+            images with different target counts are grouped (and padded, masked) into the
+            fewest calls this cost model favours (tokens.plan_sac_groups). 0 = one call per count.
     Raises:
         ExportError / CheckpointError / BackendError with the file and the problem.
 
@@ -90,7 +93,8 @@ class EdgeClassifier:
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", eta: float | None = None,
-                 threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None) -> None:
+                 threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
+                 group_overhead_tokens: float = 64.0) -> None:
         from sacvit_edge.export.bundle import read_manifest
         from sacvit_edge.runtimes import open_backend
 
@@ -106,6 +110,7 @@ class EdgeClassifier:
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eta={self.eta} must be in [0, 1]")
         self.topk = max(1, min(int(topk), len(self.class_names)))
+        self.group_overhead_tokens = float(group_overhead_tokens)
         self.k_range = self.manifest.k_range
         self.backend = open_backend(backend, self.manifest, threads=threads)
         self.backend_name = self.backend.name
@@ -113,10 +118,12 @@ class EdgeClassifier:
 
     @staticmethod
     def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
+        from sacvit_edge import __version__
         from sacvit_edge.checkpoint import file_fingerprint
-        from sacvit_edge.export.bundle import export_checkpoint, read_manifest
+        from sacvit_edge.export.bundle import MANIFEST_VERSION, export_checkpoint, read_manifest
 
-        target = cache_dir / file_fingerprint(checkpoint)[:16]
+        # keyed by the weights AND the export format, so an upgrade never reuses stale engines
+        target = cache_dir / f"{file_fingerprint(checkpoint)[:16]}-m{MANIFEST_VERSION}-{__version__}"
         try:
             manifest = read_manifest(target)
             return manifest.directory
@@ -158,21 +165,36 @@ class EdgeClassifier:
             split = select_targets(ee.gca[rest], cfg)
             counts[rest] = split.counts
             mask[rest] = split.target_mask(cfg.num_coarse)
-            for k in np.unique(split.counts):
-                rows = np.flatnonzero(split.counts == k)
-                img_rows = rest[rows]
-                order = split.order[rows]
-                target_idx = np.ascontiguousarray(order[:, :k])
-                patches = crop_target_patches(batch[img_rows], target_idx, cfg.patch_size)
-                ts = time.perf_counter()
-                logits = self.backend.run_sac(patches, target_idx, np.ascontiguousarray(order[:, k:]),
-                                              ee.final[img_rows], ee.hidden[img_rows])
-                sac_s += time.perf_counter() - ts
-                probs[img_rows] = _softmax(logits)
+            logits, sac_s = self.run_sac_stage(batch, ee, rest, split.order, split.counts)
+            probs[rest] = _softmax(logits)
         total = time.perf_counter() - t0
         ee_ms, sac_ms, total_ms = (t1 - t0) * 1e3, sac_s * 1e3, total * 1e3
         timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
         return BatchResult(probs=probs, ee_probs=ee_probs, exited=exited, counts=counts, target_mask=mask, timings=timings)
+
+    def run_sac_stage(self, batch: np.ndarray, ee, rows: np.ndarray, order: np.ndarray,
+                      counts: np.ndarray) -> tuple[np.ndarray, float]:
+        """SAC logits of batch[rows], whose targets are order[i, :counts[i]].
+
+        Images are grouped into few engine calls (plan_sac_groups); within a group targets are
+        padded to the group's largest count and non-targets start at its smallest, with keep
+        masks marking the padding. Returns (len(rows), C) logits and the seconds spent in the engine.
+        """
+        cfg = self.config
+        logits = np.empty((len(rows), len(self.class_names)), dtype=np.float32)
+        ranks = np.arange(cfg.num_coarse)[None, :]
+        engine_s = 0.0
+        for group, k_lo, k_hi in plan_sac_groups(counts, cfg.num_coarse, self.group_overhead_tokens):
+            img_rows, order_g, counts_g = rows[group], order[group], counts[group]
+            target_idx = np.ascontiguousarray(order_g[:, :k_hi])
+            patches = crop_target_patches(batch[img_rows], target_idx, cfg.patch_size)
+            target_keep = np.ascontiguousarray(ranks[:, :k_hi] < counts_g[:, None])
+            nontarget_keep = np.ascontiguousarray(ranks[:, k_lo:] >= counts_g[:, None])
+            ts = time.perf_counter()
+            logits[group] = self.backend.run_sac(patches, target_idx, np.ascontiguousarray(order_g[:, k_lo:]),
+                                                 ee.final[img_rows], ee.hidden[img_rows], target_keep, nontarget_keep)
+            engine_s += time.perf_counter() - ts
+        return logits, engine_s
 
     def predict_batch(self, images: Sequence[ImageInput], eta: float | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""

@@ -297,7 +297,8 @@ class SACViT(VisionTransformer):
             ee_final: (B, n, D) EE features after the last block (fed to the reuse MLP).
             ee_hidden: (B, n, D) EE features after `reuse_layer` blocks (reused non-targets).
             target_keep / nontarget_keep: optional (B, k) / (B, N) validity masks, for
-                training batches that pad images with different target counts.
+                batches that pad images with different target counts to one shape (training,
+                and the runtime's grouped SAC calls); padded tokens are masked out as keys.
         Returns:
             (B, classes) SAC logits.
         """
@@ -314,7 +315,7 @@ class SACViT(VisionTransformer):
         ones = torch.ones_like(target_idx[:, :1], dtype=torch.bool)  # (B, 1)
         keep = None
         if target_keep is not None:
-            keep = torch.cat([ones, target_keep.repeat_interleave(4, dim=1)], 1)
+            keep = torch.cat([ones, target_keep.unsqueeze(-1).expand(-1, -1, 4).reshape(b, 4 * k)], 1)
         x = torch.cat([cls, tgt], 1)  # (B, 1+T, D); non-targets join at `reuse_layer`
         for i, blk in enumerate(self.blocks):
             if i == cfg.reuse_layer and nontarget_idx.shape[1] > 0:

@@ -34,3 +34,45 @@ def crop_target_patches(image: Array, target_idx: Array, patch: int) -> Array:
     region = cells[batch, :, rows, :, cols, :]  # (B, k, C, 2p, 2p)
     fine = region.reshape(b, k, c, 2, patch, 2, patch).permute(0, 1, 3, 5, 2, 4, 6)
     return fine.reshape(b, 4 * k, c * patch * patch)
+
+
+def plan_sac_groups(counts: np.ndarray, num_coarse: int, overhead_tokens: float = 64.0) -> list[tuple[np.ndarray, int, int]]:
+    """Group images of different target counts into few SAC calls, padding within a group.
+
+    Every engine call has a fixed cost (per-node dispatch, thread wake-ups, small GEMMs), about
+    the compute of `overhead_tokens` tokens on a CPU. One call per distinct count fragments a
+    batch into many tiny calls; one padded call for all wastes compute on padding. This picks
+    the partition of the sorted counts into contiguous groups that minimises
+    sum(groups) overhead + sum(images) padded tokens, exactly, by dynamic programming over the
+    distinct counts (at most k_max - k_min + 1 of them). A group padded from k_lo to k_hi
+    costs each image 1 + 4*k_hi + (n - k_lo) tokens; its padding is masked out as keys, so
+    results equal unpadded inference (to float rounding).
+
+    Args:
+        counts: (M,) target counts of the images that go to the SAC stage.
+        num_coarse: n, coarse tokens per image.
+    Returns:
+        [(rows, k_lo, k_hi)]: indices into counts, and the group's smallest and largest count.
+    """
+    values, inverse, mult = np.unique(counts, return_inverse=True, return_counts=True)
+    u = len(values)
+    if u == 0:
+        return []
+    best = np.full(u + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(u + 1, dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(mult)])
+    for j in range(1, u + 1):  # groups end at distinct value j-1
+        for i in range(j):  # ... and start at distinct value i
+            images = cum[j] - cum[i]
+            cost = best[i] + overhead_tokens + images * (1 + 4 * values[j - 1] + num_coarse - values[i])
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups = []
+    j = u
+    while j > 0:
+        i = cut[j]
+        rows = np.flatnonzero((inverse >= i) & (inverse < j))
+        groups.append((rows, int(values[i]), int(values[j - 1])))
+        j = i
+    return groups[::-1]

@@ -38,7 +38,8 @@ def test_sac_graph_has_dynamic_batch_and_token_axes(random_export):
     graph = onnx.load(str(random_export / "sac.onnx")).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert dims["target_idx"] == ["batch", "k"]
-    assert dims["nontarget_idx"] == ["batch", "n_minus_k"]
+    assert dims["nontarget_idx"] == ["batch", "n_rest"]
+    assert dims["target_keep"] == ["batch", "k"] and dims["nontarget_keep"] == ["batch", "n_rest"]
     assert dims["target_patches"] == ["batch", "four_k", 192]
     # selection stays on the host: no TopK / sort in the graphs
     assert "TopK" not in op_histogram(random_export / "sac.onnx")
@@ -60,7 +61,8 @@ def _parity(export_dir, ckpt_path, batches=(1, 5)):
             t, nt = random_split(cfg, b, k, seed=k)
             from sacvit_edge.tokens import crop_target_patches
 
-            got = backend.run_sac(crop_target_patches(img, t, cfg.patch_size), t, nt, ee.final, ee.hidden)
+            got = backend.run_sac(crop_target_patches(img, t, cfg.patch_size), t, nt, ee.final, ee.hidden,
+                                  np.ones(t.shape, bool), np.ones(nt.shape, bool))
             with torch.no_grad():
                 tt = torch.from_numpy(t)
                 want = model.forward_sac(model.crop_targets(torch.from_numpy(img), tt), tt, torch.from_numpy(nt),
@@ -147,3 +149,26 @@ def test_broken_export_directories(tmp_path, random_export):
     (d / "manifest.json").unlink()
     with pytest.raises(ExportError, match="manifest.json is missing"):
         read_manifest(d)
+
+
+def test_padded_group_equals_unpadded_calls(random_export, random_ckpt):
+    """One SAC call with padding + keep masks == one call per image at its own count."""
+    from sacvit_edge.tokens import crop_target_patches
+
+    cfg = load_checkpoint(random_ckpt).config
+    backend = OrtBackend(random_export / "ee.onnx", random_export / "sac.onnx")
+    img = np.random.default_rng(0).standard_normal((3, 3, 112, 112)).astype(np.float32)
+    ee = backend.run_ee(img)
+    order = np.stack([np.random.default_rng(i).permutation(49) for i in range(3)])
+    counts = np.array([5, 9, 14])
+    ranks = np.arange(49)[None]
+    k_lo, k_hi = 5, 14
+    t = np.ascontiguousarray(order[:, :k_hi])
+    padded = backend.run_sac(crop_target_patches(img, t, 8), t, np.ascontiguousarray(order[:, k_lo:]), ee.final,
+                             ee.hidden, ranks[:, :k_hi] < counts[:, None], ranks[:, k_lo:] >= counts[:, None])
+    for b, k in enumerate(counts):
+        tb = np.ascontiguousarray(order[b:b + 1, :k])
+        nb = np.ascontiguousarray(order[b:b + 1, k:])
+        one = backend.run_sac(crop_target_patches(img[b:b + 1], tb, 8), tb, nb, ee.final[b:b + 1], ee.hidden[b:b + 1],
+                              np.ones(tb.shape, bool), np.ones(nb.shape, bool))
+        assert np.abs(padded[b] - one[0]).max() <= ATOL

@@ -200,3 +200,38 @@ def test_crop_equals_patchify_then_gather_numpy_and_torch():
     emb = model.patch_embed(img)
     emb_ref = torch.gather(emb, 1, model.fine_indices(target).unsqueeze(-1).expand(-1, -1, 64))
     torch.testing.assert_close(model.patch_embed.embed_patches(ref), emb_ref, atol=1e-5, rtol=1e-5)
+
+
+def brute_force_groups(values, mult, n, overhead):
+    """Best cost over all partitions of the sorted distinct counts into contiguous groups."""
+    import itertools
+
+    u = len(values)
+    best = float("inf")
+    for cuts in itertools.product([0, 1], repeat=u - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [u]
+        cost = 0.0
+        for a, b in zip(bounds, bounds[1:]):
+            cost += overhead + sum(mult[a:b]) * (1 + 4 * values[b - 1] + n - values[a])
+        best = min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sac_groups_are_optimal_and_cover_every_image(seed):
+    from sacvit_edge.tokens import plan_sac_groups
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(4, 26, size=rng.integers(1, 30))
+    groups = plan_sac_groups(counts, 49, overhead_tokens=64)
+    rows = np.sort(np.concatenate([g for g, _, _ in groups]))
+    assert rows.tolist() == list(range(len(counts)))  # every image exactly once
+    cost = 0.0
+    for g, lo, hi in groups:
+        assert counts[g].min() == lo and counts[g].max() == hi
+        cost += 64 + len(g) * (1 + 4 * hi + 49 - lo)
+    values, mult = np.unique(counts, return_counts=True)
+    assert cost == pytest.approx(brute_force_groups(values, mult, 49, 64))
+    # no overhead: one call per distinct count (no padding); huge overhead: a single call
+    assert len(plan_sac_groups(counts, 49, 0)) == len(values)
+    assert len(plan_sac_groups(counts, 49, 1e9)) == 1
