@@ -168,12 +168,23 @@ def forced_two_stage(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, cou
 
 
 def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The whole benchmark; returns a JSON-able dict (rows, targets, environment)."""
+    """The whole benchmark; returns a JSON-able dict (rows, targets, environment).
+
+    Engines are exported into cfg.work_dir, or into a temporary directory removed at the end
+    (the paper-geometry engines alone are hundreds of MB).
+    """
+    if cfg.work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="sacvit-bench-") as tmp:
+            return run_bench(BenchConfig(**{**cfg.__dict__, "work_dir": Path(tmp)}), on_step)
+    return _run_bench(cfg, on_step)
+
+
+def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     from .profiling import environment
     from .runtimes import available_backends
 
     step = on_step or (lambda msg: None)
-    work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="sacvit-bench-"))
+    work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     sac_ck, deit_ck = load_checkpoint(cfg.sac_checkpoint), load_checkpoint(cfg.deit_checkpoint)
     if cfg.include_default_eta:
@@ -363,7 +374,9 @@ def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Pa
     for ax, key, xlabel in ((axes[0], "gflops", "expected GFLOPs / image"),
                             (axes[1], "images_per_s", f"images/s (batch {result['config']['batch']}, {backend})")):
         for method in ("sac", "cf", "lf"):
-            pts = sorted(((r[key], r["top1"]) for r in result["rows"] if r["method"] == method and r["backend"] == backend))
+            rows = sorted((r for r in result["rows"] if r["method"] == method and r["backend"] == backend),
+                          key=lambda r: r["eta"])  # one curve along the eta sweep
+            pts = [(r[key], r["top1"]) for r in rows]
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors[method], label=LABELS[method])
         deit = [r for r in result["rows"] if r["method"] == "deit" and r["backend"] == backend]

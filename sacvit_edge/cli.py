@@ -207,7 +207,7 @@ def bench(
         cfg = BenchConfig(sac_checkpoint=sac or bundled_checkpoint(), deit_checkpoint=deit or bundled_checkpoint().with_name("deit_tiny_112.pt"),
                           eval_images=eval_images, speed_images=speed_images, latency_iters=latency_iters, batch=batch,
                           etas=tuple(float(e) for e in etas.split(",")), backends=tuple(backends.split(",")),
-                          threads=threads, paper_geometry=paper_geometry, work_dir=out / "work")
+                          threads=threads, paper_geometry=paper_geometry)
         with err.status("benchmarking") as status:
             result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
         paths = write_reports(result, out)
