@@ -251,10 +251,9 @@ def test_batches_beyond_batch_max_are_chunked(tmp_path, random_ckpt, canvases, e
     from sacvit_edge.export.bundle import export_checkpoint
 
     d = export_checkpoint(random_ckpt, tmp_path / "b4", batch_max=4).directory
-    small = EdgeClassifier(d, backend="onnxruntime", eta=eta)
-    big = EdgeClassifier(d, backend="onnxruntime", eta=eta, )
+    clf = EdgeClassifier(d, backend="onnxruntime", eta=eta)
     images = list(canvases[0][:10])
-    chunked = small.predict_batch(images)
-    single = [big.predict(i) for i in images]
+    chunked = clf.predict_batch(images)  # 10 images through engines built for batch <= 4
+    single = [clf.predict(i) for i in images]
     assert [p.class_id for p in chunked] == [p.class_id for p in single]
     assert [p.num_target_tokens for p in chunked] == [p.num_target_tokens for p in single]
