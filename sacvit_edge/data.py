@@ -71,6 +71,12 @@ class CanvasSpec:
     fragment_px: tuple[int, int] = (8, 14)  # side of the cut-out window in item pixels
 
 
+def shard_order(n: int, shuffle: bool, seed: tuple[int, ...] | int, rank: int, world: int) -> np.ndarray:
+    """Item order of one epoch (optionally shuffled), and this rank's disjoint shard of it."""
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    return order[rank::world]
+
+
 class ClutteredFashionMNIST:
     """Cluttered Fashion-MNIST canvases rendered in batches.
 
@@ -152,10 +158,7 @@ class ClutteredFashionMNIST:
     def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0,
                 world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) batches; with world > 1 each rank takes a disjoint shard."""
-        order = np.arange(len(self))
-        if shuffle:
-            order = np.random.default_rng((self.seed, epoch)).permutation(len(self))
-        order = order[rank::world]
+        order = shard_order(len(self), shuffle, (self.seed, epoch), rank, world)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             yield self.render(idx, epoch), self.labels[torch.as_tensor(idx)]
@@ -190,10 +193,7 @@ class ImageFolder:
                 world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from .images import load_image, resize_uint8
 
-        order = np.arange(len(self))
-        if shuffle:
-            order = np.random.default_rng(epoch).permutation(len(self))
-        order = order[rank::world]
+        order = shard_order(len(self), shuffle, epoch, rank, world)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             imgs = [resize_uint8(load_image(self.samples[i][0]), self.size) for i in idx]

@@ -57,10 +57,11 @@ class TrainResult:
 
 
 def to_input(images_uint8: torch.Tensor, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> normalised float32, the same arithmetic as images.normalize."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    return (images_uint8.float() - m) / s
+    """(B, 3, H, W) uint8 -> normalised float32 with images.normalize: training and deployment
+    share one preprocessing arithmetic."""
+    from .images import normalize
+
+    return torch.from_numpy(normalize(images_uint8.numpy(), mean, std))
 
 
 def prefetch(it: Iterator, depth: int = 2) -> Iterator:
