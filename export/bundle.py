@@ -9,6 +9,7 @@ is refused before it runs).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -126,9 +127,11 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
     if opset < 17:
         raise ConfigError(f"opset={opset} is too old: LayerNormalization needs opset >= 17")
     cfg = ckpt.config
+    model = ckpt.model
     if k_min is not None or k_max is not None:
         cfg = cfg.replace(k_min=k_min if k_min is not None else cfg.k_min, k_max=k_max if k_max is not None else cfg.k_max)
-        ckpt.model.cfg = cfg
+        model = copy.copy(model)  # same weights, new config; the caller's Checkpoint is left as it was
+        model.cfg = cfg
     lo, hi = token_range(cfg) if cfg.arch == "sacvit" else (0, 0)
     if cfg.arch == "sacvit" and hi >= cfg.num_coarse:
         raise ConfigError(f"k_max={hi} leaves no non-target token ({cfg.num_coarse} coarse tokens); use k_max < {cfg.num_coarse}")
@@ -140,7 +143,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
     try:
         meta = {"sacvit_edge.checkpoint_fingerprint": ckpt.fingerprint,
                 "sacvit_edge.manifest_version": str(MANIFEST_VERSION)}
-        export_stages(ckpt.model, tmp, opset=opset, exporter=exporter, metadata=meta)
+        export_stages(model, tmp, opset=opset, exporter=exporter, metadata=meta)
         shutil.copyfile(ckpt.path, tmp / "model.pt")  # the PyTorch reference backend runs from it
         d = cfg.embed_dim
         n = cfg.num_coarse

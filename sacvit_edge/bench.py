@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import EdgeClassifier
 from .clustering import select_targets
-from .config import ModelConfig, preset, with_mode
+from .config import preset, with_mode
 from .flops import CostModel
 from .images import normalize
 from .model import build_model

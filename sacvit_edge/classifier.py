@@ -8,7 +8,6 @@ Predictions. Nothing here knows which backend runs the engines.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time

@@ -13,7 +13,6 @@ import logging
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import threading
 import time

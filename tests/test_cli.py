@@ -49,3 +49,16 @@ def test_demo_runs_on_bundled_checkpoint(tmp_path, shipped_sac):
     r = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output
     assert "correct" in r.output and (tmp_path / "demo" / "sac.onnx").is_file()
+
+
+def test_tune_eta_refuses_a_deit_checkpoint(tmp_path):
+    from sacvit_edge.checkpoint import save_checkpoint
+    from sacvit_edge.config import preset
+    from sacvit_edge.model import build_model
+
+    path = save_checkpoint(tmp_path / "deit.pt", build_model(preset("tiny_112", arch="deit", embed_dim=32)),
+                           list("abcdefghij"))
+    r = runner.invoke(app, ["tune-eta", str(path), "--val-items", "16"])
+    assert r.exit_code == 2 and "only SAC-ViT has an exit threshold" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["bench", "--sac", str(tmp_path / "missing.pt"), "--deit", str(path)])
+    assert r.exit_code == 2 and "no such checkpoint" in r.output

@@ -155,7 +155,6 @@ def test_padded_group_equals_unpadded_calls(random_export, random_ckpt):
     """One SAC call with padding + keep masks == one call per image at its own count."""
     from sacvit_edge.tokens import crop_target_patches
 
-    cfg = load_checkpoint(random_ckpt).config
     backend = OrtBackend(random_export / "ee.onnx", random_export / "sac.onnx")
     img = np.random.default_rng(0).standard_normal((3, 3, 112, 112)).astype(np.float32)
     ee = backend.run_ee(img)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sacvit_edge.config import ModelConfig, preset, with_mode
+from sacvit_edge.config import preset, with_mode
 from sacvit_edge.errors import CheckpointError, ConfigError
 from sacvit_edge.flops import CostModel, deit_gflops
 from sacvit_edge.model import (SACViT, VisionTransformer, build_model, fused_attention,

@@ -1,6 +1,5 @@
 """TensorRT backend: engine headers everywhere; parity only where TensorRT and a GPU exist."""
 
-import numpy as np
 import pytest
 
 from sacvit_edge.errors import BackendError
