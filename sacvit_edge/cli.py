@@ -41,7 +41,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (model.pt)")] = Path("model.pt"),
     arch: Annotated[str, typer.Option(help="sacvit or deit")] = "sacvit",
     preset: Annotated[str, typer.Option(help="model preset (tiny_112, small_112, deit_s_224)")] = "tiny_112",
-    init: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint or timm state_dict to fine-tune from")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint, timm state_dict or SAC-ViT checkpoint to fine-tune from")] = None,
     data: Annotated[Optional[Path], typer.Option(help="ImageFolder root (default: cluttered Fashion-MNIST)")] = None,
     epochs: Annotated[float, typer.Option()] = 5.0,
     batch_size: Annotated[int, typer.Option()] = 128,

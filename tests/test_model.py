@@ -159,6 +159,20 @@ def test_load_timm_style_state_dict():
         assert torch.isfinite(sac(img, clustering=False).logits).all()
 
 
+def test_continuing_from_a_sacvit_state_keeps_every_weight():
+    """--init with a SAC-ViT checkpoint (continued fine-tuning) must not re-derive the learned
+    coarse positional embedding or EE head from the fine ones."""
+    torch.manual_seed(0)
+    trained = build_model(preset("tiny_112"))
+    with torch.no_grad():
+        trained.pos_embed_coarse.normal_()
+        trained.ee_head.weight.normal_()
+    fresh = build_model(preset("tiny_112"))
+    assert load_deit_state_dict(fresh, trained.state_dict()) == []
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_load_rejects_wrong_shapes():
     deit = build_model(preset("small_112", arch="deit"))
     with pytest.raises(CheckpointError, match="shape mismatch"):
