@@ -406,8 +406,9 @@ def load_deit_state_dict(model: VisionTransformer, state: dict[str, torch.Tensor
 
     The fine positional embedding is resized to this model's fine grid and the coarse one
     derived from it; the SAC head and EE head both start from the DeiT head. A SAC-ViT
-    state_dict (continued fine-tuning) keeps its own coarse embedding, EE head and reuse MLP. Keys that this
-    model does not have (e.g. DeiT's distillation token/head) are skipped and returned.
+    state_dict (continued fine-tuning) keeps its own coarse embedding, EE head and reuse MLP.
+    Keys that this model does not have (e.g. DeiT's distillation token/head) are skipped and
+    returned.
 
     Raises:
         CheckpointError: a needed key is missing or a shape does not match.
@@ -421,11 +422,11 @@ def load_deit_state_dict(model: VisionTransformer, state: dict[str, torch.Tensor
         pos = torch.cat([pos[:, :1], pos[:, 2:]], 1)
     mapped = dict(state)
     mapped["pos_embed"] = resize_pos_embed(pos, cfg.fine_grid)
-    if isinstance(model, SACViT) and "pos_embed_coarse" in state:
-        # continuing from a SAC-ViT checkpoint: keep its learned coarse embedding
-        mapped["pos_embed_coarse"] = resize_pos_embed(state["pos_embed_coarse"], cfg.coarse_grid)
-    elif isinstance(model, SACViT):
-        mapped["pos_embed_coarse"] = resize_pos_embed(pos, cfg.coarse_grid)
+    if isinstance(model, SACViT):
+        # a SAC-ViT state_dict (continued fine-tuning) brings its own learned coarse embedding
+        # and EE head; a DeiT one gets both derived from its fine embedding and head
+        coarse_source = state.get("pos_embed_coarse", pos)
+        mapped["pos_embed_coarse"] = resize_pos_embed(coarse_source, cfg.coarse_grid)
         for name in ("weight", "bias"):
             if f"head.{name}" in state and f"ee_head.{name}" not in state:
                 mapped[f"ee_head.{name}"] = state[f"head.{name}"]
