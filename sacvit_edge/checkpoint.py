@@ -93,15 +93,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             a newer format version; keys or shapes that do not fit its config.
     """
     path = Path(path)
+    return checkpoint_from_dict(_read(path, map_location), path)
+
+
+def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights to fine-tune from: a sacvit-edge checkpoint, a timm/DeiT state_dict, or a
+    DeiT release file that wraps one under "model".
+
+    Raises:
+        CheckpointError: missing or unreadable file; a sacvit-edge checkpoint that does not
+            validate; anything that is not a dict of tensors.
+    """
+    path = Path(path)
+    raw = _read(path, "cpu")
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        return checkpoint_from_dict(raw, path).model.state_dict()
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        raw = raw["model"]  # timm/DeiT release files wrap the state_dict
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{path}: neither a sacvit-edge checkpoint nor a state_dict of tensors")
+    return raw
+
+
+def _read(path: Path, map_location: str | torch.device) -> Any:
+    """torch.load with weights_only=True, every failure turned into a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError,
             AttributeError, TypeError, IndexError, KeyError, io.UnsupportedOperation) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                               f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    return checkpoint_from_dict(raw, path)
 
 
 def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:

@@ -58,14 +58,13 @@ def train(
     cluster_space: Annotated[Optional[str], typer.Option(help="2-means on 'log' (default) or 'raw' GCA")] = None,
 ) -> None:
     """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
-    import torch
-
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_init_state
     from .config import preset as get_preset
     from .data import ClutteredFashionMNIST, ImageFolder
     from .train import TrainConfig, train as run_train
 
     try:
+        init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
         overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer,
                                                      cluster_space=cluster_space).items() if v is not None}
         if data is None:
@@ -74,14 +73,6 @@ def train(
             train_set, test_set = ImageFolder(data, get_preset(preset).img_size), None
             overrides["num_classes"] = len(train_set.classes)
         model_cfg = get_preset(preset, **overrides)
-        init_state = None
-        if init is not None:
-            try:
-                init_state = load_checkpoint(init).model.state_dict()
-            except SacvitError:
-                init_state = torch.load(init, map_location="cpu", weights_only=True)
-                if isinstance(init_state, dict) and "model" in init_state:
-                    init_state = init_state["model"]  # timm/DeiT release files wrap the state_dict
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share, seed=seed,
                            train_limit=limit, eval_limit=eval_limit, threads=threads)
         meta = {"command": " ".join(["sacvit-edge", *sys.argv[1:]]), "init": str(init) if init else None,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sacvit_edge.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from sacvit_edge.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_init_state, save_checkpoint
 from sacvit_edge.config import preset
 from sacvit_edge.errors import CheckpointError, SacvitError
 from sacvit_edge.model import build_model
@@ -85,3 +85,29 @@ def test_weights_of_another_model(tmp_path, random_ckpt):
     torch.save(raw, tmp_path / "cfg.pt")
     with pytest.raises(SacvitError, match="selection"):
         load_checkpoint(tmp_path / "cfg.pt")
+
+
+def test_init_state_accepts_checkpoint_state_dict_and_wrapped_release(tmp_path, random_ckpt):
+    """`train --init` takes three kinds of file; each yields the same tensors."""
+    state = load_checkpoint(random_ckpt).model.state_dict()
+    torch.save(state, tmp_path / "sd.pt")
+    torch.save({"model": state}, tmp_path / "release.pt")  # how DeiT's release files wrap it
+    for path in (random_ckpt, tmp_path / "sd.pt", tmp_path / "release.pt"):
+        got = load_init_state(path)
+        assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_init_state_rejects_bad_files_with_checkpoint_error(tmp_path, random_ckpt):
+    with pytest.raises(CheckpointError, match="no such"):
+        load_init_state(tmp_path / "absent.pt")
+    (tmp_path / "junk.pt").write_bytes(b"garbage" * 20)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_init_state(tmp_path / "junk.pt")
+    torch.save({"lr": 0.1, "epoch": 3}, tmp_path / "opt.pt")  # a dict, but not of tensors
+    with pytest.raises(CheckpointError, match="state_dict of tensors"):
+        load_init_state(tmp_path / "opt.pt")
+    raw = _raw(random_ckpt)
+    raw["format_version"] = CHECKPOINT_VERSION + 1  # a broken sacvit checkpoint is not re-read as a state_dict
+    torch.save(raw, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer"):
+        load_init_state(tmp_path / "new.pt")

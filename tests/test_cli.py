@@ -33,6 +33,9 @@ def test_errors_are_clean(tmp_path, random_ckpt):
     assert r.exit_code == 2 and "bad.pt" in r.output
     r = runner.invoke(app, ["eval", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2 and "no such checkpoint" in r.output
+    for init in ("missing.pt", "bad.pt"):  # train --init fails before any data is built
+        r = runner.invoke(app, ["train", "--init", str(tmp_path / init), "-o", str(tmp_path / "t.pt")])
+        assert r.exit_code == 2 and init in r.output and "Traceback" not in r.output, r.output
 
 
 def test_eval_json(tmp_path, random_ckpt):
