@@ -208,7 +208,63 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     return TrainResult(checkpoint=out_path, history=history)
 
 
+@dataclass
+class DatasetPredictions:
+    """Per-image outputs of one pass over a dataset; early-exit decisions for any eta are then free.
+
+    For DeiT only `labels` and `head_pred` are set.
+    """
+
+    labels: np.ndarray                       # (N,)
+    head_pred: np.ndarray                    # (N,) `head`: SAC-ViT's SAC head (clustering on), DeiT's only head
+    ee_pred: np.ndarray | None = None        # (N,) EE head
+    ee_conf: np.ndarray | None = None        # (N,) max softmax of the EE head
+    target_counts: np.ndarray | None = None  # (N,) target tokens chosen by the clustering
+
+    def exited(self, eta: float) -> np.ndarray:
+        if self.ee_conf is None:
+            return np.zeros(len(self.labels), dtype=bool)
+        return self.ee_conf >= eta
+
+    def final_pred(self, eta: float) -> np.ndarray:
+        """The early-exit model's answer: the EE head where it is confident enough, else SAC's."""
+        if self.ee_pred is None:
+            return self.head_pred
+        return np.where(self.exited(eta), self.ee_pred, self.head_pred)
+
+    def top1(self, pred: np.ndarray) -> float:
+        return float((pred == self.labels).mean() * 100)
+
+
 @torch.no_grad()
+def predict_dataset(model: VisionTransformer, dataset, limit: int | None = None, batch_size: int = 256,
+                    on_batch: Callable[[int, int], None] | None = None) -> DatasetPredictions:
+    """Run every image of `dataset` (or its first `limit`) through both heads once."""
+    model.eval()
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    cols: dict[str, list[np.ndarray]] = {"labels": [], "head_pred": [], "ee_pred": [], "ee_conf": [], "target_counts": []}
+    done = 0
+    for images, labels in prefetch(dataset.batches(batch_size)):
+        if done >= n:
+            break
+        images, labels = images[: n - done], labels[: n - done]
+        x = to_input(images)
+        cols["labels"].append(labels.numpy())
+        if isinstance(model, SACViT):
+            out = model(x, clustering=True)
+            conf, ee_pred = out.ee_logits.softmax(-1).max(-1)
+            cols["head_pred"].append(out.logits.argmax(-1).numpy())
+            cols["ee_pred"].append(ee_pred.numpy())
+            cols["ee_conf"].append(conf.numpy())
+            cols["target_counts"].append(np.asarray(out.split.counts))
+        else:
+            cols["head_pred"].append(model(x).argmax(-1).numpy())
+        done += len(labels)
+        if on_batch:
+            on_batch(done, n)
+    return DatasetPredictions(**{k: np.concatenate(v) if v else None for k, v in cols.items()})
+
+
 def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit: int | None = None,
              batch_size: int = 256, flops: bool = True,
              on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -218,45 +274,16 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
     and of the full early-exit model at eta; exit rate; mean target count of the images that
     went to the SAC stage; expected GFLOPs per image. DeiT: top-1 and GFLOPs.
     """
-    model.eval()
-    cfg = model.cfg
-    eta = cfg.eta if eta is None else eta
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    stats: dict[str, list] = {"y": [], "ee": [], "sac": [], "final": [], "exited": [], "counts": [], "eeconf": []}
-    done = 0
-    for images, labels in prefetch(dataset.batches(batch_size)):
-        if done >= n:
-            break
-        images, labels = images[: n - done], labels[: n - done]
-        x = to_input(images)
-        stats["y"].append(labels.numpy())
-        if isinstance(model, SACViT):
-            out = model(x, clustering=True)
-            ee_prob = out.ee_logits.softmax(-1)
-            conf, ee_pred = ee_prob.max(-1)
-            exited = (conf >= eta).numpy()
-            sac_pred = out.logits.argmax(-1).numpy()
-            stats["ee"].append(ee_pred.numpy())
-            stats["sac"].append(sac_pred)
-            stats["final"].append(np.where(exited, ee_pred.numpy(), sac_pred))
-            stats["exited"].append(exited)
-            stats["counts"].append(out.split.counts)
-            stats["eeconf"].append(conf.numpy())
-        else:
-            stats["final"].append(model(x).argmax(-1).numpy())
-        done += len(labels)
-        if on_batch:
-            on_batch(done, n)
-    y = np.concatenate(stats["y"])
-    result: dict[str, Any] = {"images": int(len(y))}
-    final = np.concatenate(stats["final"])
+    eta = model.cfg.eta if eta is None else eta
+    preds = predict_dataset(model, dataset, limit, batch_size, on_batch)
+    result: dict[str, Any] = {"images": int(len(preds.labels))}
     if isinstance(model, SACViT):
-        result["eta"] = eta
-        exited, counts = np.concatenate(stats["exited"]), np.concatenate(stats["counts"])
+        exited, counts = preds.exited(eta), preds.target_counts
         result.update(
-            top1_ee=float((np.concatenate(stats["ee"]) == y).mean() * 100),
-            top1_sac=float((np.concatenate(stats["sac"]) == y).mean() * 100),
-            top1=float((final == y).mean() * 100),
+            eta=eta,
+            top1_ee=preds.top1(preds.ee_pred),
+            top1_sac=preds.top1(preds.head_pred),
+            top1=preds.top1(preds.final_pred(eta)),
             exit_rate=float(exited.mean()),
             mean_target_tokens=float(counts[~exited].mean()) if (~exited).any() else 0.0,
             mean_target_tokens_all=float(counts.mean()),
@@ -267,13 +294,12 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
                           gflops_sac_mean=float(np.mean([cost.sac(k) for k in counts])),
                           gflops_full_resolution=cost.full)
     else:
-        result["top1"] = float((final == y).mean() * 100)
+        result["top1"] = preds.top1(preds.head_pred)
         if flops:
             result["gflops"] = CostModel(model).full
     return result
 
 
-@torch.no_grad()
 def tune_eta(model: SACViT, dataset, tolerance: float = 0.25, batch_size: int = 256,
              etas: np.ndarray | None = None) -> tuple[float, list[dict[str, float]]]:
     """The smallest exit threshold whose early-exit accuracy is within `tolerance` points of the
@@ -281,23 +307,11 @@ def tune_eta(model: SACViT, dataset, tolerance: float = 0.25, batch_size: int = 
 
     Returns the chosen eta and the whole sweep (eta, top1, exit_rate).
     """
-    model.eval()
     etas = np.round(np.arange(0.30, 1.0001, 0.01), 2) if etas is None else np.asarray(etas)
-    conf, ee_pred, sac_pred, ys = [], [], [], []
-    for images, labels in prefetch(dataset.batches(batch_size)):
-        out = model(to_input(images))
-        p = out.ee_logits.softmax(-1)
-        conf.append(p.max(-1).values.numpy())
-        ee_pred.append(p.argmax(-1).numpy())
-        sac_pred.append(out.logits.argmax(-1).numpy())
-        ys.append(labels.numpy())
-    conf_a, ee_a, sac_a, y = map(np.concatenate, (conf, ee_pred, sac_pred, ys))
-    sac_top1 = float((sac_a == y).mean() * 100)
-    rows = []
-    for eta in etas:
-        exited = conf_a >= eta
-        rows.append({"eta": float(eta), "top1": float((np.where(exited, ee_a, sac_a) == y).mean() * 100),
-                     "exit_rate": float(exited.mean())})
+    preds = predict_dataset(model, dataset, batch_size=batch_size)
+    sac_top1 = preds.top1(preds.head_pred)
+    rows = [{"eta": float(eta), "top1": preds.top1(preds.final_pred(eta)),
+             "exit_rate": float(preds.exited(eta).mean())} for eta in etas]
     ok = [r for r in rows if r["top1"] >= sac_top1 - tolerance]
     chosen = min(ok, key=lambda r: r["eta"])["eta"] if ok else 1.0
     return chosen, rows

@@ -15,7 +15,7 @@ import torch
 
 from sacvit_edge.checkpoint import load_checkpoint
 from sacvit_edge.data import ClutteredFashionMNIST
-from sacvit_edge.train import prefetch, to_input
+from sacvit_edge.train import predict_dataset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--sac", default="checkpoints/sacvit_tiny_112.pt")
@@ -29,18 +29,10 @@ torch.set_num_threads(args.threads)
 sac, deit = load_checkpoint(args.sac), load_checkpoint(args.deit)
 eta = sac.eta if args.eta is None else args.eta
 test = ClutteredFashionMNIST("test", limit=args.limit)
-sac.model.eval()
-deit.model.eval()
-sac_ok, deit_ok = [], []
-with torch.no_grad():
-    for images, labels in prefetch(test.batches(256)):
-        x, y = to_input(images), labels.numpy()
-        out = sac.model(x, clustering=True)
-        conf, ee_pred = out.ee_logits.softmax(-1).max(-1)
-        final = np.where(conf.numpy() >= eta, ee_pred.numpy(), out.logits.argmax(-1).numpy())
-        sac_ok.append(final == y)
-        deit_ok.append(deit.model(x).argmax(-1).numpy() == y)
-a, b = np.concatenate(sac_ok), np.concatenate(deit_ok)
+sac_preds, deit_preds = predict_dataset(sac.model, test), predict_dataset(deit.model, test)
+assert np.array_equal(sac_preds.labels, deit_preds.labels)  # the same canvases, in the same order
+a = sac_preds.final_pred(eta) == sac_preds.labels
+b = deit_preds.head_pred == deit_preds.labels
 n = len(a)
 diff = (a.astype(float) - b.astype(float))
 gap = float(diff.mean() * 100)
