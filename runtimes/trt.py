@@ -38,12 +38,37 @@ def _trt():
 
 
 def engine_header(path: Path) -> dict[str, Any]:
-    """Read the JSON header of a sacvit-edge engine file."""
+    """Read the JSON header of a sacvit-edge engine file.
+
+    Raises:
+        BackendError: not a sacvit-edge engine, or its header is truncated or corrupt.
+    """
     with open(path, "rb") as f:
         if f.read(8) != _MAGIC:
             raise BackendError(f"{path}: not a sacvit-edge TensorRT engine (no header); delete it to rebuild")
-        (size,) = struct.unpack("<I", f.read(4))
-        return json.loads(f.read(size))
+        try:
+            (size,) = struct.unpack("<I", f.read(4))
+            header = json.loads(f.read(size))
+        except (struct.error, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise BackendError(f"{path}: truncated or corrupt engine header ({exc}); delete it to rebuild") from exc
+    if not isinstance(header, dict):
+        raise BackendError(f"{path}: corrupt engine header; delete it to rebuild")
+    return header
+
+
+def header_problems(header: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Why an engine cannot be used here: each field of `expected` that its header contradicts.
+
+    TensorRT plans are tied to the TensorRT version and GPU that built them, and to the weights
+    baked in; reporting that up front beats a deserialisation failure or a silently wrong answer.
+    """
+    what = {"tensorrt": "built with TensorRT {got}, this is {want}",
+            "checkpoint_fingerprint": "built for another checkpoint",
+            "gpu": "built on {got}, this GPU is {want}",
+            "stage": "is a {got!r} engine, expected {want!r}",
+            "fp16": "built with fp16={got}, fp16={want} was asked for"}
+    return [what[key].format(got=header.get(key), want=want) for key, want in expected.items()
+            if header.get(key) != want]
 
 
 def write_engine(path: Path, header: dict[str, Any], blob: bytes) -> None:
@@ -111,20 +136,13 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest, stage: str, fp16:
 class _Engine:
     """One deserialised engine with a lock-protected execution context."""
 
-    def __init__(self, path: Path, manifest, stage: str) -> None:
+    def __init__(self, path: Path, manifest, stage: str, fp16: bool = False) -> None:
         trt = _trt()
         import torch
 
-        header = engine_header(path)
-        problems = []
-        if header.get("tensorrt") != trt.__version__:
-            problems.append(f"built with TensorRT {header.get('tensorrt')}, this is {trt.__version__}")
-        if header.get("checkpoint_fingerprint") != manifest.fingerprint:
-            problems.append("built for another checkpoint")
-        if header.get("gpu") != torch.cuda.get_device_name(0):
-            problems.append(f"built on {header.get('gpu')}, this GPU is {torch.cuda.get_device_name(0)}")
-        if header.get("stage") != stage:
-            problems.append(f"is a {header.get('stage')!r} engine, expected {stage!r}")
+        expected = {"tensorrt": trt.__version__, "checkpoint_fingerprint": manifest.fingerprint,
+                    "gpu": torch.cuda.get_device_name(0), "stage": stage, "fp16": fp16}
+        problems = header_problems(engine_header(path), expected)
         if problems:
             raise BackendError(f"{path}: {'; '.join(problems)}; delete it to rebuild")
         data = path.read_bytes()
@@ -175,7 +193,7 @@ class TensorRTBackend(BackendBase):
             path = manifest.path(f"{stage}.engine")
             if not path.is_file():
                 build_engine(manifest.path(f"{stage}.onnx"), path, manifest, stage, fp16=fp16)
-            engines.append(_Engine(path, manifest, stage))
+            engines.append(_Engine(path, manifest, stage, fp16))
         return cls(*engines)
 
     def run_ee(self, image: np.ndarray) -> EEResult:

@@ -4,7 +4,7 @@ import pytest
 
 from sacvit_edge.errors import BackendError
 from sacvit_edge.runtimes import tensorrt_usable
-from sacvit_edge.runtimes.trt import engine_header, write_engine
+from sacvit_edge.runtimes.trt import engine_header, header_problems, write_engine
 
 usable, why = tensorrt_usable()
 
@@ -15,6 +15,21 @@ def test_engine_header_round_trip(tmp_path):
     (tmp_path / "raw.engine").write_bytes(b"plain TensorRT plan bytes")
     with pytest.raises(BackendError, match="not a sacvit-edge TensorRT engine"):
         engine_header(tmp_path / "raw.engine")
+    whole = (tmp_path / "e.engine").read_bytes()
+    (tmp_path / "cut.engine").write_bytes(whole[:20])  # header cut short by an interrupted copy
+    with pytest.raises(BackendError, match="truncated or corrupt engine header"):
+        engine_header(tmp_path / "cut.engine")
+
+
+def test_engine_for_another_model_trt_version_or_gpu_is_named():
+    """Checked before deserialising, so these are refused on any machine, TensorRT or not."""
+    built = {"tensorrt": "10.3.0", "checkpoint_fingerprint": "abc", "gpu": "Orin", "stage": "sac", "fp16": False}
+    assert header_problems(built, dict(built)) == []
+    here = {**built, "tensorrt": "10.7.0", "checkpoint_fingerprint": "def", "gpu": "NVIDIA H100"}
+    problems = "; ".join(header_problems(built, here))
+    assert "TensorRT 10.3.0, this is 10.7.0" in problems
+    assert "another checkpoint" in problems and "built on Orin, this GPU is NVIDIA H100" in problems
+    assert len(header_problems(built, {**built, "stage": "ee", "fp16": True})) == 2
 
 
 def test_profile_shapes_cover_the_manifest(random_export):
