@@ -82,3 +82,26 @@ def load_fashion_mnist_labels():
     from sacvit_edge.data import load_fashion_mnist
 
     return load_fashion_mnist("train")[1]
+
+
+def test_evaluate_early_exit_extremes_match_each_head(random_ckpt):
+    """eta 0 exits every image (the EE head's answer, EE cost only); eta above 1 exits none (the
+    SAC head's answer); in between, top-1 matches an independent per-image computation."""
+    model = load_checkpoint(random_ckpt).model
+    test = ClutteredFashionMNIST("test", limit=48)
+    everyone_exits = evaluate(model, test, eta=0.0, batch_size=16)
+    nobody_exits = evaluate(model, test, eta=1.01, batch_size=16)
+    assert everyone_exits["exit_rate"] == 1.0 and everyone_exits["top1"] == everyone_exits["top1_ee"]
+    assert everyone_exits["gflops"] == pytest.approx(everyone_exits["gflops_ee"])
+    assert nobody_exits["exit_rate"] == 0.0 and nobody_exits["top1"] == nobody_exits["top1_sac"]
+    assert nobody_exits["gflops"] > everyone_exits["gflops"]
+
+    images, labels = next(test.batches(48))
+    with torch.no_grad():
+        out = model(to_input(images), clustering=True)
+    conf, ee_pred = out.ee_logits.softmax(-1).max(-1)
+    final = torch.where(conf >= 0.5, ee_pred, out.logits.argmax(-1))
+    middle = evaluate(model, test, eta=0.5, batch_size=16)
+    assert middle["top1"] == pytest.approx((final == labels).float().mean().item() * 100)
+    assert middle["exit_rate"] == pytest.approx((conf >= 0.5).float().mean().item())
+    assert middle["mean_target_tokens_all"] == pytest.approx(np.mean(out.split.counts))
