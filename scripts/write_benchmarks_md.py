@@ -80,4 +80,5 @@ The paper-geometry rows run DeiT-S-sized engines (224 px, patch 16, width 384, d
 untrained weights: throughput does not depend on the weights' values) with the exit decisions
 and target counts that the trained small model produced on 256 test canvases at its default
 eta (exit rate {ps.get('exit_rate', 0):.3f}, mean {ps.get('mean_target_tokens', 0):.1f} targets of 49).""")
+print(Path("docs/other_machines.md").read_text())
 print(Path("docs/ablations.md").read_text())
