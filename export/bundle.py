@@ -1,93 +1,40 @@
-"""Export directories: ee.onnx + sac.onnx + model.pt + manifest.json, written atomically.
+"""Export directories: ee.onnx + sac.onnx (+ model.pt) + manifest.json, written atomically.
 
-The manifest is the contract between the exporter and every runtime: it says what the
-engines accept (batch range, target-count range), how to feed them (input size,
-normalisation), how to select targets (the model config) and what they were made from
-(checkpoint fingerprint, torch/onnx versions, file hashes, so a corrupted or swapped engine
-is refused before it runs).
+The manifest (sacvit_edge.manifest, torch-free) is the contract between this exporter and
+every runtime: what the engines accept (batch range, target-count range), how to feed them
+(input size, normalisation), how to select targets (the model config) and what they were made
+from (checkpoint fingerprint, torch/onnx versions, file hashes, so a corrupted or swapped
+engine is refused before it runs).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import onnx
-import torch
+from sacvit_edge.extras import require_extra
 
-from sacvit_edge.checkpoint import Checkpoint, load_checkpoint
-from sacvit_edge.config import ModelConfig
-from sacvit_edge.errors import ConfigError, ExportError
+require_extra("export", "exporting a checkpoint")
 
-from .torch2onnx import EE_INPUTS, EE_OUTPUTS, SAC_INPUTS, SAC_OUTPUTS, Exporter, export_stages
+import onnx  # noqa: E402
+import torch  # noqa: E402
+
+from sacvit_edge.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from sacvit_edge.config import ModelConfig  # noqa: E402
+from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
+from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION,  # noqa: E402
+                                  Manifest, read_manifest, sha256_file)
+
+from .torch2onnx import EE_INPUTS, EE_OUTPUTS, SAC_INPUTS, SAC_OUTPUTS, Exporter, export_stages  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "sacvit-edge-export"
-MANIFEST_VERSION = 2  # 2: SAC engine takes target patches and keep masks
-ENGINE_FILES = ("ee.onnx", "sac.onnx")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A parsed, validated manifest.json."""
-
-    directory: Path
-    data: dict[str, Any]
-
-    @property
-    def config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.data["model_config"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.data["class_names"])
-
-    @property
-    def fingerprint(self) -> str:
-        return self.data["checkpoint_fingerprint"]
-
-    @property
-    def size(self) -> int:
-        return int(self.data["input"]["size"])
-
-    @property
-    def mean(self) -> list[float]:
-        return list(self.data["input"]["mean"])
-
-    @property
-    def std(self) -> list[float]:
-        return list(self.data["input"]["std"])
-
-    @property
-    def eta(self) -> float:
-        return float(self.data["eta"])
-
-    @property
-    def k_range(self) -> tuple[int, int]:
-        lo, hi = self.data["engines"]["sac"]["k_range"]
-        return int(lo), int(hi)
-
-    @property
-    def batch_range(self) -> tuple[int, int]:
-        lo, hi = self.data["engines"]["ee"]["batch_range"]
-        return int(lo), int(hi)
-
-    def path(self, name: str) -> Path:
-        return self.directory / name
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+__all__ = ["export_checkpoint", "token_range", "Manifest", "read_manifest"]
 
 
 def token_range(cfg: ModelConfig) -> tuple[int, int]:
@@ -102,9 +49,19 @@ def token_range(cfg: ModelConfig) -> tuple[int, int]:
     return cfg.window**2, cfg.window**2
 
 
+def _cost_section(model, k_lo: int, k_hi: int) -> dict:
+    """GFLOPs the runtime reports without torch: EE, SAC at every k the engine accepts, full ViT."""
+    from sacvit_edge.flops import CostModel
+
+    cost = CostModel(model)
+    return {"gflops_ee": cost.ee, "gflops_sac": {str(k): cost.sac(k) for k in range(k_lo, k_hi + 1)},
+            "gflops_full_resolution": cost.full}
+
+
 def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, opset: int = 17,
                       batch_max: int = 64, k_min: int | None = None, k_max: int | None = None,
-                      exporter: Exporter = "torchscript", overwrite: bool = True) -> Manifest:
+                      exporter: Exporter = "torchscript", overwrite: bool = True,
+                      include_checkpoint: bool = True) -> Manifest:
     """Export model.pt into an engine directory; returns its manifest.
 
     The directory is assembled in a temporary sibling and renamed into place, so an
@@ -116,6 +73,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         opset: ONNX opset (17 by default; see torch2onnx for why).
         batch_max: largest batch the engines are declared (and, for TensorRT, built) for.
         k_min, k_max: override the checkpoint's clamp of the target count.
+        include_checkpoint: copy model.pt into the directory (the PyTorch reference backend runs
+            from it); without it the directory holds only what ONNX Runtime / TensorRT need.
     Raises:
         ExportError, CheckpointError, ConfigError.
     """
@@ -140,11 +99,13 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         raise ExportError(f"{out_dir} exists; pass overwrite=True to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an export directory is meant to be shared and copied
     try:
         meta = {"sacvit_edge.checkpoint_fingerprint": ckpt.fingerprint,
                 "sacvit_edge.manifest_version": str(MANIFEST_VERSION)}
         export_stages(model, tmp, opset=opset, exporter=exporter, metadata=meta)
-        shutil.copyfile(ckpt.path, tmp / "model.pt")  # the PyTorch reference backend runs from it
+        if include_checkpoint:
+            shutil.copyfile(ckpt.path, tmp / CHECKPOINT_FILE)  # the PyTorch reference backend runs from it
         d = cfg.embed_dim
         n = cfg.num_coarse
         manifest = {
@@ -163,7 +124,9 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
                 "sac": {"file": "sac.onnx", "inputs": SAC_INPUTS, "outputs": SAC_OUTPUTS, "batch_range": [1, batch_max],
                         "k_range": [lo, hi]},
             },
-            "files": {name: _sha256(tmp / name) for name in (*ENGINE_FILES, "model.pt")},
+            "files": {name: sha256_file(tmp / name)
+                      for name in (*ENGINE_FILES, *((CHECKPOINT_FILE,) if include_checkpoint else ()))},
+            "cost": _cost_section(model, lo, hi) if cfg.arch == "sacvit" else None,
             "opset": opset,
             "exporter": exporter,
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
@@ -181,44 +144,3 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         raise
     log.info("exported %s -> %s (k in [%d, %d])", ckpt.path, out_dir, lo, hi)
     return read_manifest(out_dir)
-
-
-def read_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
-    """Parse and validate DIR/manifest.json.
-
-    Raises:
-        ExportError: missing or incomplete directory, unreadable manifest, another format or a
-            newer version, or engine files whose hashes differ from the manifest's.
-    """
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise ExportError(f"{directory}: not an export directory (run `sacvit-edge export model.pt -o {directory}`)")
-    if not path.is_file():
-        raise ExportError(f"{directory}: incomplete export, {MANIFEST} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{path}: corrupt manifest ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ExportError(f"{path}: not a sacvit-edge export manifest")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version != MANIFEST_VERSION:
-        age = "a newer" if isinstance(version, int) and version > MANIFEST_VERSION else "an older"
-        raise ExportError(f"{path}: format version {version!r} was written by {age} sacvit-edge; this one reads "
-                          f"version {MANIFEST_VERSION}. Re-export the checkpoint with this version")
-    for key in ("checkpoint_fingerprint", "class_names", "input", "eta", "model_config", "engines", "files"):
-        if key not in data:
-            raise ExportError(f"{path}: manifest lacks {key!r}")
-    try:
-        ModelConfig.from_dict(data["model_config"])
-    except (ConfigError, TypeError) as exc:
-        raise ExportError(f"{path}: invalid model_config: {exc}") from exc
-    if verify_files:
-        for name, digest in data["files"].items():
-            file = directory / name
-            if not file.is_file():
-                raise ExportError(f"{directory}: incomplete export, {name} is missing")
-            if _sha256(file) != digest:
-                raise ExportError(f"{file}: contents do not match the manifest (corrupted or replaced engine); re-export")
-    return Manifest(directory=directory, data=data)

@@ -1,8 +1,11 @@
 """Split a trained SAC-ViT into two ONNX engines: the EE stage and the SAC stage.
 
     ee.onnx   image (B,3,H,W) -> ee_logits (B,C), gca (B,n), ee_final (B,n,D), ee_hidden (B,n,D)
-    sac.onnx  target_patches (B,4k,C*p*p), target_idx (B,k), nontarget_idx (B,n-k), ee_final,
-              ee_hidden -> sac_logits (B,C)            [dynamic B and dynamic k]
+    sac.onnx  target_patches (B,4k,C*p*p), target_idx (B,k), nontarget_idx (B,n-k'), ee_final,
+              ee_hidden, target_keep (B,k), nontarget_keep (B,n-k') -> sac_logits (B,C)
+              [dynamic B, k and k': a group of images with target counts in [k', k] is padded
+              to k targets and n-k' non-targets; the keep masks are False on padding and mask
+              those tokens out as attention keys (tokens.build_sac_group)]
 
 Selection (sorting, the 2-means split, top-k) stays on the host: TensorRT needs a constant
 K for TopK and data-dependent shapes do not export. The host also cuts the target regions'
@@ -29,13 +32,17 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import onnx
-import torch
-import torch.nn as nn
+from sacvit_edge.extras import require_extra
 
-from sacvit_edge.errors import ExportError
-from sacvit_edge.model import SACViT, fused_attention
+require_extra("export", "ONNX export")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from sacvit_edge.errors import ExportError  # noqa: E402
+from sacvit_edge.model import SACViT, fused_attention  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +157,6 @@ def check_no_training_nodes(path: Path) -> None:
     found = sorted({n.op_type for n in graph.node} & TRAINING_ONLY_OPS)
     if found:
         raise ExportError(f"{path.name} contains training-only nodes {found}")
-
-
-def op_histogram(path: Path) -> dict[str, int]:
-    """Node counts by type, for reports and tests."""
-    ops: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    return dict(sorted(ops.items()))
-
-
-def random_split(cfg, batch: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A random target/non-target split with k targets per image (parity tests)."""
-    rng = np.random.default_rng(seed)
-    order = np.stack([rng.permutation(cfg.num_coarse) for _ in range(batch)]).astype(np.int64)
-    return order[:, :k], order[:, k:]
 
 
 def export_single(model: nn.Module, path: Path, *, opset: int = 17) -> Path:

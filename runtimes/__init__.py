@@ -1,7 +1,10 @@
 """Inference backends behind one small protocol (runtimes.base.Backend).
 
+This folder (`runtimes/` in the repository) is installed as `sacvit_edge.runtimes`.
 `open_backend(name, manifest)` is the only place that knows which backends exist; the
-orchestrator (EdgeClassifier) only sees the protocol.
+orchestrator (EdgeClassifier) only sees the protocol. Nothing here imports torch: the PyTorch
+backend is loaded only when asked for, and finding out whether TensorRT can run needs only
+the tensorrt and cuda-python packages.
 """
 
 from __future__ import annotations
@@ -19,30 +22,30 @@ BACKENDS = ("tensorrt", "onnxruntime", "pytorch", "pytorch-cuda")
 
 
 def tensorrt_usable() -> tuple[bool, str]:
-    """Whether the TensorRT backend can run here, and why not."""
+    """Whether the TensorRT backend can run here, and why not (cheap when it is not installed)."""
     if importlib.util.find_spec("tensorrt") is None:
-        return False, "the tensorrt package is not installed"
-    try:
-        import torch
+        return False, ("the tensorrt package is not installed (pip install 'sacvit-edge[tensorrt]', "
+                       "or JetPack's python3-libnvinfer)")
+    if importlib.util.find_spec("torch") is None:  # pragma: no cover - needs a TensorRT machine
+        return False, "the TensorRT backend still stages its buffers through torch: pip install 'sacvit-edge[export]'"
+    import torch
 
-        if not torch.cuda.is_available():
-            return False, "no CUDA GPU is visible"
-    except ImportError:  # pragma: no cover
-        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is visible"
     return True, "ok"
 
 
 def available_backends() -> list[str]:
-    names = ["onnxruntime", "pytorch"]
-    if tensorrt_usable()[0]:
-        names.insert(0, "tensorrt")
-    try:
+    """The backends that can run here. Imports torch only where it is installed (to ask for CUDA)."""
+    names = ["onnxruntime"]
+    if importlib.util.find_spec("torch") is not None:
         import torch
 
+        names.append("pytorch")
         if torch.cuda.is_available():
             names.append("pytorch-cuda")
-    except ImportError:  # pragma: no cover
-        pass
+    if tensorrt_usable()[0]:
+        names.insert(0, "tensorrt")
     return names
 
 
@@ -51,7 +54,7 @@ def open_backend(name: str, manifest, threads: int | None = None) -> Backend:
 
     Args:
         name: "auto" (TensorRT when usable, else ONNX Runtime), or one of BACKENDS.
-        manifest: export.bundle.Manifest of the directory.
+        manifest: sacvit_edge.manifest.Manifest of the directory.
     Raises:
         BackendError: unknown name, or the backend cannot run here (message says why).
     """
@@ -64,6 +67,12 @@ def open_backend(name: str, manifest, threads: int | None = None) -> Backend:
 
         return OrtBackend(manifest.path("ee.onnx"), manifest.path("sac.onnx"), threads=threads)
     if name in ("pytorch", "pytorch-cuda"):
+        from sacvit_edge.extras import require_extra
+
+        require_extra("export", f"backend {name!r}")
+        if not manifest.has_checkpoint:
+            raise BackendError(f"{manifest.directory}: this export carries no model.pt (exported without the checkpoint); "
+                               f"backend {name!r} runs from it: re-export with the checkpoint, or use 'onnxruntime'")
         from .torch_backend import TorchBackend
 
         return TorchBackend(manifest.path("model.pt"), device="cuda" if name == "pytorch-cuda" else "cpu", threads=threads)

@@ -1,9 +1,9 @@
 """The backend protocol: what EdgeClassifier needs from an inference engine, and no more.
 
-Lifecycle after Polygraphy's runners: construct (cheap), `activate()` loads the engines once,
-`run_ee` / `run_sac` infer, `close()` frees them; usable as a context manager. Inputs and
-outputs are NumPy arrays named as in export/torch2onnx.py, so the orchestrator stays
-backend-agnostic.
+Lifecycle after Polygraphy's runners: construct (loads the engines once), `run_ee` /
+`run_sac` infer, `close()` frees them; usable as a context manager. Inputs and outputs are
+NumPy arrays named as in export/torch2onnx.py, so the orchestrator stays backend-agnostic.
+The SAC stage takes one padded, masked group of images at a time (tokens.build_sac_group).
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ class Backend(Protocol):
     def run_sac(self, patches: np.ndarray, target_idx: np.ndarray, nontarget_idx: np.ndarray,
                 final: np.ndarray, hidden: np.ndarray, target_keep: np.ndarray,
                 nontarget_keep: np.ndarray) -> np.ndarray:
-        """One group of images with equal target count k -> SAC logits (B, C).
+        """One group of images, target counts in [k_lo, k_hi] -> SAC logits (B, C).
 
-        patches: (B, 4k, C*p*p) target-region pixels (tokens.crop_target_patches).
-        target_keep / nontarget_keep: (B, k) / (B, n-k') bool, False on padding.
+        patches: (B, 4*k_hi, C*p*p) target-region pixels (tokens.crop_target_patches).
+        target_idx / nontarget_idx: (B, k_hi) / (B, n - k_lo) coarse indices.
+        target_keep / nontarget_keep: the same shapes, bool, False on padding.
+        final / hidden: (B, n, D) EE features of these images.
         """
         ...
 
@@ -80,24 +82,3 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or platform.machine()
-
-
-def physical_cores() -> int:
-    """Physical cores (not SMT threads): the best intra-op thread count for GEMM-bound work."""
-    import os
-
-    try:
-        cores = set()
-        phys = core = None
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    cores.add((phys, core))
-        if cores:
-            return max(1, min(len(cores), len(os.sched_getaffinity(0))))
-    except (OSError, AttributeError):
-        pass
-    return max(1, os.cpu_count() or 1)

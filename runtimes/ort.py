@@ -9,7 +9,7 @@ import numpy as np
 
 from sacvit_edge.errors import BackendError
 
-from .base import BackendBase, EEResult, cpu_name, physical_cores
+from .base import BackendBase, EEResult, cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def session_options(threads: int | None = None, spinning: bool = False):
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or physical_cores()
+    opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own default, one thread per physical core
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -51,7 +51,8 @@ class OrtBackend(BackendBase):
     """One InferenceSession per engine, created once and shared by all threads.
 
     Session options: full graph optimisation (fuses LayerNorm, GELU, attention MatMuls), intra-op
-    threads = physical cores (SMT siblings only contend for the same FMA units), no inter-op
+    threads = ONNX Runtime's default (one per physical core; SMT siblings only contend for the
+    same FMA units) unless `threads` is given, no inter-op
     threads (both graphs are sequential chains), and no spin-waiting: the host works between
     the two engines, and spinning threads would steal its core.
     """
@@ -65,8 +66,8 @@ class OrtBackend(BackendBase):
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from exc
         self._ort = ort
-        self.threads = threads or physical_cores()
-        opts = session_options(self.threads)
+        self.threads = threads  # None: ONNX Runtime's default
+        opts = session_options(threads)
         self.providers = providers or ["CPUExecutionProvider"]
         try:
             self.ee = ort.InferenceSession(str(ee_path), opts, providers=self.providers)
@@ -100,7 +101,7 @@ class OrtBackend(BackendBase):
         return cpu_name() if self.providers[0] == "CPUExecutionProvider" else self.providers[0]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "providers": self.ee.get_providers(), "threads": self.threads,
+        return {"backend": self.name, "providers": self.ee.get_providers(), "threads": self.threads or "onnxruntime default",
                 "onnxruntime": self._ort.__version__, "device": self.device()}
 
     def close(self) -> None:

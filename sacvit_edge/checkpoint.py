@@ -78,11 +78,9 @@ def save_checkpoint(path: str | Path, model: VisionTransformer, class_names: lis
 
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of the file's bytes: identifies the exact weights an export came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from .manifest import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

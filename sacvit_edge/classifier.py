@@ -1,9 +1,11 @@
 """EdgeClassifier: the two-engine SAC-ViT runtime that apps embed.
 
-Per batch: preprocess -> EE engine on the whole batch -> exit gate (max softmax >= eta) ->
+Per batch: preprocess -> EE engine on the whole batch -> exit gate (gate.gate) ->
 semantic-aware split of the remaining images' coarse tokens (host, NumPy) -> SAC engine once
-per group of equal target count (no padding, so results equal one-at-a-time inference) ->
-Predictions. Nothing here knows which backend runs the engines.
+per planned group of target counts (tokens.plan_sac_groups), padded within a group and
+masked (tokens.build_sac_group), so results equal one-at-a-time inference -> Predictions.
+Nothing here knows which backend runs the engines, and nothing here imports torch or onnx:
+a model.pt is exported (which needs the [export] extra) only when one is passed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .clustering import select_targets
+from .clustering import Split, select_targets
 from .errors import ConfigError, ExportError, ImageError
+from .gate import Eta, describe_eta, gate, validate_eta
 from .images import ImageInput, preprocess
-from .tokens import crop_target_patches, plan_sac_groups
+from .manifest import MANIFEST_VERSION, read_manifest
+from .tokens import build_sac_group, crop_target_patches, plan_sac_groups
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,23 @@ class BatchResult:
     timings: dict[str, float]
 
 
+@dataclass(frozen=True)
+class ImposedDecisions:
+    """Exit decisions and target counts to run instead of the model's own (benchmark hook).
+
+    The benchmark times the engines at a chosen exit pattern and token count (e.g. a trained
+    model's pattern on an untrained, larger geometry). The host still computes the real split of
+    the scores (its cost is measured); only the decisions are replaced.
+
+    Attributes:
+        exited: (B,) bool, True where the image stops after the EE stage.
+        counts: (B,) int target counts for the others, within the engines' k range.
+    """
+
+    exited: np.ndarray
+    counts: np.ndarray
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(-1, keepdims=True)
     e = np.exp(z)
@@ -78,7 +99,7 @@ class EdgeClassifier:
             the checkpoint's fingerprint).
         backend: "auto" (TensorRT when usable, else ONNX Runtime), "onnxruntime", "tensorrt",
             "pytorch" or "pytorch-cuda".
-        eta: exit threshold (default: the one stored at export).
+        eta: exit threshold in [0, 1], or NEVER_EXIT ("never"); default: the one stored at export.
         threads: CPU threads for CPU backends (default: physical cores).
         topk: how many classes each Prediction lists.
         group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
@@ -94,7 +115,6 @@ class EdgeClassifier:
     def __init__(self, path: str | Path, backend: str = "auto", eta: float | None = None,
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
                  group_overhead_tokens: float = 64.0) -> None:
-        from sacvit_edge.export.bundle import read_manifest
         from sacvit_edge.runtimes import open_backend
 
         path = Path(path)
@@ -105,28 +125,31 @@ class EdgeClassifier:
         if self.config.arch != "sacvit":
             raise ExportError(f"{path}: exported from a {self.config.arch} model, not SAC-ViT")
         self.class_names = self.manifest.class_names
-        self.eta = self.manifest.eta if eta is None else float(eta)
-        if not 0.0 <= self.eta <= 1.0:
-            raise ConfigError(f"eta={self.eta} must be in [0, 1]")
+        self.eta = validate_eta(self.manifest.eta if eta is None else eta)
         self.topk = max(1, min(int(topk), len(self.class_names)))
         self.group_overhead_tokens = float(group_overhead_tokens)
         self.k_range = self.manifest.k_range
         self.backend = open_backend(backend, self.manifest, threads=threads)
         self.backend_name = self.backend.name
-        log.info("EdgeClassifier on %s (%s), eta=%.3f", self.backend_name, self.backend.device(), self.eta)
+        log.info("EdgeClassifier on %s (%s), eta=%s", self.backend_name, self.backend.device(), describe_eta(self.eta))
 
     @staticmethod
     def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
         from sacvit_edge import __version__
-        from sacvit_edge.checkpoint import file_fingerprint
-        from sacvit_edge.export.bundle import MANIFEST_VERSION, export_checkpoint, read_manifest
+        from sacvit_edge.manifest import sha256_file
 
         # keyed by the weights AND the export format, so an upgrade never reuses stale engines
-        target = cache_dir / f"{file_fingerprint(checkpoint)[:16]}-m{MANIFEST_VERSION}-{__version__}"
+        target = cache_dir / f"{sha256_file(checkpoint)[:16]}-m{MANIFEST_VERSION}-{__version__}"
         try:
             manifest = read_manifest(target)
             return manifest.directory
         except ExportError:
+            from sacvit_edge.extras import require_extra
+
+            require_extra("export", f"EdgeClassifier on a checkpoint ({checkpoint.name}); pass an export directory "
+                                    "to run without it")
+            from sacvit_edge.export.bundle import export_checkpoint
+
             log.info("exporting %s into cache %s", checkpoint, target)
             return export_checkpoint(checkpoint, target).directory
 
@@ -134,18 +157,28 @@ class EdgeClassifier:
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
         return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std)
 
-    def run(self, batch: np.ndarray, eta: float | None = None) -> BatchResult:
-        """Both stages on an already preprocessed (B, 3, H, W) float32 batch."""
-        eta = self.eta if eta is None else eta
+    def run(self, batch: np.ndarray, eta: Eta | None = None, *, imposed: ImposedDecisions | None = None) -> BatchResult:
+        """Both stages on an already preprocessed (B, 3, H, W) float32 batch.
+
+        Args:
+            eta: exit threshold for this call (default: the classifier's).
+            imposed: run these exit decisions and target counts instead of the model's own
+                (benchmark hook; see ImposedDecisions).
+        """
+        eta_value = self.eta if eta is None else validate_eta(eta)
         size = self.manifest.size
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32 or batch.ndim != 4 \
                 or batch.shape[1:] != (3, size, size):
             shape = getattr(batch, "shape", None)
             raise ImageError(f"batch must be float32 (B, 3, {size}, {size}); got {type(batch).__name__} "
                              f"{getattr(batch, 'dtype', '')} {shape}")
+        if imposed is not None:
+            imposed = self._check_imposed(imposed, len(batch))
         hi = self.manifest.batch_range[1]
         if len(batch) > hi:  # engines are built for batch <= batch_max: run in chunks
-            parts = [self.run(batch[i:i + hi], eta) for i in range(0, len(batch), hi)]
+            parts = [self.run(batch[i:i + hi], eta_value, imposed=None if imposed is None else
+                              ImposedDecisions(imposed.exited[i:i + hi], imposed.counts[i:i + hi]))
+                     for i in range(0, len(batch), hi)]
             timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings}
             return BatchResult(*(np.concatenate([getattr(p, f) for p in parts])
                                  for f in ("probs", "ee_probs", "exited", "counts", "target_mask")), timings=timings)
@@ -155,50 +188,64 @@ class EdgeClassifier:
         t1 = time.perf_counter()
         ee_probs = _softmax(ee.logits)
         probs = ee_probs.copy()
-        exited = probs.max(-1) >= eta
+        exited = gate(ee_probs, eta_value) if imposed is None else imposed.exited.copy()
         rest = np.flatnonzero(~exited)
         counts = np.zeros(len(batch), dtype=np.int64)
         mask = np.zeros((len(batch), cfg.num_coarse), dtype=bool)
         sac_s = 0.0
         if rest.size:
             split = select_targets(ee.gca[rest], cfg)
-            counts[rest] = split.counts
-            mask[rest] = split.target_mask(cfg.num_coarse)
-            logits, sac_s = self.run_sac_stage(batch, ee, rest, split.order, split.counts)
+            rest_counts = split.counts if imposed is None else imposed.counts[rest]
+            counts[rest] = rest_counts
+            mask[rest] = Split(split.order, rest_counts).target_mask(cfg.num_coarse)
+            logits, sac_s = self.run_sac_stage(batch, ee, rest, split.order, rest_counts)
             probs[rest] = _softmax(logits)
         total = time.perf_counter() - t0
         ee_ms, sac_ms, total_ms = (t1 - t0) * 1e3, sac_s * 1e3, total * 1e3
         timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
         return BatchResult(probs=probs, ee_probs=ee_probs, exited=exited, counts=counts, target_mask=mask, timings=timings)
 
+    def _check_imposed(self, imposed: ImposedDecisions, batch: int) -> ImposedDecisions:
+        exited = np.asarray(imposed.exited)
+        counts = np.asarray(imposed.counts)
+        if exited.shape != (batch,) or counts.shape != (batch,) or exited.dtype != bool \
+                or not np.issubdtype(counts.dtype, np.integer):
+            raise ConfigError(f"imposed decisions need exited (B,) bool and counts (B,) int for B={batch}; "
+                              f"got {exited.dtype} {exited.shape} and {counts.dtype} {counts.shape}")
+        lo, hi = self.k_range
+        live = counts[~exited]
+        if live.size and (live.min() < lo or live.max() > hi):
+            raise ConfigError(f"imposed target counts {int(live.min())}..{int(live.max())} lie outside the "
+                              f"SAC engine's k range [{lo}, {hi}]")
+        return ImposedDecisions(exited=exited, counts=counts.astype(np.int64))
+
     def run_sac_stage(self, batch: np.ndarray, ee, rows: np.ndarray, order: np.ndarray,
                       counts: np.ndarray) -> tuple[np.ndarray, float]:
         """SAC logits of batch[rows], whose targets are order[i, :counts[i]].
 
-        Images are grouped into few engine calls (plan_sac_groups); within a group targets are
-        padded to the group's largest count and non-targets start at its smallest, with keep
-        masks marking the padding. Returns (len(rows), C) logits and the seconds spent in the engine.
+        Images are grouped into few engine calls (tokens.plan_sac_groups); each group's inputs
+        come from tokens.build_sac_group. Returns (len(rows), C) logits and the seconds spent
+        in the engine.
         """
         cfg = self.config
         logits = np.empty((len(rows), len(self.class_names)), dtype=np.float32)
-        ranks = np.arange(cfg.num_coarse)[None, :]
         engine_s = 0.0
-        for group, k_lo, k_hi in plan_sac_groups(counts, cfg.num_coarse, self.group_overhead_tokens):
-            img_rows, order_g, counts_g = rows[group], order[group], counts[group]
-            target_idx = np.ascontiguousarray(order_g[:, :k_hi])
-            patches = crop_target_patches(batch[img_rows], target_idx, cfg.patch_size)
-            target_keep = np.ascontiguousarray(ranks[:, :k_hi] < counts_g[:, None])
-            nontarget_keep = np.ascontiguousarray(ranks[:, k_lo:] >= counts_g[:, None])
+        for group, _, _ in plan_sac_groups(counts, cfg.num_coarse, self.group_overhead_tokens):
+            img_rows = rows[group]
+            g = build_sac_group(order[group], counts[group])
+            patches = crop_target_patches(batch[img_rows], g.target_idx, cfg.patch_size)
             ts = time.perf_counter()
-            logits[group] = self.backend.run_sac(patches, target_idx, np.ascontiguousarray(order_g[:, k_lo:]),
-                                                 ee.final[img_rows], ee.hidden[img_rows], target_keep, nontarget_keep)
+            logits[group] = self.backend.run_sac(patches, g.target_idx, g.nontarget_idx, ee.final[img_rows],
+                                                 ee.hidden[img_rows], g.target_keep, g.nontarget_keep)
             engine_s += time.perf_counter() - ts
         return logits, engine_s
 
-    def predict_batch(self, images: Sequence[ImageInput], eta: float | None = None) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageInput], eta: Eta | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""
         if isinstance(images, (str, Path, np.ndarray)) or not hasattr(images, "__len__"):
             raise ImageError("predict_batch expects a sequence of images; use predict() for one image")
+        if eta is not None:
+            eta = validate_eta(eta)
         if len(images) == 0:
             return []
         res = self.run(self.preprocess(images), eta)
@@ -214,7 +261,7 @@ class EdgeClassifier:
                 timings=dict(res.timings)))
         return out
 
-    def predict(self, image: ImageInput, eta: float | None = None) -> Prediction:
+    def predict(self, image: ImageInput, eta: Eta | None = None) -> Prediction:
         """Classify one image."""
         return self.predict_batch([image], eta)[0]
 
@@ -228,4 +275,4 @@ class EdgeClassifier:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EdgeClassifier({self.manifest.directory}, backend={self.backend_name!r}, eta={self.eta})"
+        return f"EdgeClassifier({self.manifest.directory}, backend={self.backend_name!r}, eta={describe_eta(self.eta)})"

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .bench import DEFAULT_ETAS
 from .errors import SacvitError
+from .gate import describe_eta
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deploy SAC-ViT classifiers on edge hardware.")
 console = Console()
@@ -29,6 +32,31 @@ def _progress() -> Progress:
 def _fail(exc: SacvitError) -> None:
     err.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(2)
+
+
+@contextmanager
+def _handled() -> Iterator[None]:
+    """Turn the project's errors (a missing extra included) into a message and exit code 2."""
+    try:
+        yield
+    except SacvitError as exc:
+        _fail(exc)
+
+
+def _eta(value: Optional[str], option: str = "--eta") -> Optional[float]:
+    """A CLI threshold: a number in [0, 1] or 'never'."""
+    from .gate import validate_eta
+
+    if value is None:
+        return None
+    try:
+        number: float | str = float(value)
+    except ValueError:
+        number = value
+    return validate_eta(number, option)
+
+
+ETA_HELP = "exit threshold in [0, 1], or 'never' (every image to the SAC stage)"
 
 
 @app.callback()
@@ -58,12 +86,15 @@ def train(
     cluster_space: Annotated[Optional[str], typer.Option(help="2-means on 'log' (default) or 'raw' GCA")] = None,
 ) -> None:
     """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
-    from .checkpoint import load_init_state
-    from .config import preset as get_preset
-    from .data import ClutteredFashionMNIST, ImageFolder
-    from .train import TrainConfig, train as run_train
-
     try:
+        from .extras import require_extra
+
+        require_extra("train", "sacvit-edge train")
+        from .checkpoint import load_init_state
+        from .config import preset as get_preset
+        from .data import ClutteredFashionMNIST, ImageFolder
+        from .train import TrainConfig, train as run_train
+
         init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
         overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer,
                                                      cluster_space=cluster_space).items() if v is not None}
@@ -97,22 +128,26 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model_path: Annotated[Path, typer.Argument(help="model.pt")],
-    eta: Annotated[Optional[float], typer.Option(help="exit threshold (default: the checkpoint's)")] = None,
+    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the checkpoint's)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N test images")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON file (default: <model>.eval.json here)")] = None,
 ) -> None:
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
-    from .checkpoint import load_checkpoint
-    from .data import ClutteredFashionMNIST
-    from .train import evaluate
-
     try:
+        from .extras import require_extra
+
+        require_extra("train", "sacvit-edge eval")
+        from .checkpoint import load_checkpoint
+        from .data import ClutteredFashionMNIST
+        from .train import evaluate
+
+        eta_value = _eta(eta)
         ckpt = load_checkpoint(model_path)
         test = ClutteredFashionMNIST("test", seed=seed)
         with _progress() as progress:
             task = progress.add_task("eval", total=None, info="")
-            res = evaluate(ckpt.model, test, eta=ckpt.eta if eta is None else eta, limit=limit,
+            res = evaluate(ckpt.model, test, eta=ckpt.eta if eta_value is None else eta_value, limit=limit,
                            on_batch=lambda d, n: progress.update(task, completed=d, total=n))
         res = {"checkpoint": str(model_path), "arch": ckpt.config.arch, **res}
         table = Table("metric", "value", title=f"{model_path} on cluttered Fashion-MNIST test")
@@ -135,7 +170,7 @@ def profile(
     synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (default)")] = False,
     warmup: Annotated[int, typer.Option(help="untimed calls first")] = 10,
     iters: Annotated[int, typer.Option(help="timed calls")] = 100,
-    eta: Annotated[Optional[float], typer.Option(help="exit threshold")] = None,
+    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
 ) -> None:
@@ -143,16 +178,18 @@ def profile(
     from .classifier import EdgeClassifier
     from .profiling import ProfileConfig, load_image_batches, profile as run_profile
 
+    with _handled():
+        eta_value = _eta(eta)
     if images is not None and synthetic:
         _fail(SacvitError("--images and --synthetic exclude each other"))
     if batch < 1 or iters < 1 or warmup < 0:
         _fail(SacvitError(f"need --batch >= 1, --iters >= 1, --warmup >= 0 (got {batch}, {iters}, {warmup})"))
     try:
-        clf = EdgeClassifier(source, backend=backend, eta=eta, threads=threads)
+        clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads)
         batches = load_image_batches(images, clf, batch)
         with _progress() as progress:
             task = progress.add_task("profile", total=iters, info=clf.backend_name)
-            rep = run_profile(clf, batches, ProfileConfig(batch=batch, warmup=warmup, iters=iters, eta=eta),
+            rep = run_profile(clf, batches, ProfileConfig(batch=batch, warmup=warmup, iters=iters, eta=eta_value),
                               on_iter=lambda i, n: progress.update(task, completed=i))
     except SacvitError as exc:
         _fail(exc)
@@ -186,18 +223,22 @@ def bench(
     speed_images: Annotated[int, typer.Option(help="images timed per point at batch --batch")] = 512,
     latency_iters: Annotated[int, typer.Option(help="batch-1 calls timed per point")] = 100,
     batch: Annotated[int, typer.Option()] = 32,
-    etas: Annotated[str, typer.Option(help="comma-separated exit thresholds")] = ",".join(map(str, __import__("sacvit_edge.bench", fromlist=["x"]).DEFAULT_ETAS)),
+    etas: Annotated[str, typer.Option(help="comma-separated exit thresholds")] = ",".join(map(str, DEFAULT_ETAS)),
     backends: Annotated[str, typer.Option(help="comma-separated; unavailable ones are skipped")] = "onnxruntime,pytorch,tensorrt,pytorch-cuda",
     threads: Annotated[Optional[int], typer.Option()] = None,
     paper_geometry: Annotated[bool, typer.Option(help="also time deit_s_224 geometry")] = True,
 ) -> None:
     """DeiT vs SAC-ViT vs CF-ViT / LF-ViT modes, one run: JSON, Markdown table and PNG plot."""
-    from .bench import BenchConfig, markdown, run_bench, write_reports
-
     try:
+        from .extras import require_extra
+
+        require_extra("bench", "sacvit-edge bench")
+        from .bench.report import markdown, write_reports
+        from .bench.run import BenchConfig, run_bench
+
         cfg = BenchConfig(sac_checkpoint=sac or bundled_checkpoint(), deit_checkpoint=deit or bundled_checkpoint().with_name("deit_tiny_112.pt"),
                           eval_images=eval_images, speed_images=speed_images, latency_iters=latency_iters, batch=batch,
-                          etas=tuple(float(e) for e in etas.split(",")), backends=tuple(backends.split(",")),
+                          etas=tuple(_eta(e.strip(), "--etas") for e in etas.split(",")), backends=tuple(backends.split(",")),
                           threads=threads, paper_geometry=paper_geometry)
         with err.status("benchmarking") as status:
             result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
@@ -218,12 +259,15 @@ def tune_eta_cmd(
     dry_run: Annotated[bool, typer.Option(help="only print the choice")] = False,
 ) -> None:
     """Choose the default exit threshold on held-out canvases (never the test split)."""
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import ClutteredFashionMNIST
-    from .model import SACViT
-    from .train import tune_eta
-
     try:
+        from .extras import require_extra
+
+        require_extra("train", "sacvit-edge tune-eta")
+        from .checkpoint import load_checkpoint, save_checkpoint
+        from .data import ClutteredFashionMNIST
+        from .model import SACViT
+        from .train import tune_eta
+
         ck = load_checkpoint(model_path)
         if not isinstance(ck.model, SACViT):
             raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
@@ -245,14 +289,16 @@ def tune_eta_cmd(
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED_EXPORT = ASSETS / "sacvit_tiny_112"  # the shipped checkpoint, exported (ships in the wheel)
 
 
 def bundled_checkpoint() -> Path:
-    """The shipped SAC-ViT checkpoint (repository checkout or installed package)."""
-    for candidate in (REPO_ROOT / "checkpoints" / "sacvit_tiny_112.pt", ASSETS / "sacvit_tiny_112.pt"):
-        if candidate.is_file():
-            return candidate
-    raise SacvitError("the bundled checkpoint checkpoints/sacvit_tiny_112.pt is missing from this checkout")
+    """The shipped SAC-ViT checkpoint (repository checkout only: the wheel ships its export)."""
+    candidate = REPO_ROOT / "checkpoints" / "sacvit_tiny_112.pt"
+    if candidate.is_file():
+        return candidate
+    raise SacvitError("the bundled checkpoint checkpoints/sacvit_tiny_112.pt is only in a repository checkout; "
+                      f"the installed package carries its export, {BUNDLED_EXPORT}")
 
 
 @app.command()
@@ -264,22 +310,26 @@ def export(
     k_min: Annotated[Optional[int], typer.Option(help="smallest target count (default: the checkpoint's)")] = None,
     k_max: Annotated[Optional[int], typer.Option(help="largest target count (default: the checkpoint's)")] = None,
     exporter: Annotated[str, typer.Option(help="torchscript (default) or dynamo")] = "torchscript",
+    with_checkpoint: Annotated[bool, typer.Option(help="copy model.pt into the export (the pytorch backend runs from it)")] = True,
 ) -> None:
     """Split a trained SAC-ViT into ee.onnx + sac.onnx with a manifest."""
-    from .export.bundle import export_checkpoint
-
     if exporter not in ("torchscript", "dynamo"):
         _fail(SacvitError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'"))
     out = out or Path("exports") / model_path.stem
-    try:
+    with _handled():
+        from .extras import require_extra
+
+        require_extra("export", "sacvit-edge export")
+        from .export.bundle import export_checkpoint
+
         with err.status(f"exporting {model_path} -> {out}"):
             m = export_checkpoint(model_path, out, opset=opset, batch_max=batch_max, k_min=k_min, k_max=k_max,
-                                  exporter=exporter)  # type: ignore[arg-type]
-    except SacvitError as exc:
-        _fail(exc)
+                                  exporter=exporter, include_checkpoint=with_checkpoint)  # type: ignore[arg-type]
     table = Table("file", "what", title=f"exported {model_path}")
     table.add_row("ee.onnx", f"EE stage, batch {m.batch_range[0]}..{m.batch_range[1]}")
     table.add_row("sac.onnx", f"SAC stage, k {m.k_range[0]}..{m.k_range[1]} targets")
+    if m.has_checkpoint:
+        table.add_row("model.pt", "the checkpoint (pytorch reference backend)")
     table.add_row("manifest.json", f"fingerprint {m.fingerprint[:12]}, eta {m.eta}")
     console.print(table)
     console.print(f"wrote {out}")
@@ -297,7 +347,7 @@ def _predict_table(files: list[str], preds, title: str) -> Table:
 def predict(
     source: Annotated[Path, typer.Argument(help="export directory or model.pt")],
     images: Annotated[list[Path], typer.Argument(help="image files")],
-    eta: Annotated[Optional[float], typer.Option(help="exit threshold")] = None,
+    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)")] = False,
@@ -306,7 +356,7 @@ def predict(
     from .classifier import EdgeClassifier
 
     try:
-        clf = EdgeClassifier(source, backend=backend, eta=eta)
+        clf = EdgeClassifier(source, backend=backend, eta=_eta(eta))
         preds = clf.predict_batch(images) if batch else [clf.predict(img) for img in images]
     except SacvitError as exc:
         _fail(exc)
@@ -316,9 +366,9 @@ def predict(
                  "topk": p.topk, "timings_ms": p.timings,
                  "target_mask": None if p.target_mask is None else p.target_mask.astype(int).tolist()}
                 for f, p in zip(images, preds)]
-        console.print_json(json.dumps({"backend": clf.backend_name, "eta": clf.eta, "predictions": rows}))
+        console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "predictions": rows}))
         return
-    console.print(_predict_table([str(f) for f in images], preds, f"backend {clf.backend_name}, eta {clf.eta}"))
+    console.print(_predict_table([str(f) for f in images], preds, f"backend {clf.backend_name}, eta {describe_eta(clf.eta)}"))
 
 
 @app.command()
@@ -326,21 +376,33 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where to export the bundled model")] = Path("exports/sacvit_tiny_112"),
     backend: Annotated[str, typer.Option(help="backend to run")] = "onnxruntime",
 ) -> None:
-    """The main job on the bundled default: export the shipped checkpoint, classify the samples."""
-    from .classifier import EdgeClassifier
-    from .export.bundle import export_checkpoint
+    """The main job on the bundled default: export the shipped checkpoint, classify the samples.
 
-    try:
-        ckpt = bundled_checkpoint()
-        with err.status(f"exporting {ckpt.name}"):
-            export_checkpoint(ckpt, out)
-        clf = EdgeClassifier(out, backend=backend)
+    In a checkout with the [export] extra the shipped checkpoint is exported afresh into --out;
+    elsewhere (the core install) the export that ships in the package is used as it is.
+    """
+    from .classifier import EdgeClassifier
+    from .extras import has_extra
+
+    with _handled():
+        checkpoint = REPO_ROOT / "checkpoints" / "sacvit_tiny_112.pt"
+        if checkpoint.is_file() and has_extra("export"):
+            from .export.bundle import export_checkpoint
+
+            with err.status(f"exporting {checkpoint.name}"):
+                export_checkpoint(checkpoint, out)
+            source, how = out, f"exported {checkpoint} -> {out} (ee.onnx, sac.onnx, manifest.json)"
+        else:
+            source, how = BUNDLED_EXPORT, f"using the bundled export {BUNDLED_EXPORT} (no export: " + (
+                "torch/onnx are not installed)" if checkpoint.is_file() else "not in a checkout)")
+        clf = EdgeClassifier(source, backend=backend)
         samples = sorted((ASSETS / "samples").glob("*.png"))
+        if not samples:
+            raise SacvitError(f"the bundled sample images are missing from {ASSETS / 'samples'}")
         preds = [clf.predict(p) for p in samples]
-    except SacvitError as exc:
-        _fail(exc)
-    console.print(f"exported {ckpt} -> {out} (ee.onnx, sac.onnx, manifest.json)")
-    table = _predict_table([p.name for p in samples], preds, f"bundled samples, backend {clf.backend_name}, eta {clf.eta}")
+    console.print(how)
+    table = _predict_table([p.name for p in samples], preds, f"bundled samples, backend {clf.backend_name}, "
+                           f"eta {describe_eta(clf.eta)}")
     console.print(table)
     right = sum(p.label.replace("/", "-").replace(" ", "-") in s.stem for p, s in zip(preds, samples))
     console.print(f"{right}/{len(samples)} correct (sample file names carry the true label)")

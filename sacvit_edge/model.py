@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .clustering import Split, all_targets, select_targets
 from .config import ModelConfig
 from .errors import CheckpointError
-from .tokens import crop_target_patches
+from .tokens import build_sac_group, crop_target_patches
 
 log = logging.getLogger(__name__)
 
@@ -344,41 +344,13 @@ class SACViT(VisionTransformer):
         """
         ee = self.forward_ee(img)
         split = self.split_tokens(ee.gca, clustering)
-        counts = torch.from_numpy(split.counts).to(img.device)
-        order = torch.from_numpy(split.order).to(img.device)
-        k_hi, k_lo = int(split.counts.max()), int(split.counts.min())
-        pos = torch.arange(order.shape[1], device=img.device)
-        target_idx, nontarget_idx = order[:, :k_hi], order[:, k_lo:]
-        target_keep = nontarget_keep = None
-        if k_hi != k_lo:
-            target_keep = pos[None, :k_hi] < counts[:, None]
-            nontarget_keep = pos[None, k_lo:] >= counts[:, None]
+        group = build_sac_group(split.order, split.counts)  # the runtime's builder: identical inputs
+        dev = lambda a: torch.from_numpy(a).to(img.device)  # noqa: E731
+        target_idx, nontarget_idx = dev(group.target_idx), dev(group.nontarget_idx)
+        target_keep = dev(group.target_keep) if group.padded else None
+        nontarget_keep = dev(group.nontarget_keep) if group.padded else None
         logits = self.forward_sac(self.crop_targets(img, target_idx), target_idx, nontarget_idx, ee.final, ee.hidden, target_keep, nontarget_keep)
         return SACOutput(logits=logits, ee_logits=ee.logits, split=split)
-
-    @torch.no_grad()
-    def predict(self, img: torch.Tensor, eta: float | None = None) -> dict[str, np.ndarray]:
-        """Reference early-exit inference: EE on all, SAC only on images below eta.
-
-        SAC runs per group of equal target count (no padding), as the deployed runtime does.
-        Returns numpy arrays: probs (B, classes), exited (B,), counts (B,), target_mask (B, n).
-        """
-        eta = self.cfg.eta if eta is None else eta
-        ee = self.forward_ee(img)
-        probs = ee.logits.softmax(-1)
-        exited = probs.max(-1).values >= eta
-        split = self.split_tokens(ee.gca)
-        counts = np.where(exited.cpu().numpy(), 0, split.counts)
-        rest = np.flatnonzero(~exited.cpu().numpy())
-        order = torch.from_numpy(split.order).to(img.device)
-        for k in np.unique(counts[rest]):
-            rows = torch.from_numpy(rest[counts[rest] == k]).to(img.device)
-            target_idx = order[rows, :k]
-            logits = self.forward_sac(self.crop_targets(img[rows], target_idx), target_idx, order[rows, k:],
-                                      ee.final[rows], ee.hidden[rows])
-            probs[rows] = logits.softmax(-1)
-        mask = split.target_mask(self.cfg.num_coarse) & (counts > 0)[:, None]
-        return dict(probs=probs.cpu().numpy(), exited=exited.cpu().numpy(), counts=counts, target_mask=mask)
 
 
 def build_model(cfg: ModelConfig) -> VisionTransformer:

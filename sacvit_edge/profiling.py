@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .gate import describe_eta
+
 log = logging.getLogger(__name__)
 
 
@@ -130,25 +132,30 @@ class TegrastatsSampler:
 
 
 # ---- environment --------------------------------------------------------------------------
+def _installed_version(dist: str) -> str | None:
+    """A package's version from its metadata, without importing it (torch alone takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def environment(backend_info: dict[str, Any]) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import torch
+    """Versions and hardware of this run. Imports nothing heavy; the GPU name comes from torch
+    only when the run already loaded it (a PyTorch or TensorRT backend)."""
+    import sys
 
     from . import __version__
     from .runtimes.base import cpu_name
 
     env = {"sacvit_edge": __version__, "python": platform.python_version(), "platform": platform.platform(),
-           "cpu": cpu_name(), "torch": torch.__version__, "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, **backend_info}
-    if torch.cuda.is_available():
+           "cpu": cpu_name(), **{name: _installed_version(name) for name in ("onnxruntime", "torch", "onnx")},
+           "tensorrt": _installed_version("tensorrt"), **backend_info}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import tensorrt  # type: ignore[import-not-found]
-
-        env["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        env["tensorrt"] = None
     return env
 
 
@@ -185,9 +192,9 @@ def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,
     """Time `clf.run` on preprocessed batches (cycled): warm-up, then cfg.iters timed calls.
 
     Decoding and resizing are excluded (CF-ViT's throughput protocol: time the model only).
+    GFLOPs come from the manifest's cost table, counted at export.
     """
-    from .checkpoint import load_checkpoint
-    from .flops import CostModel
+    from .errors import ExportError
 
     if not batches:
         raise ValueError("profile needs at least one batch")
@@ -209,14 +216,16 @@ def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,
         wall = time.perf_counter() - t0
     exited_a, counts_a = np.concatenate(exited), np.concatenate(counts)
     images = int(exited_a.size)
-    cost = CostModel(load_checkpoint(clf.manifest.path("model.pt")).model)
+    cost = clf.manifest.cost
+    if cost is None:
+        raise ExportError(f"{clf.manifest.directory}: the manifest has no cost table; re-export the checkpoint")
     sac_counts = counts_a[~exited_a]
     exit_rate = float(exited_a.mean())
     mean_k = float(sac_counts.mean()) if sac_counts.size else 0.0
     executed = cost.expected(exited_a, counts_a)
-    expected = cost.ee + (1 - exit_rate) * (cost.sac(int(round(mean_k))) if sac_counts.size else 0.0)
+    expected = cost.ee + (1 - exit_rate) * (cost.sac[int(round(mean_k))] if sac_counts.size else 0.0)
     return ProfileReport(
-        config={"batch": int(batches[0].shape[0]), "warmup": cfg.warmup, "iters": cfg.iters, "eta": clf.eta if cfg.eta is None else cfg.eta,
+        config={"batch": int(batches[0].shape[0]), "warmup": cfg.warmup, "iters": cfg.iters, "eta": describe_eta(clf.eta if cfg.eta is None else cfg.eta),
                 "export": str(clf.manifest.directory), "backend": clf.backend_name},
         latency_ms=latency_stats(totals),
         stages_ms={k: latency_stats(v) for k, v in stages.items()},
@@ -239,6 +248,9 @@ def load_image_batches(folder: Path | None, clf, batch: int, count: int = 256) -
             raise DataError(f"{folder}: no image files")
         x = clf.preprocess(files[:count])
     else:
+        from .extras import require_extra
+
+        require_extra("train", "profiling on the built-in cluttered Fashion-MNIST canvases (or pass --images DIR)")
         from .data import ClutteredFashionMNIST
         from .images import normalize
 

@@ -1,4 +1,9 @@
-"""Crop of target regions from the full-resolution image, for NumPy (host) and torch (training).
+"""The SAC-input builder: target crops, index lists and keep masks of one SAC engine call.
+
+Used by every path that runs the SAC stage (EdgeClassifier on any backend, training, export
+checks), so that they build identical inputs.
+
+Crop of target regions from the full-resolution image, for NumPy (host) and torch (training).
 
 Coarse token (i, j) covers pixels [2p*i, 2p*(i+1)) x [2p*j, 2p*(j+1)); its region is cut into
 2x2 fine patches (2i+a, 2j+b), a, b in {0, 1}, each flattened in (C, p, p) order, the layout
@@ -9,6 +14,7 @@ One function serves both array types so that training and deployment crop identi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -76,3 +82,42 @@ def plan_sac_groups(counts: np.ndarray, num_coarse: int, overhead_tokens: float 
         groups.append((rows, int(values[i]), int(values[j - 1])))
         j = i
     return groups[::-1]
+
+
+@dataclass(frozen=True)
+class SacGroup:
+    """Index and mask inputs of one SAC call over images whose target counts lie in [k_lo, k_hi].
+
+    Targets are padded to k_hi and non-targets start at rank k_lo; the keep masks mark real
+    tokens (False on padding), so a padded call equals unpadded per-image inference.
+
+    Attributes:
+        target_idx: (G, k_hi) coarse indices of the targets, best first.
+        nontarget_idx: (G, n - k_lo) coarse indices of the non-targets.
+        target_keep: (G, k_hi) bool.
+        nontarget_keep: (G, n - k_lo) bool.
+    """
+
+    target_idx: np.ndarray
+    nontarget_idx: np.ndarray
+    target_keep: np.ndarray
+    nontarget_keep: np.ndarray
+    k_lo: int
+    k_hi: int
+
+    @property
+    def padded(self) -> bool:
+        """Whether any token is padding (otherwise the masks are all True and may be skipped)."""
+        return self.k_lo != self.k_hi
+
+
+def build_sac_group(order: np.ndarray, counts: np.ndarray) -> SacGroup:
+    """order (G, n) coarse indices sorted by score, counts (G,) target counts -> SacGroup."""
+    counts = np.asarray(counts, dtype=np.int64)
+    k_lo, k_hi = int(counts.min()), int(counts.max())
+    ranks = np.arange(order.shape[1])[None, :]
+    return SacGroup(target_idx=np.ascontiguousarray(order[:, :k_hi], dtype=np.int64),
+                    nontarget_idx=np.ascontiguousarray(order[:, k_lo:], dtype=np.int64),
+                    target_keep=np.ascontiguousarray(ranks[:, :k_hi] < counts[:, None]),
+                    nontarget_keep=np.ascontiguousarray(ranks[:, k_lo:] >= counts[:, None]),
+                    k_lo=k_lo, k_hi=k_hi)

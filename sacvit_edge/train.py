@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
 from .config import ModelConfig
 from .flops import CostModel
+from .gate import NEVER_EXIT, Eta, gate, validate_eta
 from .model import SACViT, VisionTransformer, build_model
 
 log = logging.getLogger(__name__)
@@ -218,15 +219,16 @@ class DatasetPredictions:
     labels: np.ndarray                       # (N,)
     head_pred: np.ndarray                    # (N,) `head`: SAC-ViT's SAC head (clustering on), DeiT's only head
     ee_pred: np.ndarray | None = None        # (N,) EE head
-    ee_conf: np.ndarray | None = None        # (N,) max softmax of the EE head
+    ee_probs: np.ndarray | None = None       # (N, C) softmax of the EE head: what the exit gate sees
     target_counts: np.ndarray | None = None  # (N,) target tokens chosen by the clustering
 
-    def exited(self, eta: float) -> np.ndarray:
-        if self.ee_conf is None:
+    def exited(self, eta: Eta) -> np.ndarray:
+        """The exit decisions at eta, by the runtime's own gate."""
+        if self.ee_probs is None:
             return np.zeros(len(self.labels), dtype=bool)
-        return self.ee_conf >= eta
+        return gate(self.ee_probs, eta)
 
-    def final_pred(self, eta: float) -> np.ndarray:
+    def final_pred(self, eta: Eta) -> np.ndarray:
         """The early-exit model's answer: the EE head where it is confident enough, else SAC's."""
         if self.ee_pred is None:
             return self.head_pred
@@ -242,7 +244,7 @@ def predict_dataset(model: VisionTransformer, dataset, limit: int | None = None,
     """Run every image of `dataset` (or its first `limit`) through both heads once."""
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    cols: dict[str, list[np.ndarray]] = {"labels": [], "head_pred": [], "ee_pred": [], "ee_conf": [], "target_counts": []}
+    cols: dict[str, list[np.ndarray]] = {"labels": [], "head_pred": [], "ee_pred": [], "ee_probs": [], "target_counts": []}
     done = 0
     for images, labels in prefetch(dataset.batches(batch_size)):
         if done >= n:
@@ -252,10 +254,10 @@ def predict_dataset(model: VisionTransformer, dataset, limit: int | None = None,
         cols["labels"].append(labels.numpy())
         if isinstance(model, SACViT):
             out = model(x, clustering=True)
-            conf, ee_pred = out.ee_logits.softmax(-1).max(-1)
+            ee_probs = out.ee_logits.softmax(-1)
             cols["head_pred"].append(out.logits.argmax(-1).numpy())
-            cols["ee_pred"].append(ee_pred.numpy())
-            cols["ee_conf"].append(conf.numpy())
+            cols["ee_pred"].append(ee_probs.argmax(-1).numpy())
+            cols["ee_probs"].append(ee_probs.numpy())
             cols["target_counts"].append(np.asarray(out.split.counts))
         else:
             cols["head_pred"].append(model(x).argmax(-1).numpy())
@@ -274,13 +276,13 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
     and of the full early-exit model at eta; exit rate; mean target count of the images that
     went to the SAC stage; expected GFLOPs per image. DeiT: top-1 and GFLOPs.
     """
-    eta = model.cfg.eta if eta is None else eta
+    eta = validate_eta(model.cfg.eta if eta is None else eta)
     preds = predict_dataset(model, dataset, limit, batch_size, on_batch)
     result: dict[str, Any] = {"images": int(len(preds.labels))}
     if isinstance(model, SACViT):
         exited, counts = preds.exited(eta), preds.target_counts
         result.update(
-            eta=eta,
+            eta=eta if math.isfinite(eta) else NEVER_EXIT,
             top1_ee=preds.top1(preds.ee_pred),
             top1_sac=preds.top1(preds.head_pred),
             top1=preds.top1(preds.final_pred(eta)),

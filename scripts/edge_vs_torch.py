@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sacvit_edge import EdgeClassifier
-from sacvit_edge.bench import eval_images
+from sacvit_edge.bench.run import eval_images
 from sacvit_edge.checkpoint import load_checkpoint
 from sacvit_edge.cli import bundled_checkpoint
 
@@ -30,15 +30,10 @@ def edge_runner(backend):
     return lambda b: clf.run(b).probs
 
 
-def eager(b):
-    return ck.model.predict(torch.from_numpy(b))["probs"]
-
-
 out = {"checkpoint": str(ckpt_path), "images": int(len(y)), "eta": ck.eta, "rows": []}
 exit_rate = float(EdgeClassifier(ckpt_path, backend="onnxruntime").run(x[:2000]).exited.mean())
 for name, run in (("EdgeClassifier onnxruntime", edge_runner("onnxruntime")),
-                  ("EdgeClassifier pytorch backend", edge_runner("pytorch")),
-                  ("PyTorch model (SACViT.predict, eager)", eager)):
+                  ("EdgeClassifier pytorch backend (eager reference)", edge_runner("pytorch"))):
     for batch in (1, 32):
         run(x[:batch])  # warm-up
         preds, t0 = [], time.perf_counter()

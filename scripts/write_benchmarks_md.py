@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sacvit_edge.bench import markdown, markdown_paper
+from sacvit_edge.bench.report import markdown, markdown_paper
 
 res = json.loads(Path(sys.argv[1]).read_text())
 rows = [r for r in res["rows"] if r["backend"] == "onnxruntime"]

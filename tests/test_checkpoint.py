@@ -40,13 +40,30 @@ def test_garbage_and_missing(tmp_path):
         load_checkpoint(tmp_path / "absent.pt")
 
 
-def test_pickled_object_refused_by_weights_only(tmp_path):
-    import pathlib
+class _Payload:
+    """A pickled object that, if unpickled, creates a marker file (what a malicious checkpoint does)."""
 
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "sacvit-edge-checkpoint", "obj": pathlib.PurePosixPath("x")}, path)
-    with pytest.raises(CheckpointError):
-        load_checkpoint(path)
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_object_refused_by_weights_only(tmp_path, random_ckpt):
+    """A COMPLETE, otherwise valid checkpoint that carries one pickled object: only weights_only
+    refuses it (every key is present), and the object's code never runs."""
+    marker = tmp_path / "executed"
+    raw = _raw(random_ckpt)
+    raw["training"] = {"note": _Payload(str(marker))}
+    torch.save(raw, tmp_path / "evil.pt")
+    marker.unlink(missing_ok=True)  # torch.save does not call __reduce__'s callable, but be sure
+    with pytest.raises(CheckpointError, match="evil.pt: not a readable checkpoint.*UnpicklingError"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    raw["training"] = {"note": "plain"}  # the same dict without the object loads: the object was the reason
+    torch.save(raw, tmp_path / "fine.pt")
+    assert load_checkpoint(tmp_path / "fine.pt").training == {"note": "plain"}
 
 
 def test_raw_state_dict_is_not_a_checkpoint(tmp_path):

@@ -12,7 +12,8 @@ from sacvit_edge.checkpoint import load_checkpoint
 from sacvit_edge.errors import ConfigError, ExportError
 from sacvit_edge.export import bundle
 from sacvit_edge.export.bundle import MANIFEST_VERSION, export_checkpoint, read_manifest
-from sacvit_edge.export.torch2onnx import TRAINING_ONLY_OPS, op_histogram, random_split
+from sacvit_edge.export.torch2onnx import TRAINING_ONLY_OPS
+from helpers import op_histogram, random_split
 from sacvit_edge.runtimes.ort import OrtBackend
 
 ATOL = 1e-4  # fp32 logits, ONNX Runtime vs PyTorch
@@ -25,7 +26,7 @@ def test_manifest_contents(random_export, random_ckpt):
     assert m.class_names == ck.class_names and m.size == 112 and m.eta == ck.eta
     assert m.k_range == (ck.config.k_min, ck.config.k_max) and m.batch_range == (1, 64)
     assert m.config == ck.config
-    assert m.data["opset"] == 17 and m.data["versions"]["torch"] == torch.__version__
+    assert m.opset == 17 and m.versions["torch"] == torch.__version__
     for name in ("ee.onnx", "sac.onnx"):
         model = onnx.load(str(random_export / name))
         onnx.checker.check_model(model, full_check=True)

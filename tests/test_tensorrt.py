@@ -33,8 +33,8 @@ def test_engine_for_another_model_trt_version_or_gpu_is_named():
 
 
 def test_profile_shapes_cover_the_manifest(random_export):
-    from sacvit_edge.export.bundle import read_manifest
-    from sacvit_edge.runtimes.trt import profile_shapes
+    from sacvit_edge.export.tensorrt import profile_shapes
+    from sacvit_edge.manifest import read_manifest
 
     m = read_manifest(random_export)
     shapes = profile_shapes(m, "sac")

@@ -10,6 +10,7 @@ import torch
 from sacvit_edge.checkpoint import load_checkpoint
 from sacvit_edge.config import preset
 from sacvit_edge.data import ClutteredFashionMNIST
+from sacvit_edge.gate import NEVER_EXIT
 from sacvit_edge.model import build_model
 from sacvit_edge.train import TrainConfig, evaluate, sac_loss, to_input, train
 
@@ -62,20 +63,24 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert ck.training["history"][0]["step"] == 2  # 64 items / 2 ranks / 16 per batch
 
 
-def test_tune_eta_picks_smallest_eta_within_tolerance(random_ckpt):
+def test_tune_eta_picks_smallest_eta_within_tolerance(shipped_sac):
+    """On the shipped model, where early exits at a low eta cost accuracy: the choice is within
+    tolerance of the SAC head (computed here independently) and every smaller eta is not."""
     from sacvit_edge.train import tune_eta
 
-    model = load_checkpoint(random_ckpt).model
-    val = ClutteredFashionMNIST("train", offset=59900, limit=64, seed=1)
-    assert len(val) == 64 and int(val.labels[0]) == int(load_fashion_mnist_labels()[59900])
-    eta, rows = tune_eta(model, val, tolerance=0.0)
+    model = load_checkpoint(shipped_sac).model
+    val = ClutteredFashionMNIST("train", offset=59744, limit=256, seed=1)
+    assert len(val) == 256 and int(val.labels[0]) == int(load_fashion_mnist_labels()[59744])
+    sac_top1 = evaluate(model, val, eta=NEVER_EXIT, flops=False)["top1"]
+    tolerance = 0.5
+    eta, rows = tune_eta(model, val, tolerance=tolerance)
     exits = [r["exit_rate"] for r in rows]
     assert all(a >= b for a, b in zip(exits, exits[1:]))  # higher eta, fewer exits
-    sac_top1 = rows[-1]["top1"] if rows[-1]["exit_rate"] == 0 else None
     chosen = next(r for r in rows if r["eta"] == eta)
-    if sac_top1 is not None:
-        assert chosen["top1"] >= sac_top1
-        assert all(r["top1"] < sac_top1 for r in rows if r["eta"] < eta)
+    assert chosen["top1"] >= sac_top1 - tolerance
+    smaller = [r for r in rows if r["eta"] < eta]
+    assert smaller, "fixture must make the smallest etas cost accuracy"
+    assert all(r["top1"] < sac_top1 - tolerance for r in smaller)
 
 
 def load_fashion_mnist_labels():
@@ -90,7 +95,7 @@ def test_evaluate_early_exit_extremes_match_each_head(random_ckpt):
     model = load_checkpoint(random_ckpt).model
     test = ClutteredFashionMNIST("test", limit=48)
     everyone_exits = evaluate(model, test, eta=0.0, batch_size=16)
-    nobody_exits = evaluate(model, test, eta=1.01, batch_size=16)
+    nobody_exits = evaluate(model, test, eta=NEVER_EXIT, batch_size=16)
     assert everyone_exits["exit_rate"] == 1.0 and everyone_exits["top1"] == everyone_exits["top1_ee"]
     assert everyone_exits["gflops"] == pytest.approx(everyone_exits["gflops_ee"])
     assert nobody_exits["exit_rate"] == 0.0 and nobody_exits["top1"] == nobody_exits["top1_sac"]

@@ -1,4 +1,6 @@
-"""`sacvit-edge bench`: DeiT vs SAC-ViT vs CF-ViT mode vs LF-ViT mode, in ONE run.
+"""`sacvit-edge bench` measurements: DeiT vs SAC-ViT vs CF-ViT mode vs LF-ViT mode, in ONE run.
+
+Reporting (tables, plot, the performance targets) lives in bench.report.
 
 Every method runs on the same images and the same backends. Accuracy, exit rate and
 expected GFLOPs come from one pass per method over the evaluation images (EE and SAC
@@ -22,21 +24,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .classifier import EdgeClassifier
-from .clustering import select_targets
-from .config import preset, with_mode
-from .flops import CostModel
-from .images import normalize
-from .model import build_model
+from sacvit_edge.bench import DEFAULT_ETAS
+from sacvit_edge.bench.report import LABELS
+from sacvit_edge.classifier import EdgeClassifier, ImposedDecisions
+from sacvit_edge.extras import require_extra
+
+require_extra("bench", "the benchmark")
+
+import torch  # noqa: E402
+
+from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from sacvit_edge.config import preset, with_mode  # noqa: E402
+from sacvit_edge.flops import CostModel  # noqa: E402
+from sacvit_edge.gate import NEVER_EXIT, gate  # noqa: E402
+from sacvit_edge.images import normalize  # noqa: E402
+from sacvit_edge.model import build_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 METHODS = ("deit", "sac", "cf", "lf")
-LABELS = {"deit": "DeiT (baseline)", "sac": "SAC-ViT", "cf": "CF-ViT mode", "lf": "LF-ViT mode"}
-DEFAULT_ETAS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)  # plus the checkpoint's own eta
 
 
 @dataclass
@@ -68,8 +75,8 @@ class DeitRunner:
         self.model = model.eval()
         self.backend = backend
         if backend == "onnxruntime":
-            from .export.torch2onnx import export_single
-            from .runtimes.ort import OrtSingle
+            from sacvit_edge.export.torch2onnx import export_single
+            from sacvit_edge.runtimes.ort import OrtSingle
 
             path = export_single(model, work / f"deit_{model.cfg.img_size}.onnx")
             self._ort = OrtSingle(path, threads)
@@ -89,7 +96,7 @@ class DeitRunner:
 
 def eval_images(n: int, mean, std, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """The first n canvases of the cluttered test split, normalised, and their labels."""
-    from .data import ClutteredFashionMNIST
+    from sacvit_edge.data import ClutteredFashionMNIST
 
     ds = ClutteredFashionMNIST("test", limit=n)
     xs, ys = [], []
@@ -116,10 +123,10 @@ def mode_checkpoint(sac_path: Path, mode: str, work: Path) -> Path:
 def sweep(ee_probs: np.ndarray, sac_probs: np.ndarray, counts: np.ndarray, y: np.ndarray, cost: CostModel,
           etas) -> list[dict[str, float]]:
     """Accuracy / exit rate / expected GFLOPs at every eta, from one pass's probabilities."""
-    conf, ee_pred, sac_pred = ee_probs.max(1), ee_probs.argmax(1), sac_probs.argmax(1)
+    ee_pred, sac_pred = ee_probs.argmax(1), sac_probs.argmax(1)
     rows = []
     for eta in etas:
-        exited = conf >= eta
+        exited = gate(ee_probs, eta)
         final = np.where(exited, ee_pred, sac_pred)
         rows.append({"eta": float(eta), "top1": float((final == y).mean() * 100), "exit_rate": float(exited.mean()),
                      "mean_target_tokens": float(counts[~exited].mean()) if (~exited).any() else 0.0,
@@ -150,21 +157,9 @@ def measure_speed(run: Callable[[np.ndarray], dict | None], x: np.ndarray, batch
 
 
 def forced_two_stage(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray) -> dict[str, float]:
-    """EdgeClassifier's path with imposed exit decisions and target counts (paper geometry table).
-
-    The host still computes the real split of the GCA scores (its cost is measured); only the
-    decisions are replaced, so the engines run exactly the imposed token counts.
-    """
-    t0 = time.perf_counter()
-    ee = clf.backend.run_ee(x)
-    t1 = time.perf_counter()
-    rest = np.flatnonzero(~exited)
-    sac = 0.0
-    if rest.size:
-        split = select_targets(ee.gca[rest], clf.config)  # the real host work, then imposed counts
-        _, sac = clf.run_sac_stage(x, ee, rest, split.order, counts[rest])
-    total = (time.perf_counter() - t0) * 1e3
-    return {"ee": (t1 - t0) * 1e3, "sac": sac * 1e3, "host": total - (t1 - t0) * 1e3 - sac * 1e3, "total": total}
+    """EdgeClassifier's path with imposed exit decisions and target counts (paper geometry table),
+    through the runtime's public hook (ImposedDecisions)."""
+    return clf.run(x, imposed=ImposedDecisions(exited=exited, counts=counts)).timings
 
 
 def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -180,8 +175,8 @@ def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) ->
 
 
 def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from .profiling import environment
-    from .runtimes import available_backends
+    from sacvit_edge.profiling import environment
+    from sacvit_edge.runtimes import available_backends
 
     step = on_step or (lambda msg: None)
     work = Path(cfg.work_dir)
@@ -201,34 +196,31 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
             continue  # the baseline is timed on ORT/PyTorch; TensorRT runs the SAC engines only
         step(f"DeiT on {backend}")
         runner = DeitRunner(deit_ck.model, backend, work, cfg.threads)
-        acc = None
-        if backend == backends[0]:
-            preds = np.concatenate([runner.logits(b).argmax(1) for b in np.array_split(x, max(1, len(x) // 250))])
-            acc = float((preds == y).mean() * 100)
+        # accuracy measured on every backend (not copied): backends that disagree show it
+        preds = np.concatenate([runner.logits(b).argmax(1) for b in np.array_split(x, max(1, len(x) // 250))])
+        acc = float((preds == y).mean() * 100)
+
         def run_deit(b: np.ndarray, runner=runner) -> None:
             runner.logits(b)
 
         speed = measure_speed(run_deit, speed_x, cfg.batch, single, cfg.latency_iters)
         rows.append({"method": "deit", "backend": backend, "eta": None, "top1": acc, "exit_rate": 0.0,
                      "mean_target_tokens": None, "gflops": deit_cost.full, **speed})
-    deit_top1 = next(r["top1"] for r in rows if r["method"] == "deit" and r["top1"] is not None)
-    for r in rows:
-        r["top1"] = deit_top1
+    deit_top1 = next(r["top1"] for r in rows if r["method"] == "deit")  # the first backend's, for the report
 
     # SAC-ViT and the peer modes
     for mode in ("sac", "cf", "lf"):
         path = mode_checkpoint(cfg.sac_checkpoint, mode, work)
         cost = CostModel(load_checkpoint(path).model)
-        curve = None
         for backend in backends:
             step(f"{LABELS[mode]} on {backend}")
             clf = EdgeClassifier(path, backend=backend, threads=cfg.threads, cache_dir=work / "cache")
-            if curve is None:  # accuracy from one pass with nothing exiting: EE and SAC probs of every image
-                ee_p, sac_p, cnt = [], [], []
-                for b in np.array_split(x, max(1, len(x) // 250)):
-                    res = clf.run(np.ascontiguousarray(b), eta=1.01)
-                    ee_p.append(res.ee_probs), sac_p.append(res.probs), cnt.append(res.counts)
-                curve = sweep(np.concatenate(ee_p), np.concatenate(sac_p), np.concatenate(cnt), y, cost, cfg.etas)
+            # accuracy from one pass per backend with nothing exiting: EE and SAC probs of every image
+            ee_p, sac_p, cnt = [], [], []
+            for b in np.array_split(x, max(1, len(x) // 250)):
+                res = clf.run(np.ascontiguousarray(b), eta=NEVER_EXIT)
+                ee_p.append(res.ee_probs), sac_p.append(res.probs), cnt.append(res.counts)
+            curve = sweep(np.concatenate(ee_p), np.concatenate(sac_p), np.concatenate(cnt), y, cost, cfg.etas)
             for point in curve:
                 speed = measure_speed(lambda b: clf.run(b, eta=point["eta"]).timings, speed_x, cfg.batch, single,
                                       cfg.latency_iters)
@@ -249,40 +241,10 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
         "deit_top1": deit_top1, "deit_gflops": deit_cost.full, "rows": rows,
         "environment": environment({"threads": cfg.threads}),
     }
-    result["targets"] = check_targets(rows, deit_top1)
     if cfg.paper_geometry:
         step("paper geometry (deit_s_224)")
         result["paper_geometry"] = paper_geometry_table(rows, cfg, work)
     return result
-
-
-def _best_at_accuracy(rows, method: str, backend: str, min_top1: float) -> dict | None:
-    ok = [r for r in rows if r["method"] == method and r["backend"] == backend and r["top1"] >= min_top1]
-    return max(ok, key=lambda r: r["images_per_s"]) if ok else None
-
-
-def check_targets(rows: list[dict], deit_top1: float, backend: str = "onnxruntime") -> dict[str, Any]:
-    """The issue's targets, evaluated on the ONNX Runtime rows of this run."""
-    floor = deit_top1 - 0.3
-    best = _best_at_accuracy(rows, "sac", backend, floor)
-    out: dict[str, Any] = {"accuracy_floor": floor, "sac_point": best}
-    if best:
-        out.update(speedup=best["realised_speedup"], speedup_target=2.5, speedup_met=best["realised_speedup"] >= 2.5,
-                   flops_ratio=1 / best["flop_ideal_speedup"], flops_target=0.38,
-                   flops_met=1 / best["flop_ideal_speedup"] <= 0.38,
-                   realised_over_ideal=best["realised_over_ideal"], realised_target=0.9,
-                   realised_met=best["realised_over_ideal"] >= 0.9)
-    # SAC-ViT beats a peer when, at the peer's every point, some SAC point is at least as accurate AND
-    # at least as fast; reported as the share of peer points dominated.
-    sac_pts = [(r["top1"], r["images_per_s"]) for r in rows if r["method"] == "sac" and r["backend"] == backend]
-    for peer in ("cf", "lf"):
-        peer_pts = [(r["top1"], r["images_per_s"]) for r in rows if r["method"] == peer and r["backend"] == backend]
-        dominated = sum(any(a >= pa and s >= ps for a, s in sac_pts) for pa, ps in peer_pts)
-        best_peer = _best_at_accuracy(rows, peer, backend, floor)
-        out[f"vs_{peer}"] = {"peer_points_dominated": dominated, "peer_points": len(peer_pts),
-                             "peer_best_at_floor_ips": best_peer["images_per_s"] if best_peer else None,
-                             "sac_best_at_floor_ips": best["images_per_s"] if best else None}
-    return out
 
 
 def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list[dict[str, Any]]:
@@ -331,77 +293,3 @@ def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list
                 "realised_over_ideal": (t_deit / t_sac) / (deit_g / sac_g), "host_share": host / total,
                 "pattern_from_eta": default["eta"]})
     return out
-
-
-# ---- reports ------------------------------------------------------------------------------
-def _f(v, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = ["| method | backend | eta | top-1 % | exit rate | mean k | GFLOPs | img/s @32 | p50 ms @1 | p99 ms @1 "
-             "| speedup | FLOP-ideal | realised/ideal | host share |",
-             "|" + "---|" * 14]
-    for r in result["rows"]:
-        lines.append(f"| {LABELS[r['method']]} | {r['backend']} | {_f(r['eta'], '.2f')} | {_f(r['top1'], '.2f')} "
-                     f"| {_f(r['exit_rate'], '.3f')} | {_f(r.get('mean_target_tokens'), '.1f')} | {r['gflops']:.4f} "
-                     f"| {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                     f"| {_f(r['realised_speedup'], '.2f')}x | {r['flop_ideal_speedup']:.2f}x "
-                     f"| {_f(r['realised_over_ideal'], '.2f')} | {r['host_share']:.3f} |")
-    return "\n".join(lines)
-
-
-def markdown_paper(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | GFLOPs | exit rate | mean k | img/s @32 | speedup | FLOP-ideal | realised/ideal | host share |",
-             "|" + "---|" * 9]
-    for r in rows:
-        lines.append(f"| {LABELS[r['method']]} | {r['gflops']:.3f} | {r['exit_rate']:.3f} "
-                     f"| {_f(r.get('mean_target_tokens'), '.1f')} | {r['images_per_s']:.1f} "
-                     f"| {_f(r.get('realised_speedup'), '.2f')} | {_f(r.get('flop_ideal_speedup'), '.2f')} "
-                     f"| {_f(r.get('realised_over_ideal'), '.2f')} | {_f(r.get('host_share'), '.3f')} |")
-    return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Path:
-    """Accuracy against GFLOPs and against images/s, one curve per method, DeiT marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {"sac": "tab:red", "cf": "tab:blue", "lf": "tab:green", "deit": "black"}
-    for ax, key, xlabel in ((axes[0], "gflops", "expected GFLOPs / image"),
-                            (axes[1], "images_per_s", f"images/s (batch {result['config']['batch']}, {backend})")):
-        for method in ("sac", "cf", "lf"):
-            rows = sorted((r for r in result["rows"] if r["method"] == method and r["backend"] == backend),
-                          key=lambda r: r["eta"])  # one curve along the eta sweep
-            pts = [(r[key], r["top1"]) for r in rows]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", color=colors[method], label=LABELS[method])
-        deit = [r for r in result["rows"] if r["method"] == "deit" and r["backend"] == backend]
-        if deit:
-            ax.scatter([deit[0][key]], [deit[0]["top1"]], marker="*", s=250, color="black", label=LABELS["deit"], zorder=5)
-            ax.axhline(deit[0]["top1"] - 0.3, color="gray", ls=":", lw=1, label="DeiT - 0.3 pt")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("top-1 % (cluttered Fashion-MNIST test)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
-    fig.suptitle("SAC-ViT vs DeiT and the CF-ViT / LF-ViT modes (eta sweep)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "bench.png"}
-    paths["json"].write_text(json.dumps(result, indent=2, default=str))
-    md = ["## Trained small model (tiny_112), cluttered Fashion-MNIST test split", "", markdown(result)]
-    if "paper_geometry" in result:
-        md += ["", "## Paper geometry (deit_s_224, untrained weights, exit pattern of the trained model)", "",
-               markdown_paper(result["paper_geometry"])]
-    paths["markdown"].write_text("\n".join(md) + "\n")
-    plot(result, paths["plot"])
-    return paths
