@@ -1,8 +1,11 @@
 """sacvit-edge: deploy SAC-ViT classifiers on edge hardware.
 
     from sacvit_edge import EdgeClassifier
-    clf = EdgeClassifier("model.pt")          # or an export directory
+    clf = EdgeClassifier("exports/model")     # an export directory (or a model.pt, with [export])
     pred = clf.predict("photo.jpg")
+
+The deployment path (EdgeClassifier, the manifest, the ONNX Runtime backend) needs only the
+core install; export, training and the benchmark are extras (see sacvit_edge.extras).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (BackendError, CheckpointError, ConfigError, DataError, ExportError, ImageError,
                      SacvitError)
+from .extras import MissingExtraError
+from .gate import NEVER_EXIT
 
 __version__ = "0.1.0"
 
@@ -21,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import sacvit_edge` stays light; torch loads only when the model is needed.
-    if name in ("EdgeClassifier", "Prediction", "BatchResult"):
+    if name in ("EdgeClassifier", "Prediction", "BatchResult", "ImposedDecisions"):
         from . import classifier
 
         return getattr(classifier, name)
@@ -32,5 +37,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'sacvit_edge' has no attribute {name!r}")
 
 
-__all__ = ["EdgeClassifier", "Prediction", "ModelConfig", "SacvitError", "ConfigError", "CheckpointError",
-           "DataError", "ImageError", "ExportError", "BackendError", "__version__"]
+__all__ = ["EdgeClassifier", "Prediction", "BatchResult", "ImposedDecisions", "ModelConfig", "NEVER_EXIT",
+           "SacvitError", "ConfigError", "CheckpointError", "DataError", "ImageError", "ExportError", "BackendError",
+           "MissingExtraError", "__version__"]

@@ -88,3 +88,19 @@ def test_core_install_names_the_extra_a_command_needs(core_venv, random_ckpt, tm
         out = _run([venv / "bin" / "sacvit-edge", *args], cwd=tmp_path)
         text = out.stdout + out.stderr
         assert out.returncode == 2 and f"pip install 'sacvit-edge[{extra}]'" in text and "Traceback" not in text, text
+
+
+def test_core_install_profiles_on_image_files(core_venv, tmp_path):
+    """profile on the user's images needs no extra: GFLOPs come from the manifest's cost table."""
+    import json
+
+    _, venv = core_venv
+    site = _run([venv / "bin" / "python", "-c", "import sacvit_edge.cli as c; print(c.BUNDLED_EXPORT)"], cwd=tmp_path)
+    bundled = site.stdout.strip()
+    out = _run([venv / "bin" / "sacvit-edge", "profile", bundled, "--images", REPO / "sacvit_edge" / "assets" / "samples",
+                "--iters", "5", "--warmup", "1", "--json", tmp_path / "p.json"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = json.loads((tmp_path / "p.json").read_text())
+    assert rep["latency_ms"]["count"] == 5 and rep["gflops"]["ee"] > 0 and rep["environment"]["torch"] is None
+    out = _run([venv / "bin" / "sacvit-edge", "profile", bundled], cwd=tmp_path)  # default: synthetic canvases
+    assert out.returncode == 2 and "--images DIR" in out.stdout + out.stderr and "[train]" in out.stdout + out.stderr
