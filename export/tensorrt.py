@@ -63,7 +63,7 @@ def build_engine(onnx_path: Path, engine_path: Path, manifest, stage: str, fp16:
     if blob is None:
         raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     header = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(0), "stage": stage,
-              "checkpoint_fingerprint": manifest.fingerprint, "fp16": fp16,
+              "checkpoint_fingerprint": manifest.fingerprint, "manifest_sha256": manifest.content_sha256, "fp16": fp16,
               "profile": {k: v for k, v in profile_shapes(manifest, stage).items()}}
     write_engine(engine_path, header, bytes(blob))
     return engine_path

@@ -65,7 +65,7 @@ def open_backend(name: str, manifest, threads: int | None = None) -> Backend:
     if name == "onnxruntime":
         from .ort import OrtBackend
 
-        return OrtBackend(manifest.path("ee.onnx"), manifest.path("sac.onnx"), threads=threads)
+        return OrtBackend.from_manifest(manifest, threads=threads)
     if name in ("pytorch", "pytorch-cuda"):
         from sacvit_edge.extras import require_extra
 

@@ -77,6 +77,29 @@ class OrtBackend(BackendBase):
         self._ee_out = [o.name for o in self.ee.get_outputs()]
         self._check_io()
 
+    @classmethod
+    def from_manifest(cls, manifest, threads: int | None = None) -> "OrtBackend":
+        """Open an export directory's engines and check that they are the ones its manifest
+        describes: embedded fingerprint and manifest digest, and the shapes they accept."""
+        backend = cls(manifest.path(manifest.engines["ee"].file), manifest.path(manifest.engines["sac"].file),
+                      threads=threads)
+        for stage, sess in (("ee", backend.ee), ("sac", backend.sac)):
+            meta = dict(sess.get_modelmeta().custom_metadata_map)
+            problems = manifest.engine_problems(stage, meta)
+            if problems:
+                raise BackendError(f"{manifest.path(manifest.engines[stage].file)}: {'; '.join(problems)}; re-export")
+        cfg = manifest.config
+        want = {("ee", "image"): [None, cfg.in_chans, cfg.img_size, cfg.img_size],
+                ("sac", "target_patches"): [None, None, cfg.in_chans * cfg.patch_size**2],
+                ("sac", "ee_final"): [None, cfg.num_coarse, cfg.embed_dim]}
+        for (stage, name), dims in want.items():
+            sess = backend.ee if stage == "ee" else backend.sac
+            got = next(i.shape for i in sess.get_inputs() if i.name == name)
+            if len(got) != len(dims) or any(w is not None and g != w for g, w in zip(got, dims)):
+                raise BackendError(f"{manifest.path(manifest.engines[stage].file)}: input {name!r} has shape {got}, "
+                                   f"the manifest's model needs {dims} (None: dynamic); re-export")
+        return backend
+
     def _check_io(self) -> None:
         want_ee = {"image"}, {"ee_logits", "gca", "ee_final", "ee_hidden"}
         want_sac = {"target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep",

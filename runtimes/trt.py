@@ -64,6 +64,7 @@ def header_problems(header: dict[str, Any], expected: dict[str, Any]) -> list[st
     """
     what = {"tensorrt": "built with TensorRT {got}, this is {want}",
             "checkpoint_fingerprint": "built for another checkpoint",
+            "manifest_sha256": "built from another export (or the manifest was edited since)",
             "gpu": "built on {got}, this GPU is {want}",
             "stage": "is a {got!r} engine, expected {want!r}",
             "fp16": "built with fp16={got}, fp16={want} was asked for"}
@@ -87,6 +88,7 @@ class _Engine:
         import torch
 
         expected = {"tensorrt": trt.__version__, "checkpoint_fingerprint": manifest.fingerprint,
+                    "manifest_sha256": manifest.content_sha256,
                     "gpu": torch.cuda.get_device_name(0), "stage": stage, "fp16": fp16}
         problems = header_problems(engine_header(path), expected)
         if problems:

@@ -13,8 +13,8 @@ A checkpoint is a plain dict of primitives and tensors, loadable with weights_on
 
 from __future__ import annotations
 
-import hashlib
 import io
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -154,12 +154,46 @@ def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:
         if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CheckpointError(f"{where}: {key!r} has shape {shape}, config needs {tuple(own[key].shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: weight {key!r} holds NaN or inf values (a diverged training?); "
+                                  "every prediction would be NaN")
     model.load_state_dict(state)
     model.eval()
-    names = list(raw["class_names"])
+    names = raw["class_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"{where}: class_names must be a list of non-empty strings, got {names!r:.80}")
+    names = list(names)
     if len(names) != cfg.num_classes:
         raise CheckpointError(f"{where}: {len(names)} class names for {cfg.num_classes} classes")
-    inp = raw["input"]
-    return Checkpoint(model=model, class_names=names, size=int(inp["size"]), mean=tuple(inp["mean"]),
-                      std=tuple(inp["std"]), eta=float(raw["eta"]), training=dict(raw.get("training") or {}),
-                      fingerprint=file_fingerprint(path) if path else "", path=path)
+    size, mean, std = _input_spec(raw["input"], cfg, where)
+    eta = raw["eta"]
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+        raise CheckpointError(f"{where}: eta must be a number in [0, 1], got {eta!r:.40}")
+    training = raw.get("training") or {}
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{where}: training metadata must be a dict, got {type(training).__name__}")
+    return Checkpoint(model=model, class_names=names, size=size, mean=mean, std=std, eta=float(eta),
+                      training=dict(training), fingerprint=file_fingerprint(path) if path else "", path=path)
+
+
+def _input_spec(inp: Any, cfg: ModelConfig, where: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """The checkpoint's input section, validated: a wrong normalisation silently ruins every answer."""
+    if not isinstance(inp, dict):
+        raise CheckpointError(f"{where}: input must be a dict with size, mean, std; got {type(inp).__name__}")
+    for key in ("size", "mean", "std"):
+        if key not in inp:
+            raise CheckpointError(f"{where}: input lacks {key!r}")
+    size = inp["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size != cfg.img_size:
+        raise CheckpointError(f"{where}: input.size must be the model's img_size {cfg.img_size}, got {size!r:.40}")
+    out = []
+    for key in ("mean", "std"):
+        v = inp[key]
+        ok = (isinstance(v, (list, tuple)) and len(v) == cfg.in_chans
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+              and (key == "mean" or all(x > 0 for x in v)))
+        if not ok:
+            what = "positive finite numbers" if key == "std" else "finite numbers"
+            raise CheckpointError(f"{where}: input.{key} must be {cfg.in_chans} {what}, got {v!r:.80}")
+        out.append(tuple(float(x) for x in v))
+    return size, out[0], out[1]

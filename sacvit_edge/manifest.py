@@ -20,11 +20,24 @@ from .errors import ConfigError, ExportError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sacvit-edge-export"
-MANIFEST_VERSION = 2  # 2: SAC engine takes target patches and keep masks
+MANIFEST_VERSION = 3  # 2: SAC engine takes target patches and keep masks; 3: engines carry the manifest digest
 ENGINE_FILES = ("ee.onnx", "sac.onnx")
 CHECKPOINT_FILE = "model.pt"
+# metadata keys written into every engine at export and compared with the manifest at load
+FINGERPRINT_KEY = "sacvit_edge.checkpoint_fingerprint"
+MANIFEST_DIGEST_KEY = "sacvit_edge.manifest_sha256"
+STAGE_KEY = "sacvit_edge.stage"
+
+
+def content_digest(data: dict) -> str:
+    """sha256 of the manifest's canonical content, everything but `files` (the file hashes cover
+    the engines, which in turn carry this digest: an edit of any value is caught at load)."""
+    body = {k: v for k, v in data.items() if k != "files"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 T = TypeVar("T")
+MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KB
 
 
 def sha256_file(path: Path) -> str:
@@ -149,6 +162,18 @@ class Manifest:
     exporter: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     cost: CostTable | None = None
+    content_sha256: str = ""  # content_digest of the file as read
+
+    def engine_problems(self, stage: str, metadata: dict[str, str]) -> list[str]:
+        """Why an engine's embedded metadata does not belong to this manifest (empty: it does)."""
+        problems = []
+        if metadata.get(STAGE_KEY) != stage:
+            problems.append(f"it is a {metadata.get(STAGE_KEY)!r} engine, expected {stage!r}")
+        if metadata.get(FINGERPRINT_KEY) != self.checkpoint_fingerprint:
+            problems.append("it was exported from another checkpoint than the manifest names")
+        if metadata.get(MANIFEST_DIGEST_KEY) != self.content_sha256:
+            problems.append("the manifest was edited after export, or the engine comes from another export")
+        return problems
 
     # short names the runtime uses everywhere
     @property
@@ -186,10 +211,16 @@ class Manifest:
         return self.directory / name
 
 
+def _plain_name(name: str) -> bool:
+    """A file inside the export directory itself: no separators, no '..', nothing hidden."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and len(name) <= 255
+
+
 def _engine(r: _Reader, stage: str) -> EngineSpec:
     e = r.section(stage)
     names = lambda key: tuple(e.strings(key))  # noqa: E731
-    return EngineSpec(file=e.str_("file"), inputs=names("inputs"), outputs=names("outputs"),
+    file = e.get("file", lambda v: isinstance(v, str) and _plain_name(v), "a plain file name inside the directory")
+    return EngineSpec(file=file, inputs=names("inputs"), outputs=names("outputs"),
                       batch_range=e.range_("batch_range", 1), k_range=e.range_("k_range", 1) if stage == "sac" else None)
 
 
@@ -218,9 +249,9 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     lo, hi = engines["sac"].k_range or (0, 0)
     if config.arch == "sacvit" and hi >= config.num_coarse:
         raise ExportError(f"{source}: engines.sac.k_range {[lo, hi]} leaves no non-target token of {config.num_coarse}")
-    files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(h, str) and len(h) == 64
-                                                                   for k, h in v.items()),
-                  "an object mapping file names to sha256 hex digests")
+    files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _plain_name(k) and isinstance(h, str)
+                                                                   and len(h) == 64 for k, h in v.items()),
+                  "an object mapping plain file names (no path) to sha256 hex digests")
     for spec_ in engines.values():  # every engine is covered by the integrity check
         if spec_.file not in files:
             raise ExportError(f"{source}: files lacks the hash of engine {spec_.file!r}; re-export the checkpoint")
@@ -247,7 +278,14 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     return Manifest(directory=directory, checkpoint_fingerprint=r.str_("checkpoint_fingerprint"), class_names=class_names,
                     input=spec, eta=eta, config=config, engines=engines, files=dict(files),
                     opset=data.get("opset"), exporter=data.get("exporter"), versions={str(k): str(v) for k, v in versions.items()},
-                    cost=cost)
+                    cost=cost, content_sha256=_digest_or_fail(data, source))
+
+
+def _digest_or_fail(data: dict, source: Path) -> str:
+    try:
+        return content_digest(data)
+    except ValueError as exc:  # NaN / Infinity literals, which JSON itself does not have
+        raise ExportError(f"{source}: manifest holds a non-finite number ({exc})") from exc
 
 
 def read_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
@@ -257,16 +295,27 @@ def read_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
         ExportError: missing or incomplete directory, unreadable manifest, another format or a
             newer version, a missing or mistyped field, or files whose hashes differ.
     """
-    directory = Path(directory)
+    try:
+        return _read_manifest(Path(directory), verify_files)
+    except OSError as exc:  # a name too long, no permission, a file where a directory should be
+        raise ExportError(f"{directory}: cannot read the export ({exc.strerror or exc})") from exc
+
+
+def _read_manifest(directory: Path, verify_files: bool) -> Manifest:
     path = directory / MANIFEST
     if not directory.is_dir():
         raise ExportError(f"{directory}: not an export directory (run `sacvit-edge export model.pt -o {directory}`)")
     if not path.is_file():
         raise ExportError(f"{directory}: incomplete export, {MANIFEST} is missing")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ExportError(f"{path}: {size} bytes is far larger than any manifest; not a sacvit-edge export")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ExportError(f"{path}: corrupt manifest ({exc})") from exc
+    except RecursionError as exc:
+        raise ExportError(f"{path}: corrupt manifest (nested too deeply)") from exc
     if not isinstance(data, dict):
         raise ExportError(f"{path}: not a sacvit-edge export manifest")
     manifest = parse_manifest(data, directory, path)

@@ -17,6 +17,14 @@ SHIPPED_SAC = REPO / "checkpoints" / "sacvit_tiny_112.pt"
 SHIPPED_DEIT = REPO / "checkpoints" / "deit_tiny_112.pt"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """EdgeClassifier("model.pt") exports into a cache: the tests' own, never the user's."""
+    import os
+
+    os.environ["SACVIT_EDGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     return preset("tiny_112", embed_dim=32, depth=3, num_heads=2, reuse_layer=1, gca_start_block=0)
