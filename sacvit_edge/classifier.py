@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from .clustering import Split, select_targets
-from .errors import ConfigError, ExportError, ImageError
+from .errors import BackendError, ConfigError, ExportError, ImageError
 from .gate import Eta, describe_eta, gate, validate_eta
-from .images import ImageInput, preprocess
+from .images import DEFAULT_MAX_PIXELS, ImageInput, preprocess
 from .manifest import MANIFEST_VERSION, read_manifest
 from .tokens import build_sac_group, crop_target_patches, plan_sac_groups
 
@@ -87,6 +87,32 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _check_finite_output(logits: np.ndarray, stage: str) -> None:
+    """Never hand out a NaN confidence: non-finite logits mean a broken engine or input."""
+    if not np.isfinite(logits).all():
+        raise BackendError(f"the {stage} engine returned NaN or inf logits; the export or the backend is broken "
+                           "(re-export, or try backend='onnxruntime')")
+
+
+def _check_threads(threads: object) -> int | None:
+    """None (the backend's default) or 1..CPUs this process may use: more only thrashes."""
+    if threads is None:
+        return None
+    limit = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ConfigError(f"threads={threads!r} must be an integer in [1, {limit}] (the CPUs this process may use)")
+    return threads
+
+
+def _lock_file(handle) -> None:
+    """Block until this process holds an exclusive lock on the open file (POSIX; no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SACVIT_EDGE_CACHE", Path.home() / ".cache" / "sacvit-edge"))
 
@@ -100,8 +126,10 @@ class EdgeClassifier:
         backend: "auto" (TensorRT when usable, else ONNX Runtime), "onnxruntime", "tensorrt",
             "pytorch" or "pytorch-cuda".
         eta: exit threshold in [0, 1], or NEVER_EXIT ("never"); default: the one stored at export.
-        threads: CPU threads for CPU backends (default: physical cores).
+        threads: CPU threads for CPU backends (default: the backend's own, one per physical
+            core); at most the CPUs this process may use.
         topk: how many classes each Prediction lists.
+        max_pixels: images with more pixels are refused from their header, before decoding.
         group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
             images with different target counts are grouped (and padded, masked) into the
             fewest calls this cost model favours (tokens.plan_sac_groups). 0 = one call per count.
@@ -112,14 +140,29 @@ class EdgeClassifier:
     own stack, so several threads may call predict() at once.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", eta: float | None = None,
+    def __init__(self, path: str | Path, backend: str = "auto", eta: Eta | None = None,
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
-                 group_overhead_tokens: float = 64.0) -> None:
+                 group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         from sacvit_edge.runtimes import open_backend
 
+        self.backend = None  # set last: close() and __del__ work on a half-built classifier
+        if not isinstance(path, (str, Path)) or str(path) == "":
+            raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
+        self.eta = validate_eta(0.0 if eta is None else eta)  # checked before any loading
+        threads = _check_threads(threads)
+        for name, value in (("topk", topk), ("max_pixels", max_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(group_overhead_tokens, (int, float)) or not 0 <= group_overhead_tokens < 1e6:
+            raise ConfigError(f"group_overhead_tokens={group_overhead_tokens!r} must be a number in [0, 1e6)")
         path = Path(path)
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:
+            raise ExportError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+        if is_file:
             path = self._export_cached(path, Path(cache_dir) if cache_dir else default_cache_dir())
+        self.max_pixels = max_pixels
         self.manifest = read_manifest(path)
         self.config = self.manifest.config
         if self.config.arch != "sacvit":
@@ -135,27 +178,41 @@ class EdgeClassifier:
 
     @staticmethod
     def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
+        """The cached export of a checkpoint, made once. Several processes may fill the cache at
+        once: a lock file serialises them, and the later ones find the first one's export."""
         from sacvit_edge import __version__
         from sacvit_edge.manifest import sha256_file
 
         # keyed by the weights AND the export format, so an upgrade never reuses stale engines
         target = cache_dir / f"{sha256_file(checkpoint)[:16]}-m{MANIFEST_VERSION}-{__version__}"
         try:
-            manifest = read_manifest(target)
-            return manifest.directory
-        except ExportError:
-            from sacvit_edge.extras import require_extra
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(cache_dir / f".{target.name}.lock", "a")
+        except OSError as exc:
+            raise ConfigError(f"cache_dir {cache_dir}: cannot be created or written ({exc.strerror or exc}); "
+                              "pass another cache_dir or set SACVIT_EDGE_CACHE") from exc
+        with lock:
+            _lock_file(lock)
+            try:
+                return read_manifest(target).directory
+            except ExportError:
+                from sacvit_edge.extras import require_extra
 
-            require_extra("export", f"EdgeClassifier on a checkpoint ({checkpoint.name}); pass an export directory "
-                                    "to run without it")
-            from sacvit_edge.export.bundle import export_checkpoint
+                require_extra("export", f"EdgeClassifier on a checkpoint ({checkpoint.name}); pass an export "
+                                        "directory to run without it")
+                from sacvit_edge.export.bundle import export_checkpoint
 
-            log.info("exporting %s into cache %s", checkpoint, target)
-            return export_checkpoint(checkpoint, target).directory
+                log.info("exporting %s into cache %s", checkpoint, target)
+                return export_checkpoint(checkpoint, target).directory
 
     # ---- inference ----------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
-        return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std)
+        return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std, self.max_pixels)
+
+    def _engines(self):
+        if self.backend is None:
+            raise BackendError("this EdgeClassifier is closed; create a new one")
+        return self.backend
 
     def run(self, batch: np.ndarray, eta: Eta | None = None, *, imposed: ImposedDecisions | None = None) -> BatchResult:
         """Both stages on an already preprocessed (B, 3, H, W) float32 batch.
@@ -172,6 +229,14 @@ class EdgeClassifier:
             shape = getattr(batch, "shape", None)
             raise ImageError(f"batch must be float32 (B, 3, {size}, {size}); got {type(batch).__name__} "
                              f"{getattr(batch, 'dtype', '')} {shape}")
+        backend = self._engines()
+        if len(batch) == 0:
+            n, c = self.config.num_coarse, len(self.class_names)
+            return BatchResult(probs=np.zeros((0, c), np.float32), ee_probs=np.zeros((0, c), np.float32),
+                               exited=np.zeros(0, bool), counts=np.zeros(0, np.int64),
+                               target_mask=np.zeros((0, n), bool), timings={"ee": 0.0, "host": 0.0, "sac": 0.0, "total": 0.0})
+        if not np.isfinite(batch).all():
+            raise ImageError("batch holds NaN or inf values; preprocessed inputs must be finite")
         if imposed is not None:
             imposed = self._check_imposed(imposed, len(batch))
         hi = self.manifest.batch_range[1]
@@ -184,8 +249,9 @@ class EdgeClassifier:
                                  for f in ("probs", "ee_probs", "exited", "counts", "target_mask")), timings=timings)
         cfg = self.config
         t0 = time.perf_counter()
-        ee = self.backend.run_ee(batch)
+        ee = backend.run_ee(batch)
         t1 = time.perf_counter()
+        _check_finite_output(ee.logits, "EE")
         ee_probs = _softmax(ee.logits)
         probs = ee_probs.copy()
         exited = gate(ee_probs, eta_value) if imposed is None else imposed.exited.copy()
@@ -199,6 +265,7 @@ class EdgeClassifier:
             counts[rest] = rest_counts
             mask[rest] = Split(split.order, rest_counts).target_mask(cfg.num_coarse)
             logits, sac_s = self.run_sac_stage(batch, ee, rest, split.order, rest_counts)
+            _check_finite_output(logits, "SAC")
             probs[rest] = _softmax(logits)
         total = time.perf_counter() - t0
         ee_ms, sac_ms, total_ms = (t1 - t0) * 1e3, sac_s * 1e3, total * 1e3
@@ -235,7 +302,7 @@ class EdgeClassifier:
             g = build_sac_group(order[group], counts[group])
             patches = crop_target_patches(batch[img_rows], g.target_idx, cfg.patch_size)
             ts = time.perf_counter()
-            logits[group] = self.backend.run_sac(patches, g.target_idx, g.nontarget_idx, ee.final[img_rows],
+            logits[group] = self._engines().run_sac(patches, g.target_idx, g.nontarget_idx, ee.final[img_rows],
                                                  ee.hidden[img_rows], g.target_keep, g.nontarget_keep)
             engine_s += time.perf_counter() - ts
         return logits, engine_s
@@ -266,7 +333,10 @@ class EdgeClassifier:
         return self.predict_batch([image], eta)[0]
 
     def close(self) -> None:
-        self.backend.close()
+        """Free the engines; later calls raise BackendError. Closing twice is harmless."""
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
     def __enter__(self) -> "EdgeClassifier":
         return self

@@ -16,10 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .bench import DEFAULT_ETAS
-from .errors import SacvitError
+from .errors import BackendError, ConfigError, SacvitError
 from .gate import describe_eta
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deploy SAC-ViT classifiers on edge hardware.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Deploy SAC-ViT classifiers on edge hardware.\n\nExit codes: 0 ok, 1 internal error (a bug), "
+                       "2 usage (a bad option), 3 bad input (an image, checkpoint or export; or some inputs failed), "
+                       "4 environment (a missing extra, backend or GPU).")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -30,17 +33,45 @@ def _progress() -> Progress:
                     console=err, transient=False)
 
 
-def _fail(exc: SacvitError) -> None:
-    err.print(f"[red]error:[/red] {escape(str(exc))}")  # escaped: messages hold [brackets], e.g. extras
-    raise typer.Exit(2)
+# Exit codes (documented in the README and in `sacvit-edge --help`).
+EXIT_OK = 0
+EXIT_INTERNAL = 1     # a bug: an error sacvit-edge did not expect (run with -v for the traceback)
+EXIT_USAGE = 2        # how the command was called: an unknown option, a bad option value
+EXIT_INPUT = 3        # what it was given: an unreadable image, checkpoint, export or dataset; some inputs failed
+EXIT_ENVIRONMENT = 4  # what this machine lacks: an optional extra, a backend, a GPU
+
+
+def exit_code_for(exc: BaseException) -> int:
+    from .extras import MissingExtraError
+
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, (MissingExtraError, BackendError)):
+        return EXIT_ENVIRONMENT
+    if isinstance(exc, SacvitError):
+        return EXIT_INPUT
+    return EXIT_INTERNAL
+
+
+def _fail(exc: BaseException) -> None:
+    code = exit_code_for(exc)
+    if code == EXIT_INTERNAL:
+        logging.getLogger(__name__).debug("internal error", exc_info=exc)
+        err.print(f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(str(exc)[:500])} "
+                  "(a bug in sacvit-edge: rerun with --verbose for the traceback and report it)")
+    else:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")  # escaped: messages hold [brackets], e.g. extras
+    raise typer.Exit(code)
 
 
 @contextmanager
 def _handled() -> Iterator[None]:
-    """Turn the project's errors (a missing extra included) into a message and exit code 2."""
+    """Turn errors into a message and a documented exit code, never a traceback."""
     try:
         yield
-    except SacvitError as exc:
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the project's errors and, as EXIT_INTERNAL, everything else
         _fail(exc)
 
 
@@ -122,7 +153,9 @@ def train(
         for row in result.history:
             console.print(row)
         console.print(f"wrote {out}")
-    except SacvitError as exc:
+    except Exception as exc:  # noqa: BLE001 - see _handled
+        if isinstance(exc, (typer.Exit, typer.Abort)):
+            raise
         _fail(exc)
 
 
@@ -158,7 +191,9 @@ def eval_cmd(
         json_out = json_out or Path(f"{model_path.stem}.eval.json")
         json_out.write_text(json.dumps(res, indent=2))
         console.print(f"wrote {json_out}")
-    except SacvitError as exc:
+    except Exception as exc:  # noqa: BLE001 - see _handled
+        if isinstance(exc, (typer.Exit, typer.Abort)):
+            raise
         _fail(exc)
 
 
@@ -182,9 +217,9 @@ def profile(
     with _handled():
         eta_value = _eta(eta)
     if images is not None and synthetic:
-        _fail(SacvitError("--images and --synthetic exclude each other"))
+        _fail(ConfigError("--images and --synthetic exclude each other"))
     if batch < 1 or iters < 1 or warmup < 0:
-        _fail(SacvitError(f"need --batch >= 1, --iters >= 1, --warmup >= 0 (got {batch}, {iters}, {warmup})"))
+        _fail(ConfigError(f"need --batch >= 1, --iters >= 1, --warmup >= 0 (got {batch}, {iters}, {warmup})"))
     try:
         clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads)
         batches = load_image_batches(images, clf, batch)
@@ -192,7 +227,9 @@ def profile(
             task = progress.add_task("profile", total=iters, info=clf.backend_name)
             rep = run_profile(clf, batches, ProfileConfig(batch=batch, warmup=warmup, iters=iters, eta=eta_value),
                               on_iter=lambda i, n: progress.update(task, completed=i))
-    except SacvitError as exc:
+    except Exception as exc:  # noqa: BLE001 - see _handled
+        if isinstance(exc, (typer.Exit, typer.Abort)):
+            raise
         _fail(exc)
     table = Table("", "count", "mean", "stdev", "p50", "p90", "p99", title=f"{source} on {clf.backend_name}, batch {batch} (ms)")
     for name, st in (("per call", rep.latency_ms), *((f"  {k}", v) for k, v in rep.stages_ms.items())):
@@ -244,7 +281,9 @@ def bench(
         with err.status("benchmarking") as status:
             result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
         paths = write_reports(result, out)
-    except SacvitError as exc:
+    except Exception as exc:  # noqa: BLE001 - see _handled
+        if isinstance(exc, (typer.Exit, typer.Abort)):
+            raise
         _fail(exc)
     console.print(markdown(result))
     console.print_json(json.dumps({k: v for k, v in result["targets"].items() if k != "sac_point"}, default=str))
@@ -275,7 +314,9 @@ def tune_eta_cmd(
         val = ClutteredFashionMNIST("train", seed=seed, offset=60000 - val_items, limit=val_items)
         with err.status("sweeping eta"):
             eta, rows = tune_eta(ck.model, val, tolerance)
-    except SacvitError as exc:
+    except Exception as exc:  # noqa: BLE001 - see _handled
+        if isinstance(exc, (typer.Exit, typer.Abort)):
+            raise
         _fail(exc)
     table = Table("eta", "top-1 %", "exit rate", title=f"{model_path}: validation sweep")
     for r in rows[::5]:
@@ -315,7 +356,7 @@ def export(
 ) -> None:
     """Split a trained SAC-ViT into ee.onnx + sac.onnx with a manifest."""
     if exporter not in ("torchscript", "dynamo"):
-        _fail(SacvitError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'"))
+        _fail(ConfigError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'"))
     out = out or Path("exports") / model_path.stem
     with _handled():
         from .extras import require_extra
@@ -339,7 +380,10 @@ def export(
 def _predict_table(files: list[str], preds, title: str) -> Table:
     table = Table("file", "label", "confidence", "exited early", "target tokens", "ms", title=title)
     for f, p in zip(files, preds):
-        table.add_row(f, p.label, f"{p.confidence:.3f}", "yes" if p.exited_early else "no",
+        if isinstance(p, Exception):
+            table.add_row(escape(f), "[red]error (below)[/red]", "-", "-", "-", "-")
+            continue
+        table.add_row(escape(f), p.label, f"{p.confidence:.3f}", "yes" if p.exited_early else "no",
                       str(p.num_target_tokens), f"{p.timings['total']:.2f}")
     return table
 
@@ -353,23 +397,50 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)")] = False,
 ) -> None:
-    """Classify images with EdgeClassifier."""
+    """Classify images with EdgeClassifier. A bad image is reported on its row and the others
+    are still classified; the exit code is then 3."""
     from .classifier import EdgeClassifier
+    from .errors import ImageError
+    from .images import load_image
 
-    try:
+    with _handled():
         clf = EdgeClassifier(source, backend=backend, eta=_eta(eta))
-        preds = clf.predict_batch(images) if batch else [clf.predict(img) for img in images]
-    except SacvitError as exc:
-        _fail(exc)
+        results: list = []  # a Prediction, or the ImageError of that file
+        if batch:
+            decoded: list = []
+            for f in images:
+                try:
+                    decoded.append(load_image(f, clf.max_pixels, target_size=clf.manifest.size))
+                except ImageError as exc:
+                    decoded.append(exc)
+            good = [a for a in decoded if not isinstance(a, ImageError)]
+            preds = iter(clf.predict_batch(good) if good else [])
+            results = [a if isinstance(a, ImageError) else next(preds) for a in decoded]
+        else:
+            for f in images:
+                try:
+                    results.append(clf.predict(f))
+                except ImageError as exc:
+                    results.append(exc)
+    failed = sum(isinstance(r, ImageError) for r in results)
     if as_json:
-        rows = [{"file": str(f), "class_id": p.class_id, "label": p.label, "confidence": p.confidence,
+        rows = [{"file": str(f), "error": str(p)} if isinstance(p, ImageError) else
+                {"file": str(f), "class_id": p.class_id, "label": p.label, "confidence": p.confidence,
                  "exited_early": p.exited_early, "num_target_tokens": p.num_target_tokens,
                  "topk": p.topk, "timings_ms": p.timings,
                  "target_mask": None if p.target_mask is None else p.target_mask.astype(int).tolist()}
-                for f, p in zip(images, preds)]
-        console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "predictions": rows}))
-        return
-    console.print(_predict_table([str(f) for f in images], preds, f"backend {clf.backend_name}, eta {describe_eta(clf.eta)}"))
+                for f, p in zip(images, results)]
+        console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "failed": failed,
+                                       "predictions": rows}))
+    else:
+        console.print(_predict_table([str(f) for f in images], results,
+                                     f"backend {clf.backend_name}, eta {describe_eta(clf.eta)}"))
+    if failed:
+        for r in results:
+            if isinstance(r, ImageError):
+                err.print(f"[red]error:[/red] {escape(str(r))}")  # whole, where a narrow table would cut it
+        err.print(f"[red]{failed} of {len(images)} images could not be read[/red]")
+        raise typer.Exit(EXIT_INPUT)
 
 
 @app.command()

@@ -1,14 +1,22 @@
 """Image decoding and preprocessing, shared by training, evaluation and EdgeClassifier.
 
 Decoding uses pillow. Inputs are converted as users expect: EXIF orientation applied,
-grayscale/palette/RGBA/CMYK/16-bit converted to 8-bit RGB (alpha composited on black),
-then resized to the model's square input with bilinear filtering.
+grayscale/palette/RGBA/CMYK/16-bit converted to 8-bit RGB (alpha composited on black), float
+images (PIL mode F, float TIFF, float arrays) read as [0, 1] intensities, then resized to the
+model's square input with bilinear filtering.
+
+Hostile inputs are refused before any large allocation: a file's header is read first and an
+image above `max_pixels` (default Pillow's own warning threshold, about 89 Mpx) is an
+ImageError before it is decoded; files are streamed to Pillow, never read whole. Large JPEGs
+are decoded at reduced size (Pillow's draft mode) when the model needs far fewer pixels.
 """
 
 from __future__ import annotations
 
-import io
+import stat
+import warnings
 from pathlib import Path
+from struct import error as struct_error
 from typing import Sequence, Union
 
 import numpy as np
@@ -18,10 +26,37 @@ from .errors import ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's decompression-bomb warning threshold
+# Pillow warns between 1x and 2x its threshold; load_image refuses such images itself (max_pixels),
+# so the warning would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: empty image ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} = {width * height:,} pixels exceeds max_pixels={max_pixels:,} "
+                         "(a decompression bomb, or raise max_pixels for a genuine image)")
+
+
+def float_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """Float intensities in [0, 1] -> uint8 (rounded). NaN/inf or values outside [0, 1] are refused:
+    guessing a scale (0..255? 0..65535?) would give a silently wrong answer."""
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{name}: float image holds NaN or inf values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ImageError(f"{name}: float image has values in [{lo:g}, {hi:g}]; float images must be in [0, 1] "
+                         "(divide by 255 for 8-bit data) or be passed as uint8")
+    return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
     img = ImageOps.exif_transpose(img)
+    if img.mode == "F":  # 32-bit float (float TIFF, scientific cameras): intensities in [0, 1]
+        arr8 = float_to_uint8(np.asarray(img, dtype=np.float32), name)
+        return np.repeat(arr8[..., None], 3, axis=2)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -37,47 +72,77 @@ def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
     return rgb
 
 
-def load_image(source: ImageInput) -> np.ndarray:
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None) -> np.ndarray:
     """Any supported input -> HxWx3 uint8 RGB array.
 
+    Args:
+        max_pixels: larger images are refused from their header, before decoding.
+        target_size: the model's input side; a JPEG much larger than it is decoded at reduced
+            size (Pillow's draft: DCT scaling to no less than twice this side).
     Raises:
-        ImageError: unreadable, corrupt or truncated file; array of wrong shape or dtype.
+        ImageError: unreadable, corrupt or truncated file; too many pixels; array of wrong
+            shape, dtype or values.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{path}: no such image file")
         try:
-            data = path.read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                raise ImageError(f"{path}: no such image file") from None
+            except OSError as exc:  # a name too long, no permission, a loop of links
+                raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from None
+            if not stat.S_ISREG(mode):
+                raise ImageError(f"{path}: not a regular file")
+            with Image.open(path) as img:  # reads the header only; the file is streamed
+                _check_pixels(img.width, img.height, str(path), max_pixels)
+                if target_size and img.format == "JPEG" and min(img.size) > 4 * target_size:
+                    img.draft("RGB", (2 * target_size, 2 * target_size))
                 img.load()  # force full decode here: truncated files fail now, not later
                 return _pil_to_rgb(img, str(path))
+        except ImageError:
+            raise
         except UnidentifiedImageError as exc:
             raise ImageError(f"{path}: not an image pillow can read (corrupt or unsupported format)") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{path}: exceeds max_pixels={max_pixels:,}, refused as a decompression bomb by Pillow "
+                             f"({exc})") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct_error) as exc:
+            raise ImageError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if isinstance(source, Image.Image):
+        _check_pixels(source.width, source.height, "PIL image", max_pixels)
         try:
             source.load()
-        except (OSError, ValueError) as exc:
+            return _pil_to_rgb(source, "PIL image")
+        except ImageError:
+            raise
+        except (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct_error) as exc:
             raise ImageError(f"PIL image: corrupt or truncated ({exc})") from exc
-        return _pil_to_rgb(source, "PIL image")
+    if isinstance(source, np.matrix):
+        raise ImageError("numpy matrix is not an image; pass an HxWx3 uint8 numpy array (np.asarray(m))")
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8:
-            raise ImageError(f"numpy image has dtype {source.dtype}, expected uint8 (HxWx3 RGB)")
-        if source.ndim == 2:
-            return np.repeat(source[..., None], 3, axis=2)
-        if source.ndim != 3 or source.shape[2] not in (1, 3, 4):
-            raise ImageError(f"numpy image has shape {source.shape}, expected HxWx3 uint8 RGB")
-        if source.shape[2] == 1:
-            return np.repeat(source, 3, axis=2)
-        if source.shape[2] == 4:
-            raise ImageError(f"numpy image has 4 channels (shape {source.shape}); pass RGB, or a PIL RGBA image")
-        if min(source.shape[:2]) < 1:
-            raise ImageError(f"numpy image has empty shape {source.shape}")
-        return source
+        return _array_to_rgb(source, max_pixels)
     raise ImageError(f"unsupported image input of type {type(source).__name__}; "
                      "expected a path, PIL.Image or HxWx3 uint8 numpy array")
+
+
+def _array_to_rgb(source: np.ndarray, max_pixels: int) -> np.ndarray:
+    if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"numpy image has shape {source.shape}, expected HxWx3 (or HxW) RGB")
+    _check_pixels(source.shape[1], source.shape[0], f"numpy image of shape {source.shape}", max_pixels)
+    if source.dtype == np.uint8:
+        arr = source
+    elif np.issubdtype(source.dtype, np.floating):
+        arr = float_to_uint8(source, f"numpy image ({source.dtype})")
+    else:
+        raise ImageError(f"numpy image has dtype {source.dtype}, expected uint8 (or float in [0, 1]) HxWx3 RGB")
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        raise ImageError(f"numpy image has 4 channels (shape {source.shape}); pass RGB, or a PIL RGBA image")
+    return arr
 
 
 def resize_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -94,8 +159,9 @@ def normalize(batch_uint8: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return (batch_uint8.astype(np.float32) - m) / s
 
 
-def preprocess(images: Sequence[ImageInput], size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def preprocess(images: Sequence[ImageInput], size: int, mean: Sequence[float], std: Sequence[float],
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode, convert, resize and normalise a list of inputs -> (B, 3, size, size) float32."""
-    arrays = [resize_uint8(load_image(img), size) for img in images]
+    arrays = [resize_uint8(load_image(img, max_pixels, target_size=size), size) for img in images]
     batch = np.stack(arrays).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(normalize(batch, mean, std))

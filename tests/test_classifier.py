@@ -162,7 +162,9 @@ def test_threads_equal_sequential(clf, canvases):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (np.zeros((10, 10, 3), np.float32), "dtype float32"),
+    (np.full((10, 10, 3), 2.0, np.float32), r"values in \[2, 2\]"),
+    (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
+    (np.zeros((10, 10, 3), np.int32), "dtype int32"),
     (np.zeros((10, 10, 4), np.uint8), "4 channels"),
     (np.zeros((10, 10, 3, 2), np.uint8), "shape"),
     (12, "unsupported image input"),
@@ -221,10 +223,12 @@ def test_bad_directories_and_backends(tmp_path, random_export, random_ckpt):
 
 def test_model_pt_is_exported_into_cache(tmp_path, random_ckpt):
     clf = EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path)
-    (cached,) = list(tmp_path.iterdir())
+    (cached,) = [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
     assert (cached / "manifest.json").is_file() and clf.manifest.directory == cached
+    before = (cached / "ee.onnx").stat().st_mtime_ns
     again = EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path)  # reuses, no re-export
-    assert again.manifest.directory == cached and len(list(tmp_path.iterdir())) == 1
+    assert again.manifest.directory == cached and (cached / "ee.onnx").stat().st_mtime_ns == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cached.name, f".{cached.name}.lock"])
 
 
 def test_auto_backend_says_what_it_picked(random_export, caplog):

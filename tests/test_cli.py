@@ -27,15 +27,17 @@ def test_export_and_predict(tmp_path, random_ckpt):
 def test_errors_are_clean(tmp_path, random_ckpt):
     (tmp_path / "bad.png").write_bytes(b"nope")
     r = runner.invoke(app, ["predict", str(random_ckpt), str(tmp_path / "bad.png"), "--backend", "onnxruntime"])
-    assert r.exit_code == 2 and "bad.png" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 3 and "bad.png" in r.output and "Traceback" not in r.output
     (tmp_path / "bad.pt").write_bytes(b"nope")
     r = runner.invoke(app, ["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "bad.pt" in r.output
+    assert r.exit_code == 3 and "bad.pt" in r.output
     r = runner.invoke(app, ["eval", str(tmp_path / "missing.pt")])
-    assert r.exit_code == 2 and "no such checkpoint" in r.output
+    assert r.exit_code == 3 and "no such checkpoint" in r.output
     for init in ("missing.pt", "bad.pt"):  # train --init fails before any data is built
         r = runner.invoke(app, ["train", "--init", str(tmp_path / init), "-o", str(tmp_path / "t.pt")])
-        assert r.exit_code == 2 and init in r.output and "Traceback" not in r.output, r.output
+        assert r.exit_code == 3 and init in r.output and "Traceback" not in r.output, r.output
+    r = runner.invoke(app, ["predict", str(random_ckpt), str(tmp_path / "bad.png"), "--no-such-option"])
+    assert r.exit_code == 2  # usage
 
 
 def test_eval_json(tmp_path, random_ckpt):
@@ -66,6 +68,6 @@ def test_tune_eta_refuses_a_deit_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "deit.pt", build_model(preset("tiny_112", arch="deit", embed_dim=32)),
                            list("abcdefghij"))
     r = runner.invoke(app, ["tune-eta", str(path), "--val-items", "16"])
-    assert r.exit_code == 2 and "only SAC-ViT has an exit threshold" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 3 and "only SAC-ViT has an exit threshold" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["bench", "--sac", str(tmp_path / "missing.pt"), "--deit", str(path)])
-    assert r.exit_code == 2 and "no such checkpoint" in r.output
+    assert r.exit_code == 3 and "no such checkpoint" in r.output

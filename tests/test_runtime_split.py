@@ -69,7 +69,7 @@ for args in (["export", {str(random_ckpt)!r}, "-o", {str(tmp_path / 'x')!r}], ["
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 4
     for line, extra in zip(lines, ("export", "train", "bench", "export")):
-        assert line.startswith("2 "), line
+        assert line.startswith("4 "), line  # EXIT_ENVIRONMENT
         assert f"pip install 'sacvit-edge[{extra}]'" in line and "Traceback" not in line, line
 
 

@@ -87,7 +87,7 @@ def test_core_install_names_the_extra_a_command_needs(core_venv, random_ckpt, tm
                         (["bench"], "bench")):
         out = _run([venv / "bin" / "sacvit-edge", *args], cwd=tmp_path)
         text = out.stdout + out.stderr
-        assert out.returncode == 2 and f"pip install 'sacvit-edge[{extra}]'" in text and "Traceback" not in text, text
+        assert out.returncode == 4 and f"pip install 'sacvit-edge[{extra}]'" in text and "Traceback" not in text, text
 
 
 def test_core_install_profiles_on_image_files(core_venv, tmp_path):
@@ -103,4 +103,4 @@ def test_core_install_profiles_on_image_files(core_venv, tmp_path):
     rep = json.loads((tmp_path / "p.json").read_text())
     assert rep["latency_ms"]["count"] == 5 and rep["gflops"]["ee"] > 0 and rep["environment"]["torch"] is None
     out = _run([venv / "bin" / "sacvit-edge", "profile", bundled], cwd=tmp_path)  # default: synthetic canvases
-    assert out.returncode == 2 and "--images DIR" in out.stdout + out.stderr and "[train]" in out.stdout + out.stderr
+    assert out.returncode == 4 and "--images DIR" in out.stdout + out.stderr and "[train]" in out.stdout + out.stderr
