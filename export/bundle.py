@@ -37,19 +37,7 @@ from .torch2onnx import EE_INPUTS, EE_OUTPUTS, SAC_INPUTS, SAC_OUTPUTS, Exporter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_checkpoint", "token_range", "Manifest", "read_manifest"]
-
-
-def token_range(cfg: ModelConfig) -> tuple[int, int]:
-    """The target counts the SAC engine must accept for the config's selection rule."""
-    if cfg.selection == "sac":
-        return cfg.k_min, cfg.k_max
-    if cfg.selection == "topalpha":
-        import math
-
-        k = math.ceil(cfg.alpha * cfg.num_coarse)
-        return k, k
-    return cfg.window**2, cfg.window**2
+__all__ = ["export_checkpoint", "Manifest", "read_manifest"]
 
 
 def _check_finite(ckpt: Checkpoint) -> None:
@@ -170,7 +158,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         cfg = cfg.replace(k_min=k_min if k_min is not None else cfg.k_min, k_max=k_max if k_max is not None else cfg.k_max)
         model = copy.copy(model)  # same weights, new config; the caller's Checkpoint is left as it was
         model.cfg = cfg
-    lo, hi = token_range(cfg) if cfg.arch == "sacvit" else (0, 0)
+    lo, hi = cfg.target_range() if cfg.arch == "sacvit" else (0, 0)
     if cfg.arch == "sacvit" and hi >= cfg.num_coarse:
         raise ConfigError(f"k_max={hi} leaves no non-target token ({cfg.num_coarse} coarse tokens); use k_max < {cfg.num_coarse}")
     _check_finite(ckpt)

@@ -8,7 +8,6 @@ graphs is what lets the SAC engine be exported with a plain dynamic token axis.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,15 +94,15 @@ def select_targets(scores: np.ndarray, config: ModelConfig) -> Split:
         space = np.log(np.maximum(scores, 1e-12)) if config.cluster_space == "log" else scores
         counts = np.clip(two_means_split(space), config.k_min, config.k_max)
     elif config.selection == "topalpha":
-        counts = np.full(b, math.ceil(config.alpha * n), dtype=np.int64)
-    else:  # "window": targets are the window, in descending score order, then the rest
+        counts = np.full(b, config.target_range()[0], dtype=np.int64)
+    else:  # "window": the window's best window_keep share are targets; the window in descending score order first
         win = densest_window(scores, config.coarse_grid, config.window)
         in_win = np.zeros((b, n), dtype=bool)
         np.put_along_axis(in_win, win, True, axis=1)
         # Window tokens first (by score), then the others (by score): a stable partition.
         key = np.where(np.take_along_axis(in_win, order, 1), 0, 1)
         order = np.take_along_axis(order, np.argsort(key, axis=1, kind="stable"), 1)
-        counts = np.full(b, config.window**2, dtype=np.int64)
+        counts = np.full(b, config.target_range()[0], dtype=np.int64)
     return Split(order=order, counts=counts.astype(np.int64))
 
 

@@ -214,7 +214,8 @@ class VisionTransformer(nn.Module):
 class EEOutput:
     logits: torch.Tensor  # (B, classes)
     gca: torch.Tensor  # (B, n) global class attention of the coarse tokens
-    final: torch.Tensor  # (B, n, D) coarse features after the last block (for the reuse MLP)
+    final: torch.Tensor  # (B, n, D) coarse features after the last block (and the final norm when
+    #                      cfg.reuse_input == "post_norm"): what the reuse MLP reads
     hidden: torch.Tensor  # (B, n, D) coarse features after `reuse_layer` blocks (non-targets)
 
 
@@ -241,14 +242,23 @@ class SACViT(VisionTransformer):
         self.register_buffer("fine_offsets", torch.tensor([0, 1, gf, gf + 1]), persistent=False)
 
     # ---- stage 1 ----------------------------------------------------------------------
-    def forward_ee(self, img: torch.Tensor) -> EEOutput:
-        """EE stage on the image downsampled by 2.
+    def downsample(self, img: torch.Tensor) -> torch.Tensor:
+        """The EE stage's half-resolution image (cfg.coarse_resample).
 
-        Bilinear x0.5 (align_corners=False) samples exactly the mean of each 2x2 block, so it
-        is written as avg_pool2d: identical numbers, and a plain pooling op in every runtime.
+        "avgpool": bilinear x0.5 with align_corners=False samples exactly the mean of each 2x2
+        block, so it is written as avg_pool2d: identical numbers, a plain pooling op in every
+        runtime. "bilinear_align_corners": what the official CF-ViT / LF-ViT scripts feed
+        (F.interpolate(..., mode="bilinear", align_corners=True)); exports as an ONNX Resize.
         """
+        if self.cfg.coarse_resample == "avgpool":
+            return F.avg_pool2d(img, 2)
+        h, w = img.shape[-2:]
+        return F.interpolate(img, size=(h // 2, w // 2), mode="bilinear", align_corners=True)
+
+    def forward_ee(self, img: torch.Tensor) -> EEOutput:
+        """EE stage on the image downsampled by 2 (see downsample)."""
         cfg = self.cfg
-        x = self.patch_embed(F.avg_pool2d(img, 2)) + self.pos_embed_coarse[:, 1:]  # (B, n, D)
+        x = self.patch_embed(self.downsample(img)) + self.pos_embed_coarse[:, 1:]  # (B, n, D)
         cls = (self.cls_token + self.pos_embed_coarse[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], 1)  # (B, 1+n, D)
         gca = torch.zeros_like(x[:, 1:, 0])
@@ -259,7 +269,11 @@ class SACViT(VisionTransformer):
             x, cls_attn = blk.forward_with_cls_attn(x)
             if i >= cfg.gca_start_block:
                 gca = cfg.gca_momentum * gca + (1 - cfg.gca_momentum) * cls_attn
-        logits = self.ee_head(self.norm(x[:, 0]))
+        if cfg.reuse_input == "post_norm":  # the official CF-ViT: reuse_block(norm(x))
+            x = self.norm(x)
+            logits = self.ee_head(x[:, 0])
+        else:
+            logits = self.ee_head(self.norm(x[:, 0]))
         return EEOutput(logits=logits, gca=gca, final=x[:, 1:], hidden=hidden)
 
     # ---- stage 2 ----------------------------------------------------------------------
@@ -294,7 +308,8 @@ class SACViT(VisionTransformer):
                 from the full-resolution normalised image.
             target_idx: (B, k) coarse indices of target tokens.
             nontarget_idx: (B, N) coarse indices of non-target tokens (N may be 0).
-            ee_final: (B, n, D) EE features after the last block (fed to the reuse MLP).
+            ee_final: (B, n, D) EE features after the last block, normed or not per
+                cfg.reuse_input (fed to the reuse MLP).
             ee_hidden: (B, n, D) EE features after `reuse_layer` blocks (reused non-targets).
             target_keep / nontarget_keep: optional (B, k) / (B, N) validity masks, for
                 batches that pad images with different target counts to one shape (training,

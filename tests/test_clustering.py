@@ -66,15 +66,22 @@ def test_cf_mode_layout_is_cf_vits():
 
 
 def test_lf_mode_selects_densest_window():
+    """Official LF-ViT: the densest 5x5 window, and of it the best ceil(0.88 * 25) = 22 tokens;
+    the window's other 3 tokens join the non-targets."""
     cfg = with_mode(preset("tiny_112"), "lf")
+    assert cfg.window_keep == 0.88 and cfg.target_range() == (22, 22)
     scores = np.zeros((1, 49))
     grid = scores.reshape(7, 7)
-    grid[2:7, 1:6] = 1.0  # a 5x5 block of high scores at rows 2..6, cols 1..5
+    grid[2:7, 1:6] = 1.0 + np.arange(25).reshape(5, 5) / 100  # a 5x5 block of high, distinct scores
+    scores[0, 0] = 1.2  # one high token outside the window: not a target
     split = select_targets(scores, cfg)
-    assert split.counts[0] == 25
-    rows, cols = np.divmod(split.targets(0), 7)
+    window = set(densest_window(scores, 7, 5)[0].tolist())
+    rows, cols = np.divmod(np.array(sorted(window)), 7)
     assert rows.min() == 2 and rows.max() == 6 and cols.min() == 1 and cols.max() == 5
-    assert set(densest_window(scores, 7, 5)[0].tolist()) == set(split.targets(0).tolist())
+    assert split.counts[0] == 22
+    best22 = set(np.argsort(-scores[0])[:23].tolist()) - {0}  # the window's best 22 (token 0 ranks among them)
+    assert set(split.targets(0).tolist()) == best22 and best22 < window
+    assert set(split.nontargets(0)[:3].tolist()) == window - best22
 
 
 def test_target_mask_matches_targets():

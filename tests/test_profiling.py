@@ -160,7 +160,7 @@ def test_bench_report_structure(tmp_path, random_ckpt):
     # raising eta can only lower the exit rate and raise the expected cost
     assert all(a["exit_rate"] >= b["exit_rate"] and a["gflops"] <= b["gflops"] + 1e-12 for a, b in zip(sac, sac[1:]))
     assert sac[-1]["exit_rate"] <= sac[0]["exit_rate"]
-    for mode, k in (("cf", 25), ("lf", 25)):
+    for mode, k in (("cf", 25), ("lf", 22)):  # official: top half of 49; best 22 of the 5x5 window
         pts = [r for r in rows if r["method"] == mode and r["exit_rate"] < 1]
         assert all(r["mean_target_tokens"] == k for r in pts)
     paths = write_reports(res, tmp_path / "out")

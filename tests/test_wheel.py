@@ -26,8 +26,15 @@ def _run(args: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def core_venv(tmp_path_factory) -> tuple[Path, Path]:
+    import shutil
+
     work = tmp_path_factory.mktemp("wheel")
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work / "dist", REPO], cwd=work)
+    src = work / "src"  # a clean copy: a stale build/ in the checkout cannot leak into the wheel
+    for name in ("sacvit_edge", "export", "runtimes", "calibration"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / name, src / name)
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work / "dist", src], cwd=work)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((work / "dist").glob("sacvit_edge-*.whl"))
     venv = work / "core"

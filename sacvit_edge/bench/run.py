@@ -7,10 +7,12 @@ expected GFLOPs come from one pass per method over the evaluation images (EE and
 probabilities of every image are kept, so every eta of the sweep is evaluated exactly);
 throughput (batch 32) and latency (batch 1) are measured for each eta of the sweep.
 
-CF-ViT and LF-ViT modes run the trained SAC-ViT weights with the peers' selection and
-attention rules (CF: top-50% targets, full attention, layer-0 reuse; LF: densest 5x5
-window, full attention, layer-0 reuse): a training-free, like-for-like comparison of the
-selection and attention rules on one backbone.
+CF-ViT and LF-ViT modes run the trained SAC-ViT weights computing what the official code
+computes (config.MODES: CF: top-50% targets; LF: the best 22 of the densest 5x5 window; both:
+full attention, layer-0 non-targets, bilinear align_corners=True coarse input, GCA from block 3,
+reuse MLP on the normed EE features): a training-free, like-for-like comparison of the rules on
+one backbone. Two differences stay, because the weights are SAC-ViT's: the reuse MLP keeps its
+trained width (official: 4x), and the EE head stays separate (official: one shared head).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def mode_checkpoint(sac_path: Path, mode: str, work: Path) -> Path:
         return sac_path
     ck = load_checkpoint(sac_path)
     model = ck.model
-    model.cfg = with_mode(ck.config, mode)
+    model.cfg = with_mode(ck.config, mode, keep_shapes=True)  # the trained reuse MLP keeps its width
     return save_checkpoint(work / f"{mode}.pt", model, ck.class_names, ck.mean, ck.std, ck.eta, ck.training)
 
 
