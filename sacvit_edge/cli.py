@@ -116,6 +116,9 @@ def train(
     k_max: Annotated[Optional[int], typer.Option()] = None,
     reuse_layer: Annotated[Optional[int], typer.Option(help="EE layer whose features non-targets reuse")] = None,
     cluster_space: Annotated[Optional[str], typer.Option(help="2-means on 'log' (default) or 'raw' GCA")] = None,
+    gca_start_block: Annotated[Optional[int], typer.Option(help="0-based first block entering the GCA EMA (default 3)")] = None,
+    reuse_input: Annotated[Optional[str], typer.Option(help="reuse MLP reads 'post_norm' (default) or 'pre_norm' EE features")] = None,
+    coarse_resample: Annotated[Optional[str], typer.Option(help="'avgpool' (default) or 'bilinear_align_corners'")] = None,
 ) -> None:
     """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
     try:
@@ -129,7 +132,9 @@ def train(
 
         init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
         overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer,
-                                                     cluster_space=cluster_space).items() if v is not None}
+                                                     cluster_space=cluster_space, gca_start_block=gca_start_block,
+                                                     reuse_input=reuse_input, coarse_resample=coarse_resample).items()
+                     if v is not None}
         if data is None:
             train_set, test_set = ClutteredFashionMNIST("train", seed=seed), ClutteredFashionMNIST("test", seed=seed)
         else:
