@@ -31,6 +31,9 @@ FORMAT = "sacvit-edge-checkpoint"
 CHECKPOINT_VERSION = 1
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
+# Normalisation a real model uses lies well inside these (ImageNet: mean 0.485.., std 0.229..);
+# values outside are a damaged file, and would silently ruin every answer.
+PLAUSIBLE_NORM = {"mean": (-1.0, 2.0), "std": (1e-3, 10.0)}
 _REQUIRED = ("format", "format_version", "config", "state_dict", "class_names", "input", "eta")
 
 
@@ -134,12 +137,14 @@ def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{where}: checkpoint lacks keys {missing}")
     version = raw["format_version"]
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{where}: format_version {version!r:.40} is not a version number")
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{where}: format version {version!r} is newer than this sacvit-edge "
                               f"reads ({CHECKPOINT_VERSION}); upgrade sacvit-edge")
     try:
-        cfg = ModelConfig.from_dict(dict(raw["config"]))
-    except (ConfigError, TypeError) as exc:
+        cfg = ModelConfig.from_dict(raw["config"])
+    except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: invalid model config: {exc}") from exc
     model = build_model(cfg)
     state = raw["state_dict"]
@@ -163,6 +168,8 @@ def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
         raise CheckpointError(f"{where}: class_names must be a list of non-empty strings, got {names!r:.80}")
     names = list(names)
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{where}: class_names has duplicates: {sorted({n for n in names if names.count(n) > 1})}")
     if len(names) != cfg.num_classes:
         raise CheckpointError(f"{where}: {len(names)} class names for {cfg.num_classes} classes")
     size, mean, std = _input_spec(raw["input"], cfg, where)
@@ -191,9 +198,10 @@ def _input_spec(inp: Any, cfg: ModelConfig, where: str) -> tuple[int, tuple[floa
         v = inp[key]
         ok = (isinstance(v, (list, tuple)) and len(v) == cfg.in_chans
               and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-              and (key == "mean" or all(x > 0 for x in v)))
+              and all(lo <= x <= hi for x in v for lo, hi in [PLAUSIBLE_NORM[key]]))
         if not ok:
-            what = "positive finite numbers" if key == "std" else "finite numbers"
+            lo, hi = PLAUSIBLE_NORM[key]
+            what = f"numbers in [{lo}, {hi}] (pixel intensities in [0, 1] units)"
             raise CheckpointError(f"{where}: input.{key} must be {cfg.in_chans} {what}, got {v!r:.80}")
         out.append(tuple(float(x) for x in v))
     return size, out[0], out[1]

@@ -26,6 +26,12 @@ ReuseInput = Literal["pre_norm", "post_norm"]
 LEGACY_VALUES: dict[str, Any] = {"coarse_resample": "avgpool", "reuse_input": "pre_norm", "window_keep": 1.0}
 
 
+_INT_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "reuse_layer",
+               "k_min", "k_max", "window", "gca_start_block")
+_FLOAT_FIELDS = ("mlp_ratio", "alpha", "window_keep", "gca_momentum", "reuse_hidden_ratio", "eta")
+_MAX_DIM = 1 << 16
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Geometry of the DeiT backbone and the SAC-ViT options.
@@ -97,6 +103,24 @@ class ModelConfig:
         def bad(msg: str) -> None:
             raise ConfigError(f"invalid ModelConfig: {msg}")
 
+        # types and ranges first: a config read from a file may hold anything
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                bad(f"{name}={v!r:.40} must be an integer")
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                bad(f"{name}={v!r:.40} must be a finite number")
+        for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "window"):
+            if not 1 <= getattr(self, name) <= _MAX_DIM:
+                bad(f"{name}={getattr(self, name)} must be in [1, {_MAX_DIM}]")
+        if not 0 < self.mlp_ratio <= 64:
+            bad(f"mlp_ratio={self.mlp_ratio} must be in (0, 64]")
+        if not 0 < self.reuse_hidden_ratio <= 64:
+            bad(f"reuse_hidden_ratio={self.reuse_hidden_ratio} must be in (0, 64]")
+        if not 0.0 <= self.gca_momentum < 1.0:
+            bad(f"gca_momentum={self.gca_momentum} must be in [0, 1)")
         if self.arch not in ("sacvit", "deit"):
             bad(f"arch={self.arch!r}, expected 'sacvit' or 'deit'")
         if self.selection not in ("sac", "topalpha", "window"):
@@ -111,8 +135,7 @@ class ModelConfig:
             bad(f"reuse_input={self.reuse_input!r}, expected 'pre_norm' or 'post_norm'")
         if not 0.0 < self.window_keep <= 1.0:
             bad(f"window_keep={self.window_keep} must be in (0, 1]")
-        if not self.reuse_hidden_ratio > 0:
-            bad(f"reuse_hidden_ratio={self.reuse_hidden_ratio} must be positive")
+
         if self.img_size % (2 * self.patch_size):
             bad(f"img_size={self.img_size} must be a multiple of 2*patch_size={2 * self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -164,14 +187,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """From a saved dict; options it predates get their LEGACY_VALUES, not today's defaults."""
+        """From a saved dict (checkpoint, manifest). Every field must be there, except options
+        the file predates: those get their LEGACY_VALUES, not today's defaults."""
         if not isinstance(data, dict):
             raise ConfigError(f"model config must be a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        return cls(**{**{k: v for k, v in LEGACY_VALUES.items()}, **data})
+        missing = sorted(known - set(data) - set(LEGACY_VALUES))
+        if missing:
+            raise ConfigError(f"model config lacks {missing}")
+        return cls(**{**LEGACY_VALUES, **data})
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

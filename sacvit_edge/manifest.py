@@ -237,7 +237,7 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
                           f"version {MANIFEST_VERSION}. Re-export the checkpoint with this version")
     try:
         config = ModelConfig.from_dict(r.get("model_config", lambda v: isinstance(v, dict), "an object"))
-    except (ConfigError, TypeError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid model_config: {exc}") from exc
     inp = r.section("input")
     spec = InputSpec(size=inp.int_("size"), mean=inp.floats("mean", 3), std=inp.floats("std", 3, positive=True),  # type: ignore[arg-type]
@@ -259,6 +259,8 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     if not 0.0 <= eta <= 1.0:
         raise ExportError(f"{source}: manifest field 'eta' must be in [0, 1], got {eta}")
     class_names = r.strings("class_names")
+    if len(set(class_names)) != len(class_names):
+        raise ExportError(f"{source}: manifest field 'class_names' has duplicates")
     if len(class_names) != config.num_classes:
         raise ExportError(f"{source}: {len(class_names)} class_names for a {config.num_classes}-class model")
     versions = data.get("versions") if isinstance(data.get("versions"), dict) else {}

@@ -43,9 +43,13 @@ rendered by `scripts/write_benchmarks_md.py`. Raw data: `results/bench/bench.jso
 {res['config']['speed_images']:,} canvases; latency at batch 1 ({res['config']['latency_iters']} calls after 10 warm-ups); model time
 only (decoding and resizing excluded). Each method runs with its best ONNX Runtime settings:
 the DeiT baseline (one session) with spinning threads, the two-engine SAC-ViT without (see
-`runtimes/ort.py`). CF-ViT and LF-ViT modes run the trained SAC-ViT weights with the peers'
-selection and attention rules (training-free, like for like on one backbone). TensorRT and CUDA
-are not available on this machine and are skipped by the command.
+`runtimes/ort.py`). CF-ViT and LF-ViT modes run the trained SAC-ViT weights computing what the
+official CF-ViT / LF-ViT code computes (checked against it by `tests/test_peer_golden.py`: CF top
+half of the coarse tokens, LF the best 22 of the densest 5x5 window; full attention, layer-0
+non-targets, bilinear `align_corners=True` coarse input, GCA from block 3, reuse MLP on the normed
+EE features), training-free, like for like on one backbone; the reuse MLP keeps the trained
+width and the EE head stays separate, as the weights are SAC-ViT's. TensorRT and CUDA are not
+available on this machine and are skipped by the command.
 
 ![accuracy vs GFLOPs and vs images/s](docs/benchmarks.png)
 

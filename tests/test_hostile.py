@@ -213,16 +213,22 @@ def test_damaged_export_directories_fail_at_load_with_the_projects_error(tmp_pat
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("class_names", 5, "class_names"), ("class_names", ["a"] * 9, "9 class names"),
+    ("class_names", 5, "class_names"), ("class_names", list("abcdefghi"), "9 class names"),
+    ("class_names", ["a"] * 10, "duplicates"),
     ("input.size", "abc", "input.size"), ("input.mean", None, "input lacks 'mean'"),
     ("eta", "x", "eta"), ("eta", 5, "eta"), ("input", [], "input must be a dict"),
+    ("input.mean", [0.5, 1e30, 0.5], "input.mean"), ("format_version", -1, "not a version number"),
+    ("config", {}, "lacks"), ("config", [], "must be a dict"), ("config.arch", None, "lacks"),
+    ("config.num_heads", 0, "num_heads"), ("config.patch_size", 0, "patch_size"), ("config.in_chans", "x", "in_chans"),
+    ("config.depth", 1e30, "depth"), ("config.mlp_ratio", -1, "mlp_ratio"), ("config.num_classes", True, "num_classes"),
 ])
 def test_damaged_checkpoint_fields_name_the_file(tmp_path, random_ckpt, field, value, match):
     raw = _raw(random_ckpt)
-    if field == "input.mean":
-        del raw["input"]["mean"]
-    elif "." in field:
-        raw["input"][field.split(".")[1]] = value
+    section, _, key = field.partition(".")
+    if key and value is None:
+        del raw[section][key]
+    elif key:
+        raw[section][key] = value
     else:
         raw[field] = value
     path = tmp_path / "damaged.pt"
