@@ -124,8 +124,16 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError,
             AttributeError, TypeError, IndexError, KeyError, io.UnsupportedOperation) as exc:
+        # torch's own text advises weights_only=False, which would run the file's code: never say that
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+            raise CheckpointError(f"{path}: not a readable checkpoint: it holds pickled Python objects "
+                                  "(UnpicklingError), which could run code; sacvit-edge loads only tensors and "
+                                  "plain values") from exc
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a checkpoint (not a PyTorch file: another kind of file, or "
+                                  "truncated)") from exc
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                              f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
 
 
 def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:

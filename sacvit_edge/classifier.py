@@ -22,7 +22,7 @@ import numpy as np
 from .clustering import Split, select_targets
 from .errors import BackendError, ConfigError, ExportError, ImageError
 from .gate import Eta, describe_eta, gate, validate_eta
-from .images import DEFAULT_MAX_PIXELS, ImageInput, preprocess
+from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, preprocess
 from .manifest import MANIFEST_VERSION, read_manifest
 from .tokens import build_sac_group, crop_target_patches, plan_sac_groups
 
@@ -39,7 +39,10 @@ class Prediction:
         exited_early: True when the EE stage was confident enough (SAC stage skipped).
         num_target_tokens: coarse tokens re-embedded at full resolution (0 if exited early).
         target_mask: (Gc, Gc) bool, where the model looked closer; None if exited early.
-        timings: milliseconds of the batch this image ran in: ee, host, sac, total.
+        timings: milliseconds of the call this image ran in: preprocess (decode, convert,
+            resize, normalise), ee, host, sac, and total (everything from the call to the result).
+        batch_size: images in that call; timings are the batch's, total / batch_size is this
+            image's share (1: the timings are its own).
     """
 
     class_id: int
@@ -50,6 +53,7 @@ class Prediction:
     num_target_tokens: int
     target_mask: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1
 
 
 @dataclass
@@ -130,6 +134,8 @@ class EdgeClassifier:
             core); at most the CPUs this process may use.
         topk: how many classes each Prediction lists.
         max_pixels: images with more pixels are refused from their header, before decoding.
+        color: channel order of numpy frames, "rgb" or "bgr" (OpenCV); files and PIL images are
+            always decoded as RGB. predict / predict_batch take it per call too.
         group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
             images with different target counts are grouped (and padded, masked) into the
             fewest calls this cost model favours (tokens.plan_sac_groups). 0 = one call per count.
@@ -142,13 +148,18 @@ class EdgeClassifier:
 
     def __init__(self, path: str | Path, backend: str = "auto", eta: Eta | None = None,
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
-                 group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 color: str = "rgb") -> None:
         from sacvit_edge.runtimes import open_backend
 
         self.backend = None  # set last: close() and __del__ work on a half-built classifier
         if not isinstance(path, (str, Path)) or str(path) == "":
             raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
         self.eta = validate_eta(0.0 if eta is None else eta)  # checked before any loading
+        try:
+            self.color = check_color(color)
+        except ImageError as exc:
+            raise ConfigError(str(exc)) from None
         threads = _check_threads(threads)
         for name, value in (("topk", topk), ("max_pixels", max_pixels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -157,9 +168,12 @@ class EdgeClassifier:
             raise ConfigError(f"group_overhead_tokens={group_overhead_tokens!r} must be a number in [0, 1e6)")
         path = Path(path)
         try:
-            is_file = path.is_file()
+            is_file, exists = path.is_file(), path.exists()
         except OSError as exc:
             raise ExportError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+        if not exists:
+            what = "checkpoint" if path.suffix == ".pt" else "export directory or checkpoint"
+            raise ExportError(f"{path}: no such file or directory (expected an {what})")
         if is_file:
             path = self._export_cached(path, Path(cache_dir) if cache_dir else default_cache_dir())
         self.max_pixels = max_pixels
@@ -202,12 +216,17 @@ class EdgeClassifier:
                                         "directory to run without it")
                 from sacvit_edge.export.bundle import export_checkpoint
 
-                log.info("exporting %s into cache %s", checkpoint, target)
+                # a one-off cost of seconds: say it where people look, and where the files go
+                log.warning("exporting %s once into the cache %s (set SACVIT_EDGE_CACHE or cache_dir to move it; "
+                            "delete the folder to clear it; `sacvit-edge export` makes a directory to ship)",
+                            checkpoint, target)
                 return export_checkpoint(checkpoint, target).directory
 
     # ---- inference ----------------------------------------------------------------------
-    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
-        return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std, self.max_pixels)
+    def preprocess(self, images: Sequence[ImageInput], color: str | None = None) -> np.ndarray:
+        """Inputs -> the (B, 3, H, W) float32 batch the engines take (see images.preprocess)."""
+        return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std, self.max_pixels,
+                          self.color if color is None else color)
 
     def _engines(self):
         if self.backend is None:
@@ -307,17 +326,25 @@ class EdgeClassifier:
             engine_s += time.perf_counter() - ts
         return logits, engine_s
 
-    def predict_batch(self, images: Sequence[ImageInput], eta: Eta | None = None) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageInput], eta: Eta | None = None,
+                      color: str | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""
         if isinstance(images, (str, Path, np.ndarray)) or not hasattr(images, "__len__"):
             raise ImageError("predict_batch expects a sequence of images; use predict() for one image")
+        start = time.perf_counter()
         if eta is not None:
             eta = validate_eta(eta)
+        if color is not None:
+            check_color(color)
         if len(images) == 0:
             return []
-        res = self.run(self.preprocess(images), eta)
+        batch = self.preprocess(images, color)
+        pre_ms = (time.perf_counter() - start) * 1e3
+        res = self.run(batch, eta)
         gc = self.config.coarse_grid
         out = []
+        timings = {"preprocess": pre_ms, **{k: v for k, v in res.timings.items() if k != "total"},
+                   "total": (time.perf_counter() - start) * 1e3}  # everything from the call to the result
         for b in range(len(images)):
             top = np.argsort(-res.probs[b], kind="stable")[: self.topk]
             out.append(Prediction(
@@ -325,12 +352,12 @@ class EdgeClassifier:
                 topk=[(int(c), self.class_names[c], float(res.probs[b, c])) for c in top],
                 exited_early=bool(res.exited[b]), num_target_tokens=int(res.counts[b]),
                 target_mask=None if res.exited[b] else res.target_mask[b].reshape(gc, gc).copy(),
-                timings=dict(res.timings)))
+                timings=dict(timings), batch_size=len(images)))
         return out
 
-    def predict(self, image: ImageInput, eta: Eta | None = None) -> Prediction:
+    def predict(self, image: ImageInput, eta: Eta | None = None, color: str | None = None) -> Prediction:
         """Classify one image."""
-        return self.predict_batch([image], eta)[0]
+        return self.predict_batch([image], eta, color)[0]
 
     def close(self) -> None:
         """Free the engines; later calls raise BackendError. Closing twice is harmless."""

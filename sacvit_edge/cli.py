@@ -103,8 +103,8 @@ def train(
     preset: Annotated[str, typer.Option(help="model preset (tiny_112, small_112, deit_s_224)")] = "tiny_112",
     init: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint, timm state_dict or SAC-ViT checkpoint to fine-tune from")] = None,
     data: Annotated[Optional[Path], typer.Option(help="ImageFolder root (default: cluttered Fashion-MNIST)")] = None,
-    epochs: Annotated[float, typer.Option()] = 5.0,
-    batch_size: Annotated[int, typer.Option()] = 128,
+    epochs: Annotated[float, typer.Option(help="passes over the training set (fractions allowed)")] = 5.0,
+    batch_size: Annotated[int, typer.Option(help="images per optimiser step (over all DDP processes)")] = 128,
     lr: Annotated[float, typer.Option()] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(help="linear learning-rate warm-up steps")] = 200,
     warmup_share: Annotated[float, typer.Option(help="share of steps before clustering switches on")] = 2 / 3,
@@ -112,8 +112,8 @@ def train(
     eval_limit: Annotated[int, typer.Option(help="test images evaluated after each epoch")] = 2000,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
-    k_min: Annotated[Optional[int], typer.Option()] = None,
-    k_max: Annotated[Optional[int], typer.Option()] = None,
+    k_min: Annotated[Optional[int], typer.Option(help="smallest target count per image (default 4)")] = None,
+    k_max: Annotated[Optional[int], typer.Option(help="largest target count per image (default 25)")] = None,
     reuse_layer: Annotated[Optional[int], typer.Option(help="EE layer whose features non-targets reuse")] = None,
     cluster_space: Annotated[Optional[str], typer.Option(help="2-means on 'log' (default) or 'raw' GCA")] = None,
     gca_start_block: Annotated[Optional[int], typer.Option(help="0-based first block entering the GCA EMA (default 3)")] = None,
@@ -155,8 +155,12 @@ def train(
 
             result = run_train(model_cfg, tcfg, train_set, out, init_state=init_state, eval_dataset=test_set,
                                on_step=on_step, metadata=meta)
-        for row in result.history:
-            console.print(row)
+        if result.history:
+            keys = [k for k in result.history[0] if not isinstance(result.history[0][k], (dict, list))]
+            table = Table(*keys, title="per epoch")
+            for row in result.history:
+                table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))
+            console.print(table)
         console.print(f"wrote {out}")
     except Exception as exc:  # noqa: BLE001 - see _handled
         if isinstance(exc, (typer.Exit, typer.Abort)):
@@ -170,7 +174,7 @@ def eval_cmd(
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the checkpoint's)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N test images")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON file (default: <model>.eval.json here)")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results to this JSON file")] = None,
 ) -> None:
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
     try:
@@ -193,9 +197,9 @@ def eval_cmd(
         for key, value in res.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
-        json_out = json_out or Path(f"{model_path.stem}.eval.json")
-        json_out.write_text(json.dumps(res, indent=2))
-        console.print(f"wrote {json_out}")
+        if json_out is not None:
+            json_out.write_text(json.dumps(res, indent=2))
+            console.print(f"wrote {json_out}")
     except Exception as exc:  # noqa: BLE001 - see _handled
         if isinstance(exc, (typer.Exit, typer.Abort)):
             raise
@@ -208,7 +212,7 @@ def profile(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
     batch: Annotated[int, typer.Option(help="images per call")] = 1,
     images: Annotated[Optional[Path], typer.Option(help="folder of images to time on")] = None,
-    synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (default)")] = False,
+    synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (also what runs without --images)")] = False,
     warmup: Annotated[int, typer.Option(help="untimed calls first")] = 10,
     iters: Annotated[int, typer.Option(help="timed calls")] = 100,
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
@@ -382,14 +386,34 @@ def export(
     console.print(f"wrote {out}")
 
 
-def _predict_table(files: list[str], preds, title: str) -> Table:
-    table = Table("file", "label", "confidence", "exited early", "target tokens", "ms", title=title)
+def _expand_images(paths: list[Path]) -> list[Path]:
+    """Image arguments: files as given, a directory as its image files (sorted, recursively)."""
+    from .errors import ImageError
+    from .images import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(f"{p}: a directory with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def _predict_table(files: list[str], preds, title: str, batch: int = 1) -> Table:
+    """One row per image: the file's name (full paths are in --json), and its share of the time."""
+    ms = "ms" if batch == 1 else f"ms/image (batch of {batch})"
+    table = Table("file", "label", "confidence", "exited early", "target tokens", ms, title=title)
     for f, p in zip(files, preds):
+        name = escape(Path(f).name)
         if isinstance(p, Exception):
-            table.add_row(escape(f), "[red]error (below)[/red]", "-", "-", "-", "-")
+            table.add_row(name, "[red]error (below)[/red]", "-", "-", "-", "-")
             continue
-        table.add_row(escape(f), p.label, f"{p.confidence:.3f}", "yes" if p.exited_early else "no",
-                      str(p.num_target_tokens), f"{p.timings['total']:.2f}")
+        table.add_row(name, p.label, f"{p.confidence:.3f}", "yes" if p.exited_early else "no",
+                      str(p.num_target_tokens), f"{p.timings['total'] / p.batch_size:.2f}")
     return table
 
 
@@ -409,6 +433,7 @@ def predict(
     from .images import load_image
 
     with _handled():
+        images = _expand_images(images)
         clf = EdgeClassifier(source, backend=backend, eta=_eta(eta))
         results: list = []  # a Prediction, or the ImageError of that file
         if batch:
@@ -438,8 +463,10 @@ def predict(
         console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "failed": failed,
                                        "predictions": rows}))
     else:
+        n_ok = len(results) - failed
         console.print(_predict_table([str(f) for f in images], results,
-                                     f"backend {clf.backend_name}, eta {describe_eta(clf.eta)}"))
+                                     f"backend {clf.backend_name}, eta {describe_eta(clf.eta)}",
+                                     batch=max(1, n_ok) if batch else 1))
     if failed:
         for r in results:
             if isinstance(r, ImageError):

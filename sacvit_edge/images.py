@@ -72,10 +72,22 @@ def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
     return rgb
 
 
-def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None) -> np.ndarray:
+COLORS = ("rgb", "bgr")
+
+
+def check_color(color: object, name: str = "color") -> str:
+    if color not in COLORS:
+        raise ImageError(f"{name}={color!r}: expected 'rgb' or 'bgr' (OpenCV frames are BGR)")
+    return color  # type: ignore[return-value]
+
+
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None,
+               color: str = "rgb") -> np.ndarray:
     """Any supported input -> HxWx3 uint8 RGB array.
 
     Args:
+        color: channel order of numpy array inputs: "rgb", or "bgr" (OpenCV frames). Files and
+            PIL images are decoded by Pillow, always RGB.
         max_pixels: larger images are refused from their header, before decoding.
         target_size: the model's input side; a JPEG much larger than it is decoded at reduced
             size (Pillow's draft: DCT scaling to no less than twice this side).
@@ -121,27 +133,36 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_
     if isinstance(source, np.matrix):
         raise ImageError("numpy matrix is not an image; pass an HxWx3 uint8 numpy array (np.asarray(m))")
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source, max_pixels)
+        rgb = _array_to_rgb(source, max_pixels, check_color(color))
+        return rgb
     raise ImageError(f"unsupported image input of type {type(source).__name__}; "
                      "expected a path, PIL.Image or HxWx3 uint8 numpy array")
 
 
-def _array_to_rgb(source: np.ndarray, max_pixels: int) -> np.ndarray:
+def _array_to_rgb(source: np.ndarray, max_pixels: int, color: str = "rgb") -> np.ndarray:
+    """HxW, HxWx1, HxWx3 or HxWx4 (alpha composited on black, as for files) arrays of uint8,
+    uint16 (full 16-bit range scaled to 8 bits) or float in [0, 1] -> HxWx3 uint8 RGB."""
     if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)):
-        raise ImageError(f"numpy image has shape {source.shape}, expected HxWx3 (or HxW) RGB")
+        raise ImageError(f"numpy image has shape {source.shape}, expected HxWx3 (or HxW, HxWx1, HxWx4)")
     _check_pixels(source.shape[1], source.shape[0], f"numpy image of shape {source.shape}", max_pixels)
     if source.dtype == np.uint8:
         arr = source
+    elif source.dtype == np.uint16:
+        arr = ((source.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif np.issubdtype(source.dtype, np.floating):
         arr = float_to_uint8(source, f"numpy image ({source.dtype})")
     else:
-        raise ImageError(f"numpy image has dtype {source.dtype}, expected uint8 (or float in [0, 1]) HxWx3 RGB")
+        raise ImageError(f"numpy image has dtype {source.dtype}; pass uint8, uint16 or float in [0, 1] "
+                         "(e.g. arr.astype(np.uint8) for 0..255 integers)")
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
-    if arr.shape[2] == 4:
-        raise ImageError(f"numpy image has 4 channels (shape {source.shape}); pass RGB, or a PIL RGBA image")
+    if color == "bgr":
+        arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]
+    if arr.shape[2] == 4:  # RGBA: composite on black
+        alpha = arr[..., 3:].astype(np.uint16)
+        return ((arr[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
     return arr
 
 
@@ -160,8 +181,8 @@ def normalize(batch_uint8: np.ndarray, mean: Sequence[float], std: Sequence[floa
 
 
 def preprocess(images: Sequence[ImageInput], size: int, mean: Sequence[float], std: Sequence[float],
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "rgb") -> np.ndarray:
     """Decode, convert, resize and normalise a list of inputs -> (B, 3, size, size) float32."""
-    arrays = [resize_uint8(load_image(img, max_pixels, target_size=size), size) for img in images]
+    arrays = [resize_uint8(load_image(img, max_pixels, target_size=size, color=color), size) for img in images]
     batch = np.stack(arrays).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(normalize(batch, mean, std))

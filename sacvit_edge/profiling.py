@@ -243,9 +243,11 @@ def load_image_batches(folder: Path | None, clf, batch: int, count: int = 256) -
     from .images import IMAGE_SUFFIXES
 
     if folder is not None:
+        if not Path(folder).is_dir():
+            raise DataError(f"--images {folder}: no such directory")
         files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DataError(f"{folder}: no image files")
+            raise DataError(f"--images {folder}: the directory holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         x = clf.preprocess(files[:count])
     else:
         from .extras import require_extra

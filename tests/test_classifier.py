@@ -48,7 +48,8 @@ def test_prediction_fields(clf, canvases):
     assert 0 <= p.class_id < 10 and p.label == clf.class_names[p.class_id]
     assert len(p.topk) == 5 and p.topk[0][0] == p.class_id and p.topk[0][2] == pytest.approx(p.confidence)
     assert all(p.topk[i][2] >= p.topk[i + 1][2] for i in range(4))
-    assert set(p.timings) == {"ee", "host", "sac", "total"}
+    assert set(p.timings) == {"preprocess", "ee", "host", "sac", "total"} and p.batch_size == 1
+    assert p.timings["total"] >= p.timings["preprocess"] + p.timings["ee"] + p.timings["sac"]
     if p.exited_early:
         assert p.target_mask is None and p.num_target_tokens == 0
     else:

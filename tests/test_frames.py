@@ -1,0 +1,146 @@
+"""What a camera or robot app meets: BGR frames, frame dtypes, honest timings, and the errors and
+CLI output of issue 13 (the part of it done so far)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from sacvit_edge import EdgeClassifier
+from sacvit_edge.cli import app
+from sacvit_edge.errors import CheckpointError, ConfigError, DataError, ExportError, ImageError
+from sacvit_edge.images import load_image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((REPO / "sacvit_edge" / "assets" / "samples").glob("*.png"))
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def colour_export(tmp_path_factory):
+    """A random model whose answer depends on colour: its patch embedding reads only the red channel."""
+    from sacvit_edge.checkpoint import save_checkpoint
+    from sacvit_edge.config import preset
+    from sacvit_edge.export.bundle import export_checkpoint
+    from sacvit_edge.model import build_model
+
+    torch.manual_seed(1)
+    model = build_model(preset("tiny_112", embed_dim=32, depth=3, num_heads=2, reuse_layer=1, gca_start_block=0))
+    with torch.no_grad():
+        model.patch_embed.proj.weight[:, 1:] = 0  # green and blue are invisible
+        model.ee_head.weight.mul_(200)
+        model.head.weight.mul_(200)
+    d = tmp_path_factory.mktemp("colour")
+    path = save_checkpoint(d / "c.pt", model, [f"c{i}" for i in range(10)], eta=0.5)
+    return export_checkpoint(path, d / "exp").directory
+
+
+def _frame() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    f = np.zeros((112, 112, 3), np.uint8)
+    f[..., 0] = rng.integers(0, 60, (112, 112))     # dark red
+    f[..., 2] = rng.integers(180, 255, (112, 112))  # bright blue
+    return f
+
+
+def test_bgr_frames_change_the_answer_of_a_colour_model_and_color_fixes_it(colour_export):
+    rgb = _frame()
+    bgr = rgb[..., ::-1].copy()  # what OpenCV delivers
+    clf = EdgeClassifier(colour_export, backend="onnxruntime")
+    truth = clf.predict(rgb)
+    wrong = clf.predict(bgr)  # read as RGB: red and blue swapped
+    assert (wrong.class_id, round(wrong.confidence, 4)) != (truth.class_id, round(truth.confidence, 4))
+    for p in (clf.predict(bgr, color="bgr"), EdgeClassifier(colour_export, backend="onnxruntime", color="bgr").predict(bgr)):
+        assert p.class_id == truth.class_id and abs(p.confidence - truth.confidence) < 1e-6
+    bgra = np.concatenate([bgr, np.full((112, 112, 1), 255, np.uint8)], 2)
+    p = clf.predict(bgra, color="bgr")  # BGRA with an opaque alpha: the same frame
+    assert p.class_id == truth.class_id and abs(p.confidence - truth.confidence) < 1e-6
+    with pytest.raises(ConfigError, match="color"):
+        EdgeClassifier(colour_export, backend="onnxruntime", color="BGR?")
+    with pytest.raises(ImageError, match="color"):
+        clf.predict(rgb, color="hsv")
+
+
+def test_frame_dtypes_convert_as_users_expect():
+    rgb = _frame()
+    assert np.array_equal(load_image(rgb.astype(np.uint16) * 257), rgb)  # 16-bit full range
+    assert np.array_equal(load_image(rgb.astype(np.float32) / 255), rgb)  # float in [0, 1]
+    rgba = np.concatenate([rgb, np.zeros((112, 112, 1), np.uint8)], 2)
+    assert load_image(rgba).max() == 0  # transparent composites on black, as for PNG files
+    with pytest.raises(ImageError, match="astype"):
+        load_image(rgb.astype(np.int64))
+    for empty in (np.zeros((0, 5), np.uint8), np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0, 3), np.uint8)):
+        with pytest.raises(ImageError, match="empty"):
+            load_image(empty)
+
+
+def test_timings_cover_decoding_and_say_whose_they_are(random_export, tmp_path):
+    clf = EdgeClassifier(random_export, backend="onnxruntime")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(big)
+    t0 = time.perf_counter()
+    p = clf.predict(big)
+    wall = (time.perf_counter() - t0) * 1e3
+    assert p.timings["preprocess"] > p.timings["ee"]  # decoding a 3 Mpx PNG outweighs the tiny EE engine
+    assert p.timings["total"] <= wall and p.timings["total"] >= 0.8 * wall  # total is the whole call
+    batch = clf.predict_batch([SAMPLES[0], SAMPLES[1], SAMPLES[2]])
+    assert {q.batch_size for q in batch} == {3} and batch[0].timings == batch[2].timings
+    assert batch[0].timings is not batch[1].timings
+
+
+def test_error_messages_a_user_meets(tmp_path, random_export):
+    with pytest.raises(ExportError, match="missing.pt: no such file"):
+        EdgeClassifier(tmp_path / "missing.pt")
+    r = runner.invoke(app, ["profile", str(random_export), "--images", str(tmp_path / "nope")])
+    assert r.exit_code == 3 and "no such directory" in r.output
+    from sacvit_edge.checkpoint import load_checkpoint
+
+    with pytest.raises(CheckpointError, match="not a checkpoint") as info:
+        load_checkpoint(SAMPLES[0])  # a PNG
+    assert "weights_only" not in str(info.value)
+    r = runner.invoke(app, ["export", str(SAMPLES[0]), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 3 and "not a checkpoint" in r.output and "weights_only" not in r.output
+
+
+def test_predict_takes_a_directory_and_shows_names_and_per_image_time(tmp_path, random_export):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for s in SAMPLES[:3]:
+        (d / s.name).write_bytes(s.read_bytes())
+    r = runner.invoke(app, ["predict", str(random_export), str(d), "--backend", "onnxruntime", "--json"])
+    assert r.exit_code == 0, r.output
+    files = [row["file"] for row in json.loads(r.output)["predictions"]]
+    assert files == [str(d / s.name) for s in SAMPLES[:3]]  # sorted, full paths in JSON
+    r = runner.invoke(app, ["predict", str(random_export), str(d), "--backend", "onnxruntime", "--batch"],
+                      terminal_width=200)
+    assert r.exit_code == 0 and "ms/image (batch of 3)" in r.output
+    assert all(s.name in r.output for s in SAMPLES[:3]) and str(d) not in r.output  # names, not cut paths
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["predict", str(random_export), str(tmp_path / "empty")])
+    assert r.exit_code == 3 and "no image files" in r.output
+
+
+def test_eval_writes_json_only_when_asked(tmp_path, random_ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["eval", str(random_ckpt), "--limit", "16"])
+    assert r.exit_code == 0, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_cache_export_is_announced(tmp_path, random_ckpt, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sacvit_edge.classifier"):
+        EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path / "c")
+    assert "exporting" in caplog.text and str(tmp_path / "c") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sacvit_edge.classifier"):
+        EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path / "c")
+    assert "exporting" not in caplog.text  # once
