@@ -125,13 +125,15 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError,
             AttributeError, TypeError, IndexError, KeyError, io.UnsupportedOperation) as exc:
         # torch's own text advises weights_only=False, which would run the file's code: never say that
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # neither zip nor legacy pickle
+            raise CheckpointError(f"{path}: not a checkpoint (not a PyTorch file: another kind of file, or "
+                                  "truncated)") from exc
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
             raise CheckpointError(f"{path}: not a readable checkpoint: it holds pickled Python objects "
                                   "(UnpicklingError), which could run code; sacvit-edge loads only tensors and "
                                   "plain values") from exc
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{path}: not a checkpoint (not a PyTorch file: another kind of file, or "
-                                  "truncated)") from exc
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
 

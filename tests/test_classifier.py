@@ -166,7 +166,7 @@ def test_threads_equal_sequential(clf, canvases):
     (np.full((10, 10, 3), 2.0, np.float32), r"values in \[2, 2\]"),
     (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
     (np.zeros((10, 10, 3), np.int32), "dtype int32"),
-    (np.zeros((10, 10, 4), np.uint8), "4 channels"),
+    (np.zeros((10, 10, 5), np.uint8), "shape"),
     (np.zeros((10, 10, 3, 2), np.uint8), "shape"),
     (12, "unsupported image input"),
 ])
@@ -191,8 +191,11 @@ def test_bad_files(clf, tmp_path, canvases):
 
 
 def test_bad_directories_and_backends(tmp_path, random_export, random_ckpt):
-    with pytest.raises(ExportError, match="not an export directory"):
+    with pytest.raises(ExportError, match="nope: no such file or directory"):
         EdgeClassifier(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="incomplete export, manifest.json is missing"):
+        EdgeClassifier(tmp_path / "empty")
     d = tmp_path / "d"
     shutil.copytree(random_export, d)
     data = json.loads((d / "manifest.json").read_text())

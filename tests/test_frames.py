@@ -109,7 +109,10 @@ def test_error_messages_a_user_meets(tmp_path, random_export):
     assert r.exit_code == 3 and "not a checkpoint" in r.output and "weights_only" not in r.output
 
 
-def test_predict_takes_a_directory_and_shows_names_and_per_image_time(tmp_path, random_export):
+def test_predict_takes_a_directory_and_shows_names_and_per_image_time(tmp_path, random_export, monkeypatch):
+    import sacvit_edge.cli as cli
+
+    monkeypatch.setattr(cli.console, "width", 200)  # a wide terminal: nothing wraps
     d = tmp_path / "imgs"
     d.mkdir()
     for s in SAMPLES[:3]:
@@ -118,8 +121,7 @@ def test_predict_takes_a_directory_and_shows_names_and_per_image_time(tmp_path, 
     assert r.exit_code == 0, r.output
     files = [row["file"] for row in json.loads(r.output)["predictions"]]
     assert files == [str(d / s.name) for s in SAMPLES[:3]]  # sorted, full paths in JSON
-    r = runner.invoke(app, ["predict", str(random_export), str(d), "--backend", "onnxruntime", "--batch"],
-                      terminal_width=200)
+    r = runner.invoke(app, ["predict", str(random_export), str(d), "--backend", "onnxruntime", "--batch"])
     assert r.exit_code == 0 and "ms/image (batch of 3)" in r.output
     assert all(s.name in r.output for s in SAMPLES[:3]) and str(d) not in r.output  # names, not cut paths
     (tmp_path / "empty").mkdir()
