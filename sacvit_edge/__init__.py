@@ -30,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from . import classifier
 
         return getattr(classifier, name)
+    if name == "draw_prediction":
+        from .images import draw_prediction
+
+        return draw_prediction
     if name in ("ModelConfig", "preset"):
         from . import config
 
@@ -37,6 +41,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'sacvit_edge' has no attribute {name!r}")
 
 
-__all__ = ["EdgeClassifier", "Prediction", "BatchResult", "ImposedDecisions", "ModelConfig", "NEVER_EXIT",
+__all__ = ["EdgeClassifier", "Prediction", "draw_prediction", "BatchResult", "ImposedDecisions", "ModelConfig", "NEVER_EXIT",
            "SacvitError", "ConfigError", "CheckpointError", "DataError", "ImageError", "ExportError", "BackendError",
            "MissingExtraError", "__version__"]

@@ -43,6 +43,10 @@ class Prediction:
             resize, normalise), ee, host, sac, and total (everything from the call to the result).
         batch_size: images in that call; timings are the batch's, total / batch_size is this
             image's share (1: the timings are its own).
+        target_boxes: the target regions as (left, top, right, bottom) pixel rectangles in the
+            caller's frame (the resize mode undone, clipped to the frame: a cell wholly in the
+            letterbox bars has none; EXIF rotation applied for files); empty if it exited early.
+            images.draw_prediction draws them.
     """
 
     class_id: int
@@ -54,6 +58,7 @@ class Prediction:
     target_mask: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
+    target_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +103,14 @@ def _check_finite_output(logits: np.ndarray, stage: str) -> None:
                            "(re-export, or try backend='onnxruntime')")
 
 
+def _check_resize(resize: object) -> str:
+    from .images import RESIZE_MODES
+
+    if resize not in RESIZE_MODES:
+        raise ImageError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    return resize  # type: ignore[return-value]
+
+
 def _check_threads(threads: object) -> int | None:
     """None (the backend's default) or 1..CPUs this process may use: more only thrashes."""
     if threads is None:
@@ -136,6 +149,8 @@ class EdgeClassifier:
         max_pixels: images with more pixels are refused from their header, before decoding.
         color: channel order of numpy frames, "rgb" or "bgr" (OpenCV); files and PIL images are
             always decoded as RGB. predict / predict_batch take it per call too.
+        resize: how a non-square frame fits the square input: "stretch" (default, the training
+            arithmetic), "center_crop" or "letterbox" (black bars); per call too.
         group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
             images with different target counts are grouped (and padded, masked) into the
             fewest calls this cost model favours (tokens.plan_sac_groups). 0 = one call per count.
@@ -149,7 +164,7 @@ class EdgeClassifier:
     def __init__(self, path: str | Path, backend: str = "auto", eta: Eta | None = None,
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
                  group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 color: str = "rgb") -> None:
+                 color: str = "rgb", resize: str = "stretch") -> None:
         from sacvit_edge.runtimes import open_backend
 
         self.backend = None  # set last: close() and __del__ work on a half-built classifier
@@ -158,6 +173,7 @@ class EdgeClassifier:
         self.eta = validate_eta(0.0 if eta is None else eta)  # checked before any loading
         try:
             self.color = check_color(color)
+            self.resize = _check_resize(resize)
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
         threads = _check_threads(threads)
@@ -223,10 +239,12 @@ class EdgeClassifier:
                 return export_checkpoint(checkpoint, target).directory
 
     # ---- inference ----------------------------------------------------------------------
-    def preprocess(self, images: Sequence[ImageInput], color: str | None = None) -> np.ndarray:
+    def preprocess(self, images: Sequence[ImageInput], color: str | None = None, resize: str | None = None,
+                   geometries: list | None = None) -> np.ndarray:
         """Inputs -> the (B, 3, H, W) float32 batch the engines take (see images.preprocess)."""
         return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std, self.max_pixels,
-                          self.color if color is None else color)
+                          self.color if color is None else color, self.resize if resize is None else resize,
+                          geometries)
 
     def _engines(self):
         if self.backend is None:
@@ -327,7 +345,7 @@ class EdgeClassifier:
         return logits, engine_s
 
     def predict_batch(self, images: Sequence[ImageInput], eta: Eta | None = None,
-                      color: str | None = None) -> list[Prediction]:
+                      color: str | None = None, resize: str | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""
         if isinstance(images, (str, Path, np.ndarray)) or not hasattr(images, "__len__"):
             raise ImageError("predict_batch expects a sequence of images; use predict() for one image")
@@ -336,9 +354,12 @@ class EdgeClassifier:
             eta = validate_eta(eta)
         if color is not None:
             check_color(color)
+        if resize is not None:
+            _check_resize(resize)
         if len(images) == 0:
             return []
-        batch = self.preprocess(images, color)
+        geometries: list = []
+        batch = self.preprocess(images, color, resize, geometries)
         pre_ms = (time.perf_counter() - start) * 1e3
         res = self.run(batch, eta)
         gc = self.config.coarse_grid
@@ -352,12 +373,22 @@ class EdgeClassifier:
                 topk=[(int(c), self.class_names[c], float(res.probs[b, c])) for c in top],
                 exited_early=bool(res.exited[b]), num_target_tokens=int(res.counts[b]),
                 target_mask=None if res.exited[b] else res.target_mask[b].reshape(gc, gc).copy(),
-                timings=dict(timings), batch_size=len(images)))
+                timings=dict(timings), batch_size=len(images),
+                target_boxes=[] if res.exited[b] else self._boxes(res.target_mask[b], geometries[b])))
         return out
 
-    def predict(self, image: ImageInput, eta: Eta | None = None, color: str | None = None) -> Prediction:
+    def _boxes(self, mask: np.ndarray, geometry) -> list[tuple[int, int, int, int]]:
+        """Target coarse cells -> pixel rectangles in the caller's frame."""
+        cell = 2 * self.config.patch_size  # a coarse token covers 2p x 2p model pixels
+        gc = self.config.coarse_grid
+        boxes = [geometry.box(j * cell, i * cell, (j + 1) * cell, (i + 1) * cell)
+                 for i, j in (divmod(int(t), gc) for t in np.flatnonzero(mask))]
+        return [b for b in boxes if b[2] > b[0] and b[3] > b[1]]  # cells wholly in letterbox bars show nothing
+
+    def predict(self, image: ImageInput, eta: Eta | None = None, color: str | None = None,
+                resize: str | None = None) -> Prediction:
         """Classify one image."""
-        return self.predict_batch([image], eta, color)[0]
+        return self.predict_batch([image], eta, color, resize)[0]
 
     def close(self) -> None:
         """Free the engines; later calls raise BackendError. Closing twice is harmless."""

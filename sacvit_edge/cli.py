@@ -425,6 +425,8 @@ def predict(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)")] = False,
+    resize: Annotated[str, typer.Option(help="fit non-square images: stretch (as trained), center_crop, letterbox")] = "stretch",
+    save_overlay: Annotated[Optional[Path], typer.Option(help="write each image with its target regions and label drawn into DIR")] = None,
 ) -> None:
     """Classify images with EdgeClassifier. A bad image is reported on its row and the others
     are still classified; the exit code is then 3."""
@@ -434,7 +436,7 @@ def predict(
 
     with _handled():
         images = _expand_images(images)
-        clf = EdgeClassifier(source, backend=backend, eta=_eta(eta))
+        clf = EdgeClassifier(source, backend=backend, eta=_eta(eta), resize=resize)
         results: list = []  # a Prediction, or the ImageError of that file
         if batch:
             decoded: list = []
@@ -453,12 +455,21 @@ def predict(
                 except ImageError as exc:
                     results.append(exc)
     failed = sum(isinstance(r, ImageError) for r in results)
+    if save_overlay is not None:
+        with _handled():
+            from .images import draw_prediction
+
+            save_overlay.mkdir(parents=True, exist_ok=True)
+            for i, (f, p) in enumerate(zip(images, results)):
+                if not isinstance(p, ImageError):
+                    draw_prediction(f, p).save(save_overlay / f"{i:04d}_{Path(f).stem}.png")
     if as_json:
         rows = [{"file": str(f), "error": str(p)} if isinstance(p, ImageError) else
                 {"file": str(f), "class_id": p.class_id, "label": p.label, "confidence": p.confidence,
                  "exited_early": p.exited_early, "num_target_tokens": p.num_target_tokens,
-                 "topk": p.topk, "timings_ms": p.timings,
-                 "target_mask": None if p.target_mask is None else p.target_mask.astype(int).tolist()}
+                 "topk": p.topk, "timings_ms": p.timings, "batch_size": p.batch_size,
+                 "target_mask": None if p.target_mask is None else p.target_mask.astype(int).tolist(),
+                 "target_boxes": p.target_boxes}
                 for f, p in zip(images, results)]
         console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "failed": failed,
                                        "predictions": rows}))

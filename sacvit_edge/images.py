@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
 from typing import Sequence, Union
@@ -166,6 +167,56 @@ def _array_to_rgb(source: np.ndarray, max_pixels: int, color: str = "rgb") -> np
     return arr
 
 
+RESIZE_MODES = ("stretch", "center_crop", "letterbox")
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How a frame was fitted into the model's square input, to map model pixels back.
+
+    Model pixel (u, v) shows frame pixel (x0 + u * scale_x, y0 + v * scale_y); for letterbox,
+    x0/y0 are negative (the padding), and mapped boxes are clipped to the frame.
+    """
+
+    width: int
+    height: int
+    x0: float
+    y0: float
+    scale_x: float
+    scale_y: float
+
+    def box(self, u0: float, v0: float, u1: float, v1: float) -> tuple[int, int, int, int]:
+        """A model-pixel rectangle [u0, u1) x [v0, v1) -> (left, top, right, bottom) frame pixels."""
+        x0 = min(max(self.x0 + u0 * self.scale_x, 0.0), self.width)
+        x1 = min(max(self.x0 + u1 * self.scale_x, 0.0), self.width)
+        y0 = min(max(self.y0 + v0 * self.scale_y, 0.0), self.height)
+        y1 = min(max(self.y0 + v1 * self.scale_y, 0.0), self.height)
+        return int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))
+
+
+def fit_square(rgb: np.ndarray, size: int, mode: str = "stretch") -> tuple[np.ndarray, FrameGeometry]:
+    """HxWx3 uint8 -> (size x size x 3 uint8, geometry).
+
+    "stretch": resize the whole frame (the training arithmetic: the canvases are square);
+    "center_crop": the central square of side min(H, W), then resize; "letterbox": pad the
+    short side with black (the training canvases' background) to a centred square, then resize.
+    """
+    if mode not in RESIZE_MODES:
+        raise ImageError(f"resize={mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+    h, w = rgb.shape[:2]
+    if mode == "stretch" or h == w:
+        return resize_uint8(rgb, size), FrameGeometry(w, h, 0.0, 0.0, w / size, h / size)
+    side = min(h, w) if mode == "center_crop" else max(h, w)
+    x0, y0 = (w - side) // 2, (h - side) // 2
+    if mode == "center_crop":
+        square = rgb[y0:y0 + side, x0:x0 + side]
+    else:
+        square = np.zeros((side, side, 3), np.uint8)
+        square[-y0:-y0 + h, -x0:-x0 + w] = rgb
+    return resize_uint8(np.ascontiguousarray(square), size), FrameGeometry(w, h, float(x0), float(y0), side / size,
+                                                                           side / size)
+
+
 def resize_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
     """HxWx3 uint8 -> size x size x 3 uint8 (bilinear), as the training canvases are square."""
     if rgb.shape[0] == size and rgb.shape[1] == size:
@@ -181,8 +232,33 @@ def normalize(batch_uint8: np.ndarray, mean: Sequence[float], std: Sequence[floa
 
 
 def preprocess(images: Sequence[ImageInput], size: int, mean: Sequence[float], std: Sequence[float],
-               max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "rgb") -> np.ndarray:
-    """Decode, convert, resize and normalise a list of inputs -> (B, 3, size, size) float32."""
-    arrays = [resize_uint8(load_image(img, max_pixels, target_size=size, color=color), size) for img in images]
+               max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "rgb", resize: str = "stretch",
+               geometries: list | None = None) -> np.ndarray:
+    """Decode, convert, fit (resize mode) and normalise a list of inputs -> (B, 3, size, size)
+    float32. When `geometries` is a list, each input's FrameGeometry is appended to it."""
+    arrays = []
+    for img in images:
+        fitted, geometry = fit_square(load_image(img, max_pixels, target_size=size, color=color), size, resize)
+        arrays.append(fitted)
+        if geometries is not None:
+            geometries.append(geometry)
     batch = np.stack(arrays).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(normalize(batch, mean, std))
+
+
+def draw_prediction(image: ImageInput, prediction, color: str = "rgb", outline: tuple[int, int, int] = (255, 64, 32),
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The frame with the regions the model looked at closer outlined, and its label and
+    confidence written on it: a picture of a Prediction (Prediction.target_boxes)."""
+    from PIL import ImageDraw
+
+    frame = Image.fromarray(load_image(image, max_pixels, color=color))
+    draw = ImageDraw.Draw(frame)
+    width = max(1, round(min(frame.size) / 150))
+    for box in prediction.target_boxes:
+        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=outline, width=width)
+    text = f"{prediction.label} {prediction.confidence:.2f}" + (" (early exit)" if prediction.exited_early else "")
+    left, top, right, bottom = draw.textbbox((4, 4), text)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 255))
+    return frame

@@ -146,3 +146,51 @@ def test_checkpoint_cache_export_is_announced(tmp_path, random_ckpt, caplog):
     with caplog.at_level(logging.WARNING, logger="sacvit_edge.classifier"):
         EdgeClassifier(random_ckpt, backend="onnxruntime", cache_dir=tmp_path / "c")
     assert "exporting" not in caplog.text  # once
+
+
+@pytest.mark.parametrize("mode", ["stretch", "center_crop", "letterbox"])
+def test_resize_modes_and_target_boxes_in_frame_coordinates(random_export, mode):
+    """A 224x112 frame whose right half is black: the boxes map back onto the frame; with
+    center_crop every box lies in the central square, with letterbox none leaves the frame."""
+    clf = EdgeClassifier(random_export, backend="onnxruntime", eta="never", resize=mode)
+    frame = np.zeros((112, 224, 3), np.uint8)
+    frame[:, :112] = np.asarray(Image.open(SAMPLES[0]).convert("RGB"))
+    p = clf.predict(frame)
+    assert p.target_boxes and len(p.target_boxes) <= p.num_target_tokens
+    if mode != "letterbox":
+        assert len(p.target_boxes) == p.num_target_tokens  # only letterbox bars hold cells outside the frame
+    for left, top, right, bottom in p.target_boxes:
+        assert 0 <= left < right <= 224 and 0 <= top < bottom <= 112
+        if mode == "center_crop":
+            assert 56 <= left and right <= 168
+        if mode == "stretch":
+            assert right - left == 32 and bottom - top == 16  # a 16x16 model cell, stretched 2x horizontally
+    boxes = {m: EdgeClassifier(random_export, backend="onnxruntime", eta="never", resize=m).predict(frame).target_boxes
+             for m in ("stretch", "letterbox")}
+    assert boxes["stretch"] != boxes["letterbox"]  # the mode changes what the model sees
+    square = np.asarray(Image.open(SAMPLES[0]).convert("RGB"))
+    same = [EdgeClassifier(random_export, backend="onnxruntime", resize=m).predict(square) for m in
+            ("stretch", "center_crop", "letterbox")]
+    assert len({(q.class_id, round(q.confidence, 5)) for q in same}) == 1  # a square frame is the same in all modes
+    with pytest.raises(ConfigError, match="resize"):
+        EdgeClassifier(random_export, backend="onnxruntime", resize="fill")
+
+
+def test_draw_prediction_and_save_overlay(tmp_path, random_export):
+    from sacvit_edge import draw_prediction
+
+    clf = EdgeClassifier(random_export, backend="onnxruntime", eta="never")
+    p = clf.predict(SAMPLES[0])
+    img = draw_prediction(SAMPLES[0], p)
+    arr = np.asarray(img)
+    plain = np.asarray(Image.open(SAMPLES[0]).convert("RGB"))
+    assert img.size == (112, 112) and not np.array_equal(arr, plain)
+    left, top, right, bottom = p.target_boxes[0]
+    assert tuple(arr[top + 20 if top + 20 < bottom - 1 else bottom - 1, left]) == (255, 64, 32) or \
+        (arr[top:bottom, left] == (255, 64, 32)).all(axis=1).any()  # the outline is drawn on the box
+    r = runner.invoke(app, ["predict", str(random_export), str(SAMPLES[0]), str(SAMPLES[1]), "--backend", "onnxruntime",
+                            "--save-overlay", str(tmp_path / "ov")])
+    assert r.exit_code == 0, r.output
+    written = sorted(p.name for p in (tmp_path / "ov").iterdir())
+    assert written == [f"0000_{SAMPLES[0].stem}.png", f"0001_{SAMPLES[1].stem}.png"]
+    assert Image.open(tmp_path / "ov" / written[0]).size == (112, 112)
