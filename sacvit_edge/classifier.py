@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -88,6 +88,22 @@ class ImposedDecisions:
 
     exited: np.ndarray
     counts: np.ndarray
+
+
+@dataclass
+class _Pending:
+    """A batch between the two stages of run (see EdgeClassifier._start_ee)."""
+
+    batch: np.ndarray
+    ee: object
+    ee_probs: np.ndarray
+    exited: np.ndarray
+    rest: np.ndarray
+    counts: np.ndarray
+    mask: np.ndarray
+    order: np.ndarray | None
+    t0: float
+    t1: float
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -284,30 +300,42 @@ class EdgeClassifier:
             timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings}
             return BatchResult(*(np.concatenate([getattr(p, f) for p in parts])
                                  for f in ("probs", "ee_probs", "exited", "counts", "target_mask")), timings=timings)
+        return self._finish_sac(self._start_ee(batch, eta_value, imposed))
+
+    def _start_ee(self, batch: np.ndarray, eta_value: float, imposed: ImposedDecisions | None) -> "_Pending":
+        """Stage 1 of run: EE engine, gate, split. A stream runs it for frame t+1 while stage 2
+        of frame t is still in its SAC engine."""
         cfg = self.config
         t0 = time.perf_counter()
-        ee = backend.run_ee(batch)
+        ee = self._engines().run_ee(batch)
         t1 = time.perf_counter()
         _check_finite_output(ee.logits, "EE")
         ee_probs = _softmax(ee.logits)
-        probs = ee_probs.copy()
         exited = gate(ee_probs, eta_value) if imposed is None else imposed.exited.copy()
         rest = np.flatnonzero(~exited)
         counts = np.zeros(len(batch), dtype=np.int64)
         mask = np.zeros((len(batch), cfg.num_coarse), dtype=bool)
-        sac_s = 0.0
+        order = None
         if rest.size:
             split = select_targets(ee.gca[rest], cfg)
-            rest_counts = split.counts if imposed is None else imposed.counts[rest]
-            counts[rest] = rest_counts
-            mask[rest] = Split(split.order, rest_counts).target_mask(cfg.num_coarse)
-            logits, sac_s = self.run_sac_stage(batch, ee, rest, split.order, rest_counts)
+            order = split.order
+            counts[rest] = split.counts if imposed is None else imposed.counts[rest]
+            mask[rest] = Split(order, counts[rest]).target_mask(cfg.num_coarse)
+        return _Pending(batch, ee, ee_probs, exited, rest, counts, mask, order, t0, t1)
+
+    def _finish_sac(self, p: "_Pending") -> BatchResult:
+        """Stage 2 of run: the SAC engine on the images that did not exit, and the timings."""
+        probs = p.ee_probs.copy()
+        sac_s = 0.0
+        if p.rest.size:
+            logits, sac_s = self.run_sac_stage(p.batch, p.ee, p.rest, p.order, p.counts[p.rest])
             _check_finite_output(logits, "SAC")
-            probs[rest] = _softmax(logits)
-        total = time.perf_counter() - t0
-        ee_ms, sac_ms, total_ms = (t1 - t0) * 1e3, sac_s * 1e3, total * 1e3
+            probs[p.rest] = _softmax(logits)
+        total = time.perf_counter() - p.t0
+        ee_ms, sac_ms, total_ms = (p.t1 - p.t0) * 1e3, sac_s * 1e3, total * 1e3
         timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
-        return BatchResult(probs=probs, ee_probs=ee_probs, exited=exited, counts=counts, target_mask=mask, timings=timings)
+        return BatchResult(probs=probs, ee_probs=p.ee_probs, exited=p.exited, counts=p.counts, target_mask=p.mask,
+                           timings=timings)
 
     def _check_imposed(self, imposed: ImposedDecisions, batch: int) -> ImposedDecisions:
         exited = np.asarray(imposed.exited)
@@ -361,21 +389,47 @@ class EdgeClassifier:
         geometries: list = []
         batch = self.preprocess(images, color, resize, geometries)
         pre_ms = (time.perf_counter() - start) * 1e3
-        res = self.run(batch, eta)
+        return self._predictions(self.run(batch, eta), geometries, pre_ms, start)
+
+    def _predictions(self, res: BatchResult, geometries: list, pre_ms: float, start: float) -> list[Prediction]:
         gc = self.config.coarse_grid
-        out = []
+        n = len(res.probs)
         timings = {"preprocess": pre_ms, **{k: v for k, v in res.timings.items() if k != "total"},
                    "total": (time.perf_counter() - start) * 1e3}  # everything from the call to the result
-        for b in range(len(images)):
+        out = []
+        for b in range(n):
             top = np.argsort(-res.probs[b], kind="stable")[: self.topk]
             out.append(Prediction(
                 class_id=int(top[0]), label=self.class_names[top[0]], confidence=float(res.probs[b, top[0]]),
                 topk=[(int(c), self.class_names[c], float(res.probs[b, c])) for c in top],
                 exited_early=bool(res.exited[b]), num_target_tokens=int(res.counts[b]),
                 target_mask=None if res.exited[b] else res.target_mask[b].reshape(gc, gc).copy(),
-                timings=dict(timings), batch_size=len(images),
+                timings=dict(timings), batch_size=n,
                 target_boxes=[] if res.exited[b] else self._boxes(res.target_mask[b], geometries[b])))
         return out
+
+    def stream(self, frames: Iterable, *, max_inflight: int = 2, drop: str = "none", overlap: bool = True,
+               eta: Eta | None = None, color: str | None = None, resize: str | None = None) -> "FrameStream":
+        """Classify a stream of frames (a generator, an OpenCV capture wrapped in a generator, a
+        list): an iterator over (frame_index, frame, Prediction), in order.
+
+        A reader thread pulls frames into a queue of at most `max_inflight`. drop="oldest": a full
+        queue discards its oldest frame (a live camera never builds a backlog; FrameStream.dropped
+        counts them); "none": the reader waits. overlap=True runs frame t+1's decoding and EE
+        stage in a second thread while frame t is in its SAC stage (ONNX Runtime releases the GIL
+        during a run); see scripts/stream_bench.py for when that wins. FrameStream.monitor has
+        rolling latency (frame read -> result), fps and exit rate.
+        """
+        if drop not in ("none", "oldest"):
+            raise ConfigError(f"drop={drop!r}: expected 'none' or 'oldest'")
+        if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
+            raise ConfigError(f"max_inflight={max_inflight!r} must be a positive integer")
+        eta_value = self.eta if eta is None else validate_eta(eta)
+        if color is not None:
+            check_color(color)
+        if resize is not None:
+            _check_resize(resize)
+        return FrameStream(self, frames, max_inflight, drop, overlap, eta_value, color, resize)
 
     def _boxes(self, mask: np.ndarray, geometry) -> list[tuple[int, int, int, int]]:
         """Target coarse cells -> pixel rectangles in the caller's frame."""
@@ -404,3 +458,126 @@ class EdgeClassifier:
 
     def __repr__(self) -> str:
         return f"EdgeClassifier({self.manifest.directory}, backend={self.backend_name!r}, eta={describe_eta(self.eta)})"
+
+
+class LatencyMonitor:
+    """Rolling statistics an app can show: latency p50/p99 (ms), fps and exit rate over the last
+    `window` frames."""
+
+    def __init__(self, window: int = 100) -> None:
+        from collections import deque
+
+        self._done: deque = deque(maxlen=window)  # (finish time, latency ms, exited)
+        self.frames = 0
+
+    def add(self, latency_ms: float, exited: bool) -> None:
+        self._done.append((time.perf_counter(), latency_ms, exited))
+        self.frames += 1
+
+    def snapshot(self) -> dict[str, float]:
+        if not self._done:
+            return {"frames": self.frames, "p50_ms": 0.0, "p99_ms": 0.0, "fps": 0.0, "exit_rate": 0.0}
+        t, lat, ex = zip(*self._done)
+        span = t[-1] - t[0]
+        return {"frames": self.frames, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                "fps": (len(t) - 1) / span if span > 0 else 0.0, "exit_rate": float(np.mean(ex))}
+
+
+class FrameStream:
+    """The iterator EdgeClassifier.stream returns (see there)."""
+
+    def __init__(self, clf: EdgeClassifier, frames: Iterable, max_inflight: int, drop: str, overlap: bool,
+                 eta: float, color: str | None, resize: str | None) -> None:
+        import threading
+        from collections import deque
+
+        self.clf, self.frames, self.max_inflight, self.drop, self.overlap = clf, frames, max_inflight, drop, overlap
+        self.eta, self.color, self.resize = eta, color, resize
+        self.dropped = 0
+        self.monitor = LatencyMonitor()
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threading = threading
+
+    def _read(self) -> None:
+        """Reader thread: frames -> the bounded queue; ends with a None marker (or an exception)."""
+        try:
+            for item in enumerate(self.frames):
+                arrived = time.perf_counter()
+                with self._cond:
+                    while len(self._queue) >= self.max_inflight and self.drop == "none" and not self._stop.is_set():
+                        self._cond.wait(0.1)
+                    if self._stop.is_set():
+                        return
+                    if len(self._queue) >= self.max_inflight:  # drop == "oldest"
+                        self._queue.popleft()
+                        self.dropped += 1
+                    self._queue.append((*item, arrived))
+                    self._cond.notify_all()
+            end: object = None
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            end = exc
+        with self._cond:
+            self._queue.append(end)
+            self._cond.notify_all()
+
+    def _take(self):
+        with self._cond:
+            while not self._queue:
+                self._cond.wait()
+            item = self._queue.popleft()
+            self._cond.notify_all()
+            return item
+
+    def _stage_one(self, item):
+        """Decode/fit/normalise and the EE stage of one frame."""
+        index, frame, arrived = item
+        start = time.perf_counter()
+        geometries: list = []
+        batch = self.clf.preprocess([frame], self.color, self.resize, geometries)
+        pre_ms = (time.perf_counter() - start) * 1e3
+        return index, frame, arrived, start, pre_ms, geometries, self.clf._start_ee(batch, self.eta, None)
+
+    def _stage_two(self, staged) -> tuple[int, object, Prediction]:
+        index, frame, arrived, start, pre_ms, geometries, pending = staged
+        pred = self.clf._predictions(self.clf._finish_sac(pending), geometries, pre_ms, start)[0]
+        self.monitor.add((time.perf_counter() - arrived) * 1e3, pred.exited_early)
+        return index, frame, pred
+
+    def __iter__(self) -> Iterator[tuple[int, object, Prediction]]:
+        reader = self._threading.Thread(target=self._read, name="sacvit-stream-reader", daemon=True)
+        reader.start()
+        try:
+            if not self.overlap:
+                while (item := self._take()) is not None:
+                    if isinstance(item, Exception):
+                        raise item
+                    yield self._stage_two(self._stage_one(item))
+                return
+            import queue
+
+            staged: queue.Queue = queue.Queue(maxsize=1)  # EE of frame t+1 runs while frame t is in SAC
+
+            def first_stage() -> None:
+                while not self._stop.is_set():
+                    item = self._take()
+                    if item is None or isinstance(item, Exception):
+                        staged.put(item)
+                        return
+                    try:
+                        staged.put(self._stage_one(item))
+                    except Exception as exc:  # noqa: BLE001 - raised in the consumer
+                        staged.put(exc)
+                        return
+
+            worker = self._threading.Thread(target=first_stage, name="sacvit-stream-ee", daemon=True)
+            worker.start()
+            while (s := staged.get()) is not None:
+                if isinstance(s, Exception):
+                    raise s
+                yield self._stage_two(s)
+        finally:
+            self._stop.set()
+            with self._cond:
+                self._cond.notify_all()

@@ -194,3 +194,66 @@ def test_draw_prediction_and_save_overlay(tmp_path, random_export):
     written = sorted(p.name for p in (tmp_path / "ov").iterdir())
     assert written == [f"0000_{SAMPLES[0].stem}.png", f"0001_{SAMPLES[1].stem}.png"]
     assert Image.open(tmp_path / "ov" / written[0]).size == (112, 112)
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    return [np.asarray(Image.open(SAMPLES[i % len(SAMPLES)]).convert("RGB")) for i in range(n)]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_stream_equals_predict_in_order(random_export, overlap):
+    frames = _frames(12)
+    probe = EdgeClassifier(random_export, backend="onnxruntime", eta="never").run(
+        EdgeClassifier(random_export, backend="onnxruntime").preprocess(frames))
+    eta = float(np.median(probe.ee_probs.max(1)))  # about half the frames exit
+    clf = EdgeClassifier(random_export, backend="onnxruntime", eta=eta)
+    expected = [clf.predict(f) for f in frames]
+    s = clf.stream(iter(frames), overlap=overlap)
+    got = list(s)
+    assert [i for i, _, _ in got] == list(range(12)) and s.dropped == 0
+    for (_, frame, p), e in zip(got, expected):
+        assert (p.class_id, p.num_target_tokens, p.target_boxes) == (e.class_id, e.num_target_tokens, e.target_boxes)
+        assert abs(p.confidence - e.confidence) < 1e-6
+    assert {p.exited_early for _, _, p in got} == {True, False}
+    snap = s.monitor.snapshot()
+    assert snap["frames"] == 12 and snap["fps"] > 0 and 0 < snap["p50_ms"] <= snap["p99_ms"]
+    assert snap["exit_rate"] == pytest.approx(np.mean([e.exited_early for e in expected]))
+
+
+def test_stream_drops_oldest_frames_instead_of_building_a_backlog(random_export):
+    """A camera that delivers faster than the consumer: with drop='oldest' frames are skipped
+    (counted), the ones delivered are the newest, and nothing waits in a growing queue."""
+    clf = EdgeClassifier(random_export, backend="onnxruntime")
+    frames = _frames(40)
+
+    def camera():
+        for f in frames:
+            time.sleep(0.002)  # 500 fps
+            yield f
+
+    s = clf.stream(camera(), max_inflight=2, drop="oldest")
+    seen = []
+    for i, _, _ in s:
+        seen.append(i)
+        time.sleep(0.03)  # a slow app
+    assert s.dropped > 0 and len(seen) + s.dropped == 40
+    assert seen == sorted(seen) and seen[-1] == 39  # in order, and the last frame is not lost
+    s = clf.stream(camera(), max_inflight=2, drop="none")
+    assert [i for i, _, _ in s] == list(range(40)) and s.dropped == 0
+
+
+def test_stream_errors(random_export):
+    clf = EdgeClassifier(random_export, backend="onnxruntime")
+    for overlap in (False, True):
+        with pytest.raises(ImageError, match="shape"):
+            list(clf.stream([_frames(1)[0], np.zeros((3, 3, 3, 3), np.uint8)], overlap=overlap))
+
+    def broken():
+        yield _frames(1)[0]
+        raise OSError("camera unplugged")
+
+    with pytest.raises(OSError, match="unplugged"):
+        list(clf.stream(broken()))
+    for bad in (dict(drop="newest"), dict(max_inflight=0), dict(eta=2)):
+        with pytest.raises(ConfigError):
+            clf.stream([], **bad)
