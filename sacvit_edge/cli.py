@@ -386,6 +386,42 @@ def export(
     console.print(f"wrote {out}")
 
 
+def _predict_frames(source: Path, stream_source, eta, backend: str, as_json: bool, resize: str,
+                    save_overlay: Optional[Path], max_frames: Optional[int]) -> None:
+    """predict --video / --camera: stream the frames, a table (or JSON) of frames and a summary."""
+    from .classifier import EdgeClassifier
+    from .images import draw_prediction
+    from .video import open_frames
+
+    rows = []
+    with _handled():
+        clf = EdgeClassifier(source, backend=backend, eta=_eta(eta), resize=resize, color="bgr")
+        frames = open_frames(stream_source, max_frames)
+        live = isinstance(stream_source, int)
+        s = clf.stream(frames, drop="oldest" if live else "none", max_inflight=1 if live else 2)
+        if save_overlay is not None:
+            save_overlay.mkdir(parents=True, exist_ok=True)
+        for i, frame, p in s:
+            rows.append({"frame": i, "label": p.label, "confidence": p.confidence, "exited_early": p.exited_early,
+                         "num_target_tokens": p.num_target_tokens, "target_boxes": p.target_boxes})
+            if save_overlay is not None:
+                draw_prediction(frame, p, color="bgr").save(save_overlay / f"frame_{i:06d}.png")
+        summary = {**s.monitor.snapshot(), "dropped": s.dropped}
+    if as_json:
+        console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "summary": summary,
+                                       "frames": rows}))
+        return
+    table = Table("frame", "label", "confidence", "exited early", "target tokens",
+                  title=f"{stream_source}: backend {clf.backend_name}, eta {describe_eta(clf.eta)}")
+    shown = rows if len(rows) <= 50 else rows[:25] + rows[-25:]
+    for r in shown:
+        table.add_row(str(r["frame"]), r["label"], f"{r['confidence']:.3f}", "yes" if r["exited_early"] else "no",
+                      str(r["num_target_tokens"]))
+    console.print(table)
+    console.print(f"{len(rows)} frames, {summary['fps']:.1f} frames/s, latency p50 {summary['p50_ms']:.2f} ms "
+                  f"p99 {summary['p99_ms']:.2f} ms, exit rate {summary['exit_rate']:.3f}, dropped {summary['dropped']}")
+
+
 def _expand_images(paths: list[Path]) -> list[Path]:
     """Image arguments: files as given, a directory as its image files (sorted, recursively)."""
     from .errors import ImageError
@@ -420,7 +456,10 @@ def _predict_table(files: list[str], preds, title: str, batch: int = 1) -> Table
 @app.command()
 def predict(
     source: Annotated[Path, typer.Argument(help="export directory or model.pt")],
-    images: Annotated[list[Path], typer.Argument(help="image files")],
+    images: Annotated[Optional[list[Path]], typer.Argument(help="image files or directories")] = None,
+    video: Annotated[Optional[Path], typer.Option(help="a video file to classify frame by frame ([video] extra)")] = None,
+    camera: Annotated[Optional[int], typer.Option(help="a camera index to classify live ([video] extra)")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help="stop a video or camera after N frames")] = None,
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
@@ -434,8 +473,14 @@ def predict(
     from .errors import ImageError
     from .images import load_image
 
+    if sum(x is not None and x != [] for x in (images, video, camera)) != 1:
+        _fail(ConfigError("give image files or directories, or --video FILE, or --camera N (one of them)"))
+    if video is not None or camera is not None:
+        _predict_frames(source, video if video is not None else camera, eta, backend, as_json, resize, save_overlay,
+                        max_frames)
+        return
     with _handled():
-        images = _expand_images(images)
+        images = _expand_images(images or [])
         clf = EdgeClassifier(source, backend=backend, eta=_eta(eta), resize=resize)
         results: list = []  # a Prediction, or the ImageError of that file
         if batch:

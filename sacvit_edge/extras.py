@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("torch", "onnx"),
     "train": ("torch",),
     "bench": ("torch", "onnx", "matplotlib"),
+    "video": ("cv2",),
     "tensorrt": ("tensorrt", "torch"),  # torch: CUDA buffers, until they move to cuda-python
 }
 
