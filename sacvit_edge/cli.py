@@ -92,7 +92,7 @@ ETA_HELP = "exit threshold in [0, 1], or 'never' (every image to the SAC stage)"
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log library messages")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log library messages", metavar="")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -212,7 +212,7 @@ def profile(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
     batch: Annotated[int, typer.Option(help="images per call")] = 1,
     images: Annotated[Optional[Path], typer.Option(help="folder of images to time on")] = None,
-    synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (also what runs without --images)")] = False,
+    synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (also what runs without --images)", metavar="")] = False,
     warmup: Annotated[int, typer.Option(help="untimed calls first")] = 10,
     iters: Annotated[int, typer.Option(help="timed calls")] = 100,
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
@@ -273,7 +273,7 @@ def bench(
     etas: Annotated[str, typer.Option(help="comma-separated exit thresholds")] = ",".join(map(str, DEFAULT_ETAS)),
     backends: Annotated[str, typer.Option(help="comma-separated; unavailable ones are skipped")] = "onnxruntime,pytorch,tensorrt,pytorch-cuda",
     threads: Annotated[Optional[int], typer.Option()] = None,
-    paper_geometry: Annotated[bool, typer.Option(help="also time deit_s_224 geometry")] = True,
+    paper_geometry: Annotated[bool, typer.Option(help="also time deit_s_224 geometry", metavar="")] = True,
 ) -> None:
     """DeiT vs SAC-ViT vs CF-ViT / LF-ViT modes, one run: JSON, Markdown table and PNG plot."""
     try:
@@ -305,7 +305,7 @@ def tune_eta_cmd(
     tolerance: Annotated[float, typer.Option(help="accuracy points the early exit may cost vs the SAC head")] = 0.25,
     val_items: Annotated[int, typer.Option(help="held-out items: the LAST N of the train split")] = 5000,
     seed: Annotated[int, typer.Option(help="layout seed of the validation canvases")] = 1,
-    dry_run: Annotated[bool, typer.Option(help="only print the choice")] = False,
+    dry_run: Annotated[bool, typer.Option(help="only print the choice", metavar="")] = False,
 ) -> None:
     """Choose the default exit threshold on held-out canvases (never the test split)."""
     try:
@@ -361,7 +361,7 @@ def export(
     k_min: Annotated[Optional[int], typer.Option(help="smallest target count (default: the checkpoint's)")] = None,
     k_max: Annotated[Optional[int], typer.Option(help="largest target count (default: the checkpoint's)")] = None,
     exporter: Annotated[str, typer.Option(help="torchscript (default) or dynamo")] = "torchscript",
-    with_checkpoint: Annotated[bool, typer.Option(help="copy model.pt into the export (the pytorch backend runs from it)")] = True,
+    with_checkpoint: Annotated[bool, typer.Option(help="copy model.pt into the export (the pytorch backend runs from it)", metavar="")] = True,
 ) -> None:
     """Split a trained SAC-ViT into ee.onnx + sac.onnx with a manifest."""
     if exporter not in ("torchscript", "dynamo"):
@@ -462,8 +462,8 @@ def predict(
     max_frames: Annotated[Optional[int], typer.Option(help="stop a video or camera after N frames")] = None,
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table", metavar="")] = False,
+    batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)", metavar="")] = False,
     resize: Annotated[str, typer.Option(help="fit non-square images: stretch (as trained), center_crop, letterbox")] = "stretch",
     save_overlay: Annotated[Optional[Path], typer.Option(help="write each image with its target regions and label drawn into DIR")] = None,
 ) -> None:

@@ -257,3 +257,9 @@ def test_stream_errors(random_export):
     for bad in (dict(drop="newest"), dict(max_inflight=0), dict(eta=2)):
         with pytest.raises(ConfigError):
             clf.stream([], **bad)
+
+
+def test_help_shows_flags_as_flags():
+    for cmd in ([], ["predict"], ["export"], ["profile"], ["bench"], ["tune-eta"], ["train"], ["eval"], ["demo"]):
+        r = runner.invoke(app, [*cmd, "--help"])
+        assert r.exit_code == 0 and "<bool>" not in r.output, cmd
