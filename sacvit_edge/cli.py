@@ -19,7 +19,7 @@ from .bench import DEFAULT_ETAS
 from .errors import BackendError, ConfigError, SacvitError
 from .gate import describe_eta
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Deploy SAC-ViT classifiers on edge hardware.\n\nExit codes: 0 ok, 1 internal error (a bug), "
                        "2 usage (a bad option), 3 bad input (an image, checkpoint or export; or some inputs failed), "
                        "4 environment (a missing extra, backend or GPU).")
