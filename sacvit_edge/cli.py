@@ -156,7 +156,8 @@ def train(
             result = run_train(model_cfg, tcfg, train_set, out, init_state=init_state, eval_dataset=test_set,
                                on_step=on_step, metadata=meta)
         if result.history:
-            keys = [k for k in result.history[0] if not isinstance(result.history[0][k], (dict, list))]
+            wanted = ("epoch", "loss", "lr", "top1_ee", "top1_sac", "top1", "exit_rate", "mean_target_tokens", "elapsed_s")
+            keys = [k for k in wanted if k in result.history[0]]  # the rest is in the log next to the checkpoint
             table = Table(*keys, title="per epoch")
             for row in result.history:
                 table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))

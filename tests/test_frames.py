@@ -263,3 +263,16 @@ def test_help_shows_flags_as_flags():
     for cmd in ([], ["predict"], ["export"], ["profile"], ["bench"], ["tune-eta"], ["train"], ["eval"], ["demo"]):
         r = runner.invoke(app, [*cmd, "--help"])
         assert r.exit_code == 0 and "<bool>" not in r.output, cmd
+
+
+def test_cli_texts_a_user_meets(tmp_path):
+    r = runner.invoke(app, ["profile", "--help"])
+    assert "also what runs without --images" in r.output
+    r = runner.invoke(app, ["train", "--help"])
+    for text in ("passes over the training set", "images per optimiser step", "smallest target count",
+                 "largest target count"):
+        assert text in " ".join(r.output.split()), text
+    r = runner.invoke(app, ["train", "-o", str(tmp_path / "t.pt"), "--limit", "64", "--epochs", "1", "--batch-size",
+                            "32", "--eval-limit", "32", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "per epoch" in r.output and "{'epoch'" not in r.output  # a table, not raw dicts
