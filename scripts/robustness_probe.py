@@ -50,6 +50,14 @@ def mutate(obj: Any, path: tuple, value: Any) -> Any:
     return out
 
 
+def tally(counts: dict[str, int], result: str, label: str) -> None:
+    """Count one case; print it when it was not refused (a defect, or a harmless valid value)."""
+    counts[result] = counts.get(result, 0) + 1
+    counts["cases"] = counts.get("cases", 0) + 1
+    if result != "refused":
+        print(f"{result}: {label}")
+
+
 def outcome(fn) -> str:
     try:
         fn()
@@ -63,7 +71,6 @@ def outcome(fn) -> str:
 def probe_exports(src: Path, work: Path) -> dict[str, int]:
     original = json.loads((src / "manifest.json").read_text())
     counts: dict[str, int] = {}
-    cases = 0
     image = np.zeros((112, 112, 3), np.uint8)
 
     def load(d: Path) -> None:
@@ -85,11 +92,7 @@ def probe_exports(src: Path, work: Path) -> dict[str, int]:
         shutil.copytree(src, d)
         text = "[" * 100_000 + "]" * 100_000 if data == "deep" else data if isinstance(data, str) else json.dumps(data)
         (d / "manifest.json").write_text(text)
-        r = outcome(lambda: load(d))
-        counts[r] = counts.get(r, 0) + 1
-        cases += 1
-        if r != "refused":
-            print(f"{r}: {label}")
+        tally(counts, outcome(lambda: load(d)), label)
         shutil.rmtree(d)
     for name in files:
         for how in ("truncate-half", "truncate-10", "delete", "zero-byte", "flip-byte"):
@@ -107,13 +110,8 @@ def probe_exports(src: Path, work: Path) -> dict[str, int]:
                 f.write_bytes(b"")
             else:
                 f.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
-            r = outcome(lambda: load(d))
-            counts[r] = counts.get(r, 0) + 1
-            cases += 1
-            if r != "refused":
-                print(f"{r}: file {name} {how}")
+            tally(counts, outcome(lambda: load(d)), f"file {name} {how}")
             shutil.rmtree(d)
-    counts["cases"] = cases
     return counts
 
 
@@ -124,7 +122,6 @@ def probe_checkpoints(src: Path, work: Path) -> dict[str, int]:
 
     raw = torch.load(src, weights_only=True)
     counts: dict[str, int] = {}
-    cases = 0
     skip = ("state_dict",)  # tensors: covered by the shape/finite checks and tests
     for path in leaves({k: v for k, v in raw.items() if k not in skip}):
         if not path or path[0] == "training":
@@ -135,19 +132,13 @@ def probe_checkpoints(src: Path, work: Path) -> dict[str, int]:
                 continue
             f = work / "c.pt"
             torch.save(data, f)
-            r = outcome(lambda: load_checkpoint(f))
-            counts[r] = counts.get(r, 0) + 1
-            cases += 1
-            if r != "refused":
-                print(f"{r}: checkpoint {'.'.join(map(str, path))} = {value if value is not DELETE else 'deleted'}")
+            tally(counts, outcome(lambda: load_checkpoint(f)),
+                  f"checkpoint {'.'.join(map(str, path))} = {value if value is not DELETE else 'deleted'}")
     for name, tensor_edit in (("nan", float("nan")), ("inf", float("inf"))):
         data = copy.deepcopy(raw)
         data["state_dict"]["head.weight"][0, 0] = tensor_edit
         torch.save(data, work / "c.pt")
-        r = outcome(lambda: load_checkpoint(work / "c.pt"))
-        counts[r] = counts.get(r, 0) + 1
-        cases += 1
-    counts["cases"] = cases
+        tally(counts, outcome(lambda: load_checkpoint(work / "c.pt")), f"checkpoint head.weight {name}")
     return counts
 
 
