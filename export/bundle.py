@@ -26,7 +26,7 @@ require_extra("export", "exporting a checkpoint")
 import onnx  # noqa: E402
 import torch  # noqa: E402
 
-from sacvit_edge.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
 from sacvit_edge.config import ModelConfig  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
 from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST, MANIFEST_DIGEST_KEY,  # noqa: E402
@@ -42,9 +42,9 @@ __all__ = ["export_checkpoint", "Manifest", "read_manifest"]
 
 def _check_finite(ckpt: Checkpoint) -> None:
     """Refuse weights or normalisation that would make every answer NaN (checked at load too)."""
-    for name, value in ckpt.model.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ExportError(f"{ckpt.path}: weight {name!r} holds NaN or inf values; refusing to export it")
+    bad = first_nonfinite(ckpt.model.state_dict())
+    if bad:
+        raise ExportError(f"{ckpt.path}: weight {bad!r} holds NaN or inf values; refusing to export it")
     if not all(math.isfinite(x) for x in (*ckpt.mean, *ckpt.std)) or min(ckpt.std) <= 0:
         raise ExportError(f"{ckpt.path}: input normalisation mean={ckpt.mean} std={ckpt.std} is not finite and positive")
 

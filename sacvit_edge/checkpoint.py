@@ -79,6 +79,14 @@ def save_checkpoint(path: str | Path, model: VisionTransformer, class_names: lis
     return path
 
 
+def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, or None."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of the file's bytes: identifies the exact weights an export came from."""
     from .manifest import sha256_file
@@ -169,9 +177,10 @@ def checkpoint_from_dict(raw: Any, path: Path | None = None) -> Checkpoint:
         if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CheckpointError(f"{where}: {key!r} has shape {shape}, config needs {tuple(own[key].shape)}")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{where}: weight {key!r} holds NaN or inf values (a diverged training?); "
-                                  "every prediction would be NaN")
+    bad = first_nonfinite(state)
+    if bad:
+        raise CheckpointError(f"{where}: weight {bad!r} holds NaN or inf values (a diverged training?); "
+                              "every prediction would be NaN")
     model.load_state_dict(state)
     model.eval()
     names = raw["class_names"]

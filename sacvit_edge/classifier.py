@@ -22,7 +22,7 @@ import numpy as np
 from .clustering import Split, select_targets
 from .errors import BackendError, ConfigError, ExportError, ImageError
 from .gate import Eta, describe_eta, gate, validate_eta
-from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, preprocess
+from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize, preprocess
 from .manifest import MANIFEST_VERSION, read_manifest
 from .tokens import build_sac_group, crop_target_patches, plan_sac_groups
 
@@ -119,14 +119,6 @@ def _check_finite_output(logits: np.ndarray, stage: str) -> None:
                            "(re-export, or try backend='onnxruntime')")
 
 
-def _check_resize(resize: object) -> str:
-    from .images import RESIZE_MODES
-
-    if resize not in RESIZE_MODES:
-        raise ImageError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
-    return resize  # type: ignore[return-value]
-
-
 def _check_threads(threads: object) -> int | None:
     """None (the backend's default) or 1..CPUs this process may use: more only thrashes."""
     if threads is None:
@@ -186,10 +178,11 @@ class EdgeClassifier:
         self.backend = None  # set last: close() and __del__ work on a half-built classifier
         if not isinstance(path, (str, Path)) or str(path) == "":
             raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
-        self.eta = validate_eta(0.0 if eta is None else eta)  # checked before any loading
+        if eta is not None:
+            validate_eta(eta)  # checked before any loading
         try:
             self.color = check_color(color)
-            self.resize = _check_resize(resize)
+            self.resize = check_resize(resize)
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
         threads = _check_threads(threads)
@@ -383,7 +376,7 @@ class EdgeClassifier:
         if color is not None:
             check_color(color)
         if resize is not None:
-            _check_resize(resize)
+            check_resize(resize)
         if len(images) == 0:
             return []
         geometries: list = []
@@ -428,7 +421,7 @@ class EdgeClassifier:
         if color is not None:
             check_color(color)
         if resize is not None:
-            _check_resize(resize)
+            check_resize(resize)
         return FrameStream(self, frames, max_inflight, drop, overlap, eta_value, color, resize)
 
     def _boxes(self, mask: np.ndarray, geometry) -> list[tuple[int, int, int, int]]:
@@ -469,10 +462,12 @@ class LatencyMonitor:
 
         self._done: deque = deque(maxlen=window)  # (finish time, latency ms, exited)
         self.frames = 0
+        self.last_ms = 0.0  # the latest frame's latency
 
     def add(self, latency_ms: float, exited: bool) -> None:
         self._done.append((time.perf_counter(), latency_ms, exited))
         self.frames += 1
+        self.last_ms = latency_ms
 
     def snapshot(self) -> dict[str, float]:
         if not self._done:

@@ -121,7 +121,7 @@ def train(
     coarse_resample: Annotated[Optional[str], typer.Option(help="'avgpool' (default) or 'bilinear_align_corners'")] = None,
 ) -> None:
     """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
-    try:
+    with _handled():
         from .extras import require_extra
 
         require_extra("train", "sacvit-edge train")
@@ -163,10 +163,6 @@ def train(
                 table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))
             console.print(table)
         console.print(f"wrote {out}")
-    except Exception as exc:  # noqa: BLE001 - see _handled
-        if isinstance(exc, (typer.Exit, typer.Abort)):
-            raise
-        _fail(exc)
 
 
 @app.command("eval")
@@ -178,7 +174,7 @@ def eval_cmd(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results to this JSON file")] = None,
 ) -> None:
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
-    try:
+    with _handled():
         from .extras import require_extra
 
         require_extra("train", "sacvit-edge eval")
@@ -201,10 +197,6 @@ def eval_cmd(
         if json_out is not None:
             json_out.write_text(json.dumps(res, indent=2))
             console.print(f"wrote {json_out}")
-    except Exception as exc:  # noqa: BLE001 - see _handled
-        if isinstance(exc, (typer.Exit, typer.Abort)):
-            raise
-        _fail(exc)
 
 
 @app.command()
@@ -230,17 +222,13 @@ def profile(
         _fail(ConfigError("--images and --synthetic exclude each other"))
     if batch < 1 or iters < 1 or warmup < 0:
         _fail(ConfigError(f"need --batch >= 1, --iters >= 1, --warmup >= 0 (got {batch}, {iters}, {warmup})"))
-    try:
+    with _handled():
         clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads)
         batches = load_image_batches(images, clf, batch)
         with _progress() as progress:
             task = progress.add_task("profile", total=iters, info=clf.backend_name)
             rep = run_profile(clf, batches, ProfileConfig(batch=batch, warmup=warmup, iters=iters, eta=eta_value),
                               on_iter=lambda i, n: progress.update(task, completed=i))
-    except Exception as exc:  # noqa: BLE001 - see _handled
-        if isinstance(exc, (typer.Exit, typer.Abort)):
-            raise
-        _fail(exc)
     table = Table("", "count", "mean", "stdev", "p50", "p90", "p99", title=f"{source} on {clf.backend_name}, batch {batch} (ms)")
     for name, st in (("per call", rep.latency_ms), *((f"  {k}", v) for k, v in rep.stages_ms.items())):
         table.add_row(name, str(st["count"]), *(f"{st[q]:.3f}" for q in ("mean", "stdev", "p50", "p90", "p99")))
@@ -277,7 +265,7 @@ def bench(
     paper_geometry: Annotated[bool, typer.Option(help="also time deit_s_224 geometry", metavar="")] = True,
 ) -> None:
     """DeiT vs SAC-ViT vs CF-ViT / LF-ViT modes, one run: JSON, Markdown table and PNG plot."""
-    try:
+    with _handled():
         from .extras import require_extra
 
         require_extra("bench", "sacvit-edge bench")
@@ -291,10 +279,6 @@ def bench(
         with err.status("benchmarking") as status:
             result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
         paths = write_reports(result, out)
-    except Exception as exc:  # noqa: BLE001 - see _handled
-        if isinstance(exc, (typer.Exit, typer.Abort)):
-            raise
-        _fail(exc)
     console.print(markdown(result))
     console.print_json(json.dumps({k: v for k, v in result["targets"].items() if k != "sac_point"}, default=str))
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -309,7 +293,7 @@ def tune_eta_cmd(
     dry_run: Annotated[bool, typer.Option(help="only print the choice", metavar="")] = False,
 ) -> None:
     """Choose the default exit threshold on held-out canvases (never the test split)."""
-    try:
+    with _handled():
         from .extras import require_extra
 
         require_extra("train", "sacvit-edge tune-eta")
@@ -324,10 +308,6 @@ def tune_eta_cmd(
         val = ClutteredFashionMNIST("train", seed=seed, offset=60000 - val_items, limit=val_items)
         with err.status("sweeping eta"):
             eta, rows = tune_eta(ck.model, val, tolerance)
-    except Exception as exc:  # noqa: BLE001 - see _handled
-        if isinstance(exc, (typer.Exit, typer.Abort)):
-            raise
-        _fail(exc)
     table = Table("eta", "top-1 %", "exit rate", title=f"{model_path}: validation sweep")
     for r in rows[::5]:
         table.add_row(f"{r['eta']:.2f}", f"{r['top1']:.2f}", f"{r['exit_rate']:.3f}")

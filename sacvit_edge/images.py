@@ -41,6 +41,11 @@ def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
                          "(a decompression bomb, or raise max_pixels for a genuine image)")
 
 
+def scale_to_uint8(arr: np.ndarray, peak: float) -> np.ndarray:
+    """Integer intensities in [0, peak] (16-bit: 65535) -> uint8, rounded."""
+    return np.clip(arr.astype(np.float64) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def float_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
     """Float intensities in [0, 1] -> uint8 (rounded). NaN/inf or values outside [0, 1] are refused:
     guessing a scale (0..255? 0..65535?) would give a silently wrong answer."""
@@ -59,10 +64,9 @@ def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
         arr8 = float_to_uint8(np.asarray(img, dtype=np.float32), name)
         return np.repeat(arr8[..., None], 3, axis=2)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr8 = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(arr8[..., None], 3, axis=2)
+        return np.repeat(scale_to_uint8(arr, peak)[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -134,8 +138,7 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_
     if isinstance(source, np.matrix):
         raise ImageError("numpy matrix is not an image; pass an HxWx3 uint8 numpy array (np.asarray(m))")
     if isinstance(source, np.ndarray):
-        rgb = _array_to_rgb(source, max_pixels, check_color(color))
-        return rgb
+        return _array_to_rgb(source, max_pixels, check_color(color))
     raise ImageError(f"unsupported image input of type {type(source).__name__}; "
                      "expected a path, PIL.Image or HxWx3 uint8 numpy array")
 
@@ -149,7 +152,7 @@ def _array_to_rgb(source: np.ndarray, max_pixels: int, color: str = "rgb") -> np
     if source.dtype == np.uint8:
         arr = source
     elif source.dtype == np.uint16:
-        arr = ((source.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        arr = scale_to_uint8(source, 65535.0)
     elif np.issubdtype(source.dtype, np.floating):
         arr = float_to_uint8(source, f"numpy image ({source.dtype})")
     else:
@@ -168,6 +171,12 @@ def _array_to_rgb(source: np.ndarray, max_pixels: int, color: str = "rgb") -> np
 
 
 RESIZE_MODES = ("stretch", "center_crop", "letterbox")
+
+
+def check_resize(resize: object, name: str = "resize") -> str:
+    if resize not in RESIZE_MODES:
+        raise ImageError(f"{name}={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    return resize  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -201,8 +210,7 @@ def fit_square(rgb: np.ndarray, size: int, mode: str = "stretch") -> tuple[np.nd
     "center_crop": the central square of side min(H, W), then resize; "letterbox": pad the
     short side with black (the training canvases' background) to a centred square, then resize.
     """
-    if mode not in RESIZE_MODES:
-        raise ImageError(f"resize={mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+    check_resize(mode)
     h, w = rgb.shape[:2]
     if mode == "stretch" or h == w:
         return resize_uint8(rgb, size), FrameGeometry(w, h, 0.0, 0.0, w / size, h / size)

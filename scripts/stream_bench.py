@@ -57,7 +57,7 @@ def streamed(clf: EdgeClassifier, fs: list[np.ndarray], fps: float | None, overl
     lat = []
     t0 = time.perf_counter()
     for _ in s:
-        lat.append(s.monitor._done[-1][1])  # frame read -> result
+        lat.append(s.monitor.last_ms)  # frame read -> result
     wall = time.perf_counter() - t0
     return {"fps": len(fs) / wall, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
