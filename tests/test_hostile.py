@@ -391,3 +391,14 @@ def test_internal_errors_get_their_own_exit_code(monkeypatch, random_export):
     monkeypatch.setattr(classifier.EdgeClassifier, "predict", broken)
     r = runner.invoke(app, ["predict", str(random_export), str(SAMPLE), "--backend", "onnxruntime"])
     assert r.exit_code == 1 and "internal error" in r.output and "ZeroDivisionError" in r.output
+
+
+def test_constructor_and_per_call_options_are_checked(random_export):
+    for kwargs, match in ((dict(topk=0), "topk"), (dict(topk="5"), "topk"), (dict(max_pixels=0), "max_pixels"),
+                          (dict(max_pixels=True), "max_pixels"), (dict(group_overhead_tokens=-1), "group_overhead_tokens"),
+                          (dict(group_overhead_tokens=float("nan")), "group_overhead_tokens")):
+        with pytest.raises(ConfigError, match=match):
+            EdgeClassifier(random_export, backend="onnxruntime", **kwargs)
+    clf = EdgeClassifier(random_export, backend="onnxruntime")
+    with pytest.raises(ImageError, match="resize='fill'"):
+        clf.predict(SAMPLE, resize="fill")
