@@ -10,13 +10,10 @@ engine is refused before it runs).
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from sacvit_edge.extras import require_extra
@@ -27,8 +24,8 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
-from sacvit_edge.config import ModelConfig  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
+from sacvit_edge.atomic import move_into_place, staging_dir  # noqa: E402
 from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST, MANIFEST_DIGEST_KEY,  # noqa: E402
                                   MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, content_digest, read_manifest,
                                   sha256_file)
@@ -47,73 +44,6 @@ def _check_finite(ckpt: Checkpoint) -> None:
         raise ExportError(f"{ckpt.path}: weight {bad!r} holds NaN or inf values; refusing to export it")
     if not all(math.isfinite(x) for x in (*ckpt.mean, *ckpt.std)) or min(ckpt.std) <= 0:
         raise ExportError(f"{ckpt.path}: input normalisation mean={ckpt.mean} std={ckpt.std} is not finite and positive")
-
-
-def _tmp_prefix(out_dir: Path) -> str:
-    return f".{out_dir.name}.tmp-"
-
-
-def remove_leftovers(out_dir: Path) -> None:
-    """Delete temporary siblings that killed exports left behind (their process is gone)."""
-    for path in out_dir.parent.glob(f"{_tmp_prefix(out_dir)}*"):
-        pid = path.name[len(_tmp_prefix(out_dir)):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            log.info("removing %s, left by an interrupted export", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Publish tmp as out_dir. An existing export is swapped out in one atomic step (Linux
-    renameat2 RENAME_EXCHANGE), so a reader or a killed exporter never sees no export there."""
-    try:
-        if not out_dir.exists():
-            try:
-                tmp.rename(out_dir)
-                return
-            except OSError:
-                if not out_dir.is_dir():  # not "someone else published first"
-                    raise
-        if _exchange(tmp, out_dir):
-            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous export
-            return
-        old = out_dir.with_name(f"{_tmp_prefix(out_dir)}{os.getpid()}-old")  # portable fallback: two renames
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise ExportError(f"{out_dir}: cannot move the finished export into place ({exc.strerror or exc})") from exc
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux >= 3.15, glibc >= 2.28). False where unsupported."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # filesystem or kernel without exchange
-        return False
-    raise OSError(err, os.strerror(err), str(b))
 
 
 def _cost_section(model, k_lo: int, k_hi: int) -> dict:
@@ -171,7 +101,6 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent that is a file, no permission, a name too long
         raise ExportError(f"{out_dir}: cannot create the export's parent directory ({exc.strerror or exc})") from exc
-    remove_leftovers(out_dir)
     d = cfg.embed_dim
     n = cfg.num_coarse
     manifest: dict = {
@@ -195,11 +124,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         "exporter": exporter,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
     }
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
-    except OSError as exc:
-        raise ExportError(f"{out_dir.parent}: cannot write the export there ({exc.strerror or exc})") from exc
-    tmp.chmod(0o755)  # mkdtemp makes it private; an export directory is meant to be shared and copied
+    tmp = staging_dir(out_dir)
     try:
         # the engines carry the checkpoint fingerprint and the digest of the manifest's content, so an
         # edited manifest or an engine from another export is refused at load (manifest.engine_problems)
@@ -212,7 +137,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
                              for name in (*ENGINE_FILES, *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         read_manifest(tmp)  # what was written is what loads
-        _move_into_place(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

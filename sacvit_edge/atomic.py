@@ -1,0 +1,95 @@
+"""Atomic publication of a directory (exports, calibrated copies): assembled in a temporary
+sibling and swapped into place in one step, so readers never see a half-written directory.
+Torch-free: calibration of an export directory runs on the deployment install."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ExportError
+
+log = logging.getLogger(__name__)
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A fresh temporary sibling of out_dir (named after this process, so leftovers of a killed
+    writer are recognised and removed by the next one)."""
+    remove_leftovers(out_dir)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{tmp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
+    except OSError as exc:
+        raise ExportError(f"{out_dir.parent}: cannot write there ({exc.strerror or exc})") from exc
+    tmp.chmod(0o755)  # mkdtemp makes it private; an export directory is meant to be shared and copied
+    return tmp
+
+
+def tmp_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.tmp-"
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Delete temporary siblings that killed exports left behind (their process is gone)."""
+    for path in out_dir.parent.glob(f"{tmp_prefix(out_dir)}*"):
+        pid = path.name[len(tmp_prefix(out_dir)):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by an interrupted export", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Publish tmp as out_dir. An existing export is swapped out in one atomic step (Linux
+    renameat2 RENAME_EXCHANGE), so a reader or a killed exporter never sees no export there."""
+    try:
+        if not out_dir.exists():
+            try:
+                tmp.rename(out_dir)
+                return
+            except OSError:
+                if not out_dir.is_dir():  # not "someone else published first"
+                    raise
+        if _exchange(tmp, out_dir):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous export
+            return
+        old = out_dir.with_name(f"{tmp_prefix(out_dir)}{os.getpid()}-old")  # portable fallback: two renames
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise ExportError(f"{out_dir}: cannot move the finished export into place ({exc.strerror or exc})") from exc
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux >= 3.15, glibc >= 2.28). False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # filesystem or kernel without exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
