@@ -49,12 +49,13 @@ def available_backends() -> list[str]:
     return names
 
 
-def open_backend(name: str, manifest, threads: int | None = None) -> Backend:
+def open_backend(name: str, manifest, threads: int | None = None, precision: str = "fp32") -> Backend:
     """Open the named backend on an export directory's engines.
 
     Args:
         name: "auto" (TensorRT when usable, else ONNX Runtime), or one of BACKENDS.
         manifest: sacvit_edge.manifest.Manifest of the directory.
+        precision: "fp32", or "int8" (the Q/DQ graphs calibration made; ONNX Runtime only for now).
     Raises:
         BackendError: unknown name, or the backend cannot run here (message says why).
     """
@@ -62,10 +63,12 @@ def open_backend(name: str, manifest, threads: int | None = None) -> Backend:
         ok, why = tensorrt_usable()
         name = "tensorrt" if ok else "onnxruntime"
         log.info("backend auto -> %s%s", name, "" if ok else f" (TensorRT not used: {why})")
+    if precision != "fp32" and name != "onnxruntime":
+        raise BackendError(f"precision {precision!r} runs on backend 'onnxruntime' only (asked for {name!r})")
     if name == "onnxruntime":
         from .ort import OrtBackend
 
-        return OrtBackend.from_manifest(manifest, threads=threads)
+        return OrtBackend.from_manifest(manifest, threads=threads, precision=precision)
     if name in ("pytorch", "pytorch-cuda"):
         from sacvit_edge.extras import require_extra
 

@@ -78,16 +78,17 @@ class OrtBackend(BackendBase):
         self._check_io()
 
     @classmethod
-    def from_manifest(cls, manifest, threads: int | None = None) -> "OrtBackend":
-        """Open an export directory's engines and check that they are the ones its manifest
-        describes: embedded fingerprint and manifest digest, and the shapes they accept."""
-        backend = cls(manifest.path(manifest.engines["ee"].file), manifest.path(manifest.engines["sac"].file),
-                      threads=threads)
+    def from_manifest(cls, manifest, threads: int | None = None, precision: str = "fp32") -> "OrtBackend":
+        """Open an export directory's engines of a precision and check that they are the ones its
+        manifest describes: embedded fingerprint and manifest digest, and the shapes they accept."""
+        files = dict(zip(("ee", "sac"), manifest.engine_files(precision)))
+        backend = cls(manifest.path(files["ee"]), manifest.path(files["sac"]), threads=threads)
+        backend.precision = precision
         for stage, sess in (("ee", backend.ee), ("sac", backend.sac)):
             meta = dict(sess.get_modelmeta().custom_metadata_map)
             problems = manifest.engine_problems(stage, meta)
             if problems:
-                raise BackendError(f"{manifest.path(manifest.engines[stage].file)}: {'; '.join(problems)}; re-export")
+                raise BackendError(f"{manifest.path(files[stage])}: {'; '.join(problems)}; re-export")
         cfg = manifest.config
         want = {("ee", "image"): [None, cfg.in_chans, cfg.img_size, cfg.img_size],
                 ("sac", "target_patches"): [None, None, cfg.in_chans * cfg.patch_size**2],
@@ -96,7 +97,7 @@ class OrtBackend(BackendBase):
             sess = backend.ee if stage == "ee" else backend.sac
             got = next(i.shape for i in sess.get_inputs() if i.name == name)
             if len(got) != len(dims) or any(w is not None and g != w for g, w in zip(got, dims)):
-                raise BackendError(f"{manifest.path(manifest.engines[stage].file)}: input {name!r} has shape {got}, "
+                raise BackendError(f"{manifest.path(files[stage])}: input {name!r} has shape {got}, "
                                    f"the manifest's model needs {dims} (None: dynamic); re-export")
         return backend
 
@@ -124,7 +125,7 @@ class OrtBackend(BackendBase):
         return cpu_name() if self.providers[0] == "CPUExecutionProvider" else self.providers[0]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "providers": self.ee.get_providers(), "threads": self.threads or "onnxruntime default",
+        return {"backend": self.name, "precision": getattr(self, "precision", "fp32"), "providers": self.ee.get_providers(), "threads": self.threads or "onnxruntime default",
                 "onnxruntime": self._ort.__version__, "device": self.device()}
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ import numpy as np
 
 from .clustering import Split, select_targets
 from .errors import BackendError, ConfigError, ExportError, ImageError
-from .gate import Eta, describe_eta, gate, validate_eta
+from .gate import Eta, deadline_gate, describe_eta, gate, validate_deadline, validate_eta
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize, preprocess
-from .manifest import MANIFEST_VERSION, read_manifest
+from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest
 from .tokens import build_sac_group, crop_target_patches, plan_sac_groups
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Prediction:
             caller's frame (the resize mode undone, clipped to the frame: a cell wholly in the
             letterbox bars has none; EXIF rotation applied for files); empty if it exited early.
             images.draw_prediction draws them.
+        deadline_exit: True when the image was bound for the SAC stage but returns its EE
+            answer because the SAC stage would have missed the call's deadline_ms.
     """
 
     class_id: int
@@ -59,6 +62,7 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
     target_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    deadline_exit: bool = False
 
 
 @dataclass
@@ -71,6 +75,8 @@ class BatchResult:
     counts: np.ndarray  # (B,) target counts, 0 for exited images
     target_mask: np.ndarray  # (B, n) bool
     timings: dict[str, float]
+    deadline_exited: np.ndarray | None = None  # (B,) bool: gave the EE answer to meet deadline_ms
+    raw_counts: np.ndarray | None = None  # (B,) the split's counts before the k-range clamp (0 if exited)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ class _Pending:
     order: np.ndarray | None
     t0: float
     t1: float
+    deadline_exited: np.ndarray
+    raw_counts: np.ndarray
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -162,6 +170,11 @@ class EdgeClassifier:
         group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
             images with different target counts are grouped (and padded, masked) into the
             fewest calls this cost model favours (tokens.plan_sac_groups). 0 = one call per count.
+        precision: "fp32" (the exported engines) or "int8" (made by `sacvit-edge calibrate --int8`).
+        deadline_ms: a per-call budget: an image whose SAC stage would make the call miss it
+            returns its EE answer (Prediction.deadline_exit); predicted from the stage latencies
+            `sacvit-edge calibrate` measured on this device (needs a calibrated directory).
+            predict / predict_batch / run take it per call too.
     Raises:
         ExportError / CheckpointError / BackendError with the file and the problem.
 
@@ -172,7 +185,8 @@ class EdgeClassifier:
     def __init__(self, path: str | Path, backend: str = "auto", eta: Eta | None = None,
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
                  group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 color: str = "rgb", resize: str = "stretch") -> None:
+                 color: str = "rgb", resize: str = "stretch", precision: str = "fp32",
+                 deadline_ms: float | None = None) -> None:
         from sacvit_edge.runtimes import open_backend
 
         self.backend = None  # set last: close() and __del__ work on a half-built classifier
@@ -180,6 +194,9 @@ class EdgeClassifier:
             raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
         if eta is not None:
             validate_eta(eta)  # checked before any loading
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
+        deadline = validate_deadline(deadline_ms)
         try:
             self.color = check_color(color)
             self.resize = check_resize(resize)
@@ -207,13 +224,42 @@ class EdgeClassifier:
         if self.config.arch != "sacvit":
             raise ExportError(f"{path}: exported from a {self.config.arch} model, not SAC-ViT")
         self.class_names = self.manifest.class_names
-        self.eta = validate_eta(self.manifest.eta if eta is None else eta)
+        self.precision = precision
+        self.manifest.engine_files(precision)  # a ConfigError when the directory has no such engines
+        self.eta = validate_eta(self.manifest.default_eta(precision) if eta is None else eta)
+        self.latency_table = self.manifest.latency(precision)
+        self.deadline_ms = self._check_deadline(deadline)
+        self._counter_lock = threading.Lock()
+        self.counters = {"images": 0, "exited": 0, "deadline_exits": 0, "k_clamped_low": 0, "k_clamped_high": 0}
         self.topk = max(1, min(int(topk), len(self.class_names)))
         self.group_overhead_tokens = float(group_overhead_tokens)
         self.k_range = self.manifest.k_range
-        self.backend = open_backend(backend, self.manifest, threads=threads)
+        self.backend = open_backend(backend, self.manifest, threads=threads, precision=precision)
         self.backend_name = self.backend.name
         log.info("EdgeClassifier on %s (%s), eta=%s", self.backend_name, self.backend.device(), describe_eta(self.eta))
+
+    def _check_deadline(self, deadline: float | None) -> float | None:
+        if deadline is not None and self.latency_table is None:
+            raise ConfigError(f"deadline_ms needs the stage latencies that `sacvit-edge calibrate "
+                              f"{self.manifest.directory}` measures on this device; this directory has none "
+                              f"for precision {self.precision!r}")
+        return deadline
+
+    def reset_counters(self) -> None:
+        with self._counter_lock:
+            for key in self.counters:
+                self.counters[key] = 0
+
+    def _count(self, res: "BatchResult") -> None:
+        lo, hi = self.k_range
+        raw = res.raw_counts[~res.exited] if res.raw_counts is not None else np.zeros(0)
+        with self._counter_lock:
+            c = self.counters
+            c["images"] += len(res.exited)
+            c["exited"] += int(res.exited.sum())
+            c["deadline_exits"] += int(res.deadline_exited.sum()) if res.deadline_exited is not None else 0
+            c["k_clamped_low"] += int((raw < lo).sum())
+            c["k_clamped_high"] += int((raw > hi).sum())
 
     @staticmethod
     def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
@@ -260,15 +306,21 @@ class EdgeClassifier:
             raise BackendError("this EdgeClassifier is closed; create a new one")
         return self.backend
 
-    def run(self, batch: np.ndarray, eta: Eta | None = None, *, imposed: ImposedDecisions | None = None) -> BatchResult:
+    def run(self, batch: np.ndarray, eta: Eta | None = None, *, imposed: ImposedDecisions | None = None,
+            deadline_ms: float | None = None, started: float | None = None) -> BatchResult:
         """Both stages on an already preprocessed (B, 3, H, W) float32 batch.
 
         Args:
             eta: exit threshold for this call (default: the classifier's).
             imposed: run these exit decisions and target counts instead of the model's own
                 (benchmark hook; see ImposedDecisions).
+            deadline_ms: this call's budget (default: the classifier's); see the class doc.
+            started: time.perf_counter() when the call began (the deadline counts from it;
+                default: now).
         """
+        started = time.perf_counter() if started is None else started
         eta_value = self.eta if eta is None else validate_eta(eta)
+        deadline = self.deadline_ms if deadline_ms is None else self._check_deadline(validate_deadline(deadline_ms))
         size = self.manifest.size
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32 or batch.ndim != 4 \
                 or batch.shape[1:] != (3, size, size):
@@ -280,7 +332,8 @@ class EdgeClassifier:
             n, c = self.config.num_coarse, len(self.class_names)
             return BatchResult(probs=np.zeros((0, c), np.float32), ee_probs=np.zeros((0, c), np.float32),
                                exited=np.zeros(0, bool), counts=np.zeros(0, np.int64),
-                               target_mask=np.zeros((0, n), bool), timings={"ee": 0.0, "host": 0.0, "sac": 0.0, "total": 0.0})
+                               target_mask=np.zeros((0, n), bool), timings={"ee": 0.0, "host": 0.0, "sac": 0.0, "total": 0.0},
+                               deadline_exited=np.zeros(0, bool), raw_counts=np.zeros(0, np.int64))
         if not np.isfinite(batch).all():
             raise ImageError("batch holds NaN or inf values; preprocessed inputs must be finite")
         if imposed is not None:
@@ -288,14 +341,18 @@ class EdgeClassifier:
         hi = self.manifest.batch_range[1]
         if len(batch) > hi:  # engines are built for batch <= batch_max: run in chunks
             parts = [self.run(batch[i:i + hi], eta_value, imposed=None if imposed is None else
-                              ImposedDecisions(imposed.exited[i:i + hi], imposed.counts[i:i + hi]))
+                              ImposedDecisions(imposed.exited[i:i + hi], imposed.counts[i:i + hi]),
+                              deadline_ms=deadline, started=started)
                      for i in range(0, len(batch), hi)]
             timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings}
             return BatchResult(*(np.concatenate([getattr(p, f) for p in parts])
-                                 for f in ("probs", "ee_probs", "exited", "counts", "target_mask")), timings=timings)
-        return self._finish_sac(self._start_ee(batch, eta_value, imposed))
+                                 for f in ("probs", "ee_probs", "exited", "counts", "target_mask")), timings=timings,
+                               deadline_exited=np.concatenate([p.deadline_exited for p in parts]),
+                               raw_counts=np.concatenate([p.raw_counts for p in parts]))
+        return self._finish_sac(self._start_ee(batch, eta_value, imposed, deadline, started))
 
-    def _start_ee(self, batch: np.ndarray, eta_value: float, imposed: ImposedDecisions | None) -> "_Pending":
+    def _start_ee(self, batch: np.ndarray, eta_value: float, imposed: ImposedDecisions | None,
+                  deadline: float | None = None, started: float | None = None) -> "_Pending":
         """Stage 1 of run: EE engine, gate, split. A stream runs it for frame t+1 while stage 2
         of frame t is still in its SAC engine."""
         cfg = self.config
@@ -307,14 +364,26 @@ class EdgeClassifier:
         exited = gate(ee_probs, eta_value) if imposed is None else imposed.exited.copy()
         rest = np.flatnonzero(~exited)
         counts = np.zeros(len(batch), dtype=np.int64)
+        raw_counts = np.zeros(len(batch), dtype=np.int64)
+        deadline_exited = np.zeros(len(batch), dtype=bool)
         mask = np.zeros((len(batch), cfg.num_coarse), dtype=bool)
         order = None
         if rest.size:
             split = select_targets(ee.gca[rest], cfg)
             order = split.order
             counts[rest] = split.counts if imposed is None else imposed.counts[rest]
+            raw_counts[rest] = split.raw_counts if imposed is None else imposed.counts[rest]
+            if deadline is not None and self.latency_table is not None:
+                elapsed_ms = (time.perf_counter() - (t0 if started is None else started)) * 1e3
+                cut = deadline_gate(counts[rest], elapsed_ms, deadline, self.latency_table.sac_ms)
+                if cut.any():  # these keep their EE answer: the gate's decision, extended by the clock
+                    deadline_exited[rest[cut]] = True
+                    exited = exited | deadline_exited
+                    keep = ~cut
+                    rest, order = rest[keep], order[keep]
+                    counts[deadline_exited] = 0
             mask[rest] = Split(order, counts[rest]).target_mask(cfg.num_coarse)
-        return _Pending(batch, ee, ee_probs, exited, rest, counts, mask, order, t0, t1)
+        return _Pending(batch, ee, ee_probs, exited, rest, counts, mask, order, t0, t1, deadline_exited, raw_counts)
 
     def _finish_sac(self, p: "_Pending") -> BatchResult:
         """Stage 2 of run: the SAC engine on the images that did not exit, and the timings."""
@@ -327,8 +396,10 @@ class EdgeClassifier:
         total = time.perf_counter() - p.t0
         ee_ms, sac_ms, total_ms = (p.t1 - p.t0) * 1e3, sac_s * 1e3, total * 1e3
         timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
-        return BatchResult(probs=probs, ee_probs=p.ee_probs, exited=p.exited, counts=p.counts, target_mask=p.mask,
-                           timings=timings)
+        res = BatchResult(probs=probs, ee_probs=p.ee_probs, exited=p.exited, counts=p.counts, target_mask=p.mask,
+                          timings=timings, deadline_exited=p.deadline_exited, raw_counts=p.raw_counts)
+        self._count(res)
+        return res
 
     def _check_imposed(self, imposed: ImposedDecisions, batch: int) -> ImposedDecisions:
         exited = np.asarray(imposed.exited)
@@ -366,7 +437,8 @@ class EdgeClassifier:
         return logits, engine_s
 
     def predict_batch(self, images: Sequence[ImageInput], eta: Eta | None = None,
-                      color: str | None = None, resize: str | None = None) -> list[Prediction]:
+                      color: str | None = None, resize: str | None = None,
+                      deadline_ms: float | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""
         if isinstance(images, (str, Path, np.ndarray)) or not hasattr(images, "__len__"):
             raise ImageError("predict_batch expects a sequence of images; use predict() for one image")
@@ -377,12 +449,14 @@ class EdgeClassifier:
             check_color(color)
         if resize is not None:
             check_resize(resize)
+        if deadline_ms is not None:
+            self._check_deadline(validate_deadline(deadline_ms))
         if len(images) == 0:
             return []
         geometries: list = []
         batch = self.preprocess(images, color, resize, geometries)
         pre_ms = (time.perf_counter() - start) * 1e3
-        return self._predictions(self.run(batch, eta), geometries, pre_ms, start)
+        return self._predictions(self.run(batch, eta, deadline_ms=deadline_ms, started=start), geometries, pre_ms, start)
 
     def _predictions(self, res: BatchResult, geometries: list, pre_ms: float, start: float) -> list[Prediction]:
         gc = self.config.coarse_grid
@@ -398,7 +472,8 @@ class EdgeClassifier:
                 exited_early=bool(res.exited[b]), num_target_tokens=int(res.counts[b]),
                 target_mask=None if res.exited[b] else res.target_mask[b].reshape(gc, gc).copy(),
                 timings=dict(timings), batch_size=n,
-                target_boxes=[] if res.exited[b] else self._boxes(res.target_mask[b], geometries[b])))
+                target_boxes=[] if res.exited[b] else self._boxes(res.target_mask[b], geometries[b]),
+                deadline_exit=bool(res.deadline_exited[b]) if res.deadline_exited is not None else False))
         return out
 
     def stream(self, frames: Iterable, *, max_inflight: int = 2, drop: str = "none", overlap: bool = True,
@@ -433,9 +508,9 @@ class EdgeClassifier:
         return [b for b in boxes if b[2] > b[0] and b[3] > b[1]]  # cells wholly in letterbox bars show nothing
 
     def predict(self, image: ImageInput, eta: Eta | None = None, color: str | None = None,
-                resize: str | None = None) -> Prediction:
+                resize: str | None = None, deadline_ms: float | None = None) -> Prediction:
         """Classify one image."""
-        return self.predict_batch([image], eta, color, resize)[0]
+        return self.predict_batch([image], eta, color, resize, deadline_ms)[0]
 
     def close(self) -> None:
         """Free the engines; later calls raise BackendError. Closing twice is harmless."""
@@ -532,7 +607,7 @@ class FrameStream:
         geometries: list = []
         batch = self.clf.preprocess([frame], self.color, self.resize, geometries)
         pre_ms = (time.perf_counter() - start) * 1e3
-        return index, frame, arrived, start, pre_ms, geometries, self.clf._start_ee(batch, self.eta, None)
+        return index, frame, arrived, start, pre_ms, geometries, self.clf._start_ee(batch, self.eta, None, self.clf.deadline_ms, arrived)
 
     def _stage_two(self, staged) -> tuple[int, object, Prediction]:
         index, frame, arrived, start, pre_ms, geometries, pending = staged

@@ -22,10 +22,13 @@ class Split:
     Attributes:
         order: (B, n) coarse indices sorted by descending score (ties by index).
         counts: (B,) number of target tokens of each image: targets are order[b, :counts[b]].
+        raw_counts: (B,) what the rule chose before the [k_min, k_max] clamp (calibration
+            measures how often the clamp acts; None where not computed).
     """
 
     order: np.ndarray
     counts: np.ndarray
+    raw_counts: np.ndarray | None = None
 
     def targets(self, b: int) -> np.ndarray:
         return self.order[b, : self.counts[b]]
@@ -92,7 +95,8 @@ def select_targets(scores: np.ndarray, config: ModelConfig) -> Split:
     order = np.argsort(-scores, axis=1, kind="stable").astype(np.int64)
     if config.selection == "sac":
         space = np.log(np.maximum(scores, 1e-12)) if config.cluster_space == "log" else scores
-        counts = np.clip(two_means_split(space), config.k_min, config.k_max)
+        raw = two_means_split(space).astype(np.int64)
+        return Split(order=order, counts=np.clip(raw, config.k_min, config.k_max).astype(np.int64), raw_counts=raw)
     elif config.selection == "topalpha":
         counts = np.full(b, config.target_range()[0], dtype=np.int64)
     else:  # "window": the window's best window_keep share are targets; the window in descending score order first
@@ -103,7 +107,7 @@ def select_targets(scores: np.ndarray, config: ModelConfig) -> Split:
         key = np.where(np.take_along_axis(in_win, order, 1), 0, 1)
         order = np.take_along_axis(order, np.argsort(key, axis=1, kind="stable"), 1)
         counts = np.full(b, config.target_range()[0], dtype=np.int64)
-    return Split(order=order, counts=counts.astype(np.int64))
+    return Split(order=order, counts=counts.astype(np.int64), raw_counts=counts.astype(np.int64))
 
 
 def all_targets(batch: int, n: int) -> Split:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .datasets import DEFAULT_MAX_BAD_SHARE, BadImages, ImageFolderSource
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -164,38 +165,48 @@ class ClutteredFashionMNIST:
             yield self.render(idx, epoch), self.labels[torch.as_tensor(idx)]
 
 
-class ImageFolder:
-    """User data: one sub-folder per class, any image file pillow reads.
+def fashion_split(split: str, seed: int = 0, limit: int | None = None) -> ClutteredFashionMNIST:
+    """A named split of the built-in data (see sacvit_edge.datasets): `train` = official train
+    items 0..54999, `calibration` = items 55000..59999 drawn with layout seed + 1, `test`."""
+    from .datasets import CALIBRATION_ITEMS, SPLITS
 
-    Images are decoded with sacvit_edge.images.load_image (EXIF rotation, grayscale, RGBA
-    and 16-bit handled) and resized to `size`.
-    """
+    n_train = 60000 - CALIBRATION_ITEMS
+    if split == "train":
+        return ClutteredFashionMNIST("train", seed=seed, limit=n_train if limit is None else min(limit, n_train))
+    if split == "calibration":
+        n = CALIBRATION_ITEMS if limit is None else min(limit, CALIBRATION_ITEMS)
+        return ClutteredFashionMNIST("train", seed=seed + 1, offset=n_train, limit=n)
+    if split == "test":
+        return ClutteredFashionMNIST("test", seed=seed, limit=limit)
+    raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
 
-    def __init__(self, root: str | Path, size: int) -> None:
-        from .images import IMAGE_SUFFIXES
 
-        self.root, self.size = Path(root), size
-        if not self.root.is_dir():
-            raise DataError(f"{self.root} is not a directory")
-        self.classes = tuple(sorted(p.name for p in self.root.iterdir() if p.is_dir()))
-        if not self.classes:
-            raise DataError(f"{self.root} has no class sub-folders")
-        self.samples = [(p, c) for c, name in enumerate(self.classes)
-                        for p in sorted((self.root / name).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-        if not self.samples:
-            raise DataError(f"{self.root} holds no image files")
-        self.labels = torch.tensor([c for _, c in self.samples])
+class ImageFolder(ImageFolderSource):
+    """User data for training: ImageFolderSource's files (same class matching and bad-file
+    accounting) decoded into torch batches resized to `size`."""
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def __init__(self, root: str | Path, size: int, class_names=None,
+                 max_bad_share: float = DEFAULT_MAX_BAD_SHARE) -> None:
+        super().__init__(root, class_names, max_bad_share)
+        self.size = size
 
     def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0,
                 world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from .errors import ImageError
         from .images import load_image, resize_uint8
 
         order = shard_order(len(self), shuffle, epoch, rank, world)
+        bad = BadImages(len(self), self.max_bad_share)
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            imgs = [resize_uint8(load_image(self.samples[i][0]), self.size) for i in idx]
-            yield (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(),
-                   self.labels[torch.as_tensor(idx)])
+            imgs, labels = [], []
+            for i in order[start:start + batch_size]:
+                path, label = self.samples[i]
+                try:
+                    imgs.append(resize_uint8(load_image(path, target_size=self.size), self.size))
+                except ImageError as exc:
+                    bad.add(path, str(exc))
+                    continue
+                labels.append(label)
+            if imgs:
+                yield (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(),
+                       torch.tensor(labels, dtype=torch.int64))

@@ -54,3 +54,37 @@ def gate(ee_probs: np.ndarray, eta: Eta) -> np.ndarray:
 def describe_eta(eta: float) -> str:
     """How a validated threshold reads in logs and reports."""
     return NEVER_EXIT if math.isinf(eta) else f"{eta:.3f}"
+
+
+def validate_deadline(deadline_ms: Any, name: str = "deadline_ms") -> float | None:
+    """None (no deadline) or a positive, finite number of milliseconds."""
+    if deadline_ms is None:
+        return None
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(float(deadline_ms)) or float(deadline_ms) <= 0:
+        raise ConfigError(f"{name}={deadline_ms!r} must be a positive number of milliseconds (or None)")
+    return float(deadline_ms)
+
+
+def deadline_gate(counts: np.ndarray, elapsed_ms: float, deadline_ms: float, sac_ms) -> np.ndarray:
+    """Which of the images bound for the SAC stage must keep their EE answer to meet a deadline.
+
+    Args:
+        counts: (M,) target counts of the images that did not exit.
+        elapsed_ms: time already spent on the call (preprocessing, EE, split).
+        deadline_ms: the call's budget.
+        sac_ms: predicted SAC call time, sac_ms(m, mean_k) (manifest.LatencyTable.sac_ms,
+            measured by calibration on this device).
+    Returns:
+        (M,) bool, True where the image returns its EE answer (a deadline exit). Images with the
+        most target tokens (the costliest) are the first to be cut.
+    """
+    counts = np.asarray(counts)
+    order = np.argsort(counts, kind="stable")  # cheapest first: they are kept longest
+    cut = np.ones(len(counts), dtype=bool)
+    for m in range(len(counts), 0, -1):
+        kept = order[:m]
+        if elapsed_ms + sac_ms(m, float(counts[kept].mean())) <= deadline_ms:
+            cut[kept] = False
+            break
+    return cut

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -23,6 +23,10 @@ MANIFEST_FORMAT = "sacvit-edge-export"
 MANIFEST_VERSION = 3  # 2: SAC engine takes target patches and keep masks; 3: engines carry the manifest digest
 ENGINE_FILES = ("ee.onnx", "sac.onnx")
 CHECKPOINT_FILE = "model.pt"
+CALIBRATION_FILE = "calibration.json"  # written by `sacvit-edge calibrate`; listed (hashed) in `files`
+CALIBRATION_FORMAT = "sacvit-edge-calibration"
+CALIBRATION_VERSION = 1
+PRECISIONS = ("fp32", "int8")
 # metadata keys written into every engine at export and compared with the manifest at load
 FINGERPRINT_KEY = "sacvit_edge.checkpoint_fingerprint"
 MANIFEST_DIGEST_KEY = "sacvit_edge.manifest_sha256"
@@ -147,6 +151,73 @@ class CostTable:
 
 
 @dataclass(frozen=True)
+class LatencyTable:
+    """Per-call stage latencies measured on one device by `calibrate` (ms), the basis of the
+    latency budget and of deadline gating. Between measured batch sizes, linear interpolation.
+
+    Attributes:
+        ee: batch size -> EE engine call. host: batch size -> host work of a call (gate,
+        split, crop). sac: batch size -> {k -> SAC engine call with every image at k}.
+    """
+
+    ee: dict[int, float]
+    host: dict[int, float]
+    sac: dict[int, dict[int, float]]
+
+    @staticmethod
+    def _interp(table: dict[int, float], b: float) -> float:
+        import numpy as np
+
+        keys = sorted(table)
+        return float(np.interp(b, keys, [table[k] for k in keys]))
+
+    def ee_ms(self, batch: int) -> float:
+        return self._interp(self.ee, batch)
+
+    def host_ms(self, batch: int) -> float:
+        return self._interp(self.host, batch)
+
+    def sac_ms(self, batch: int, k: float) -> float:
+        """One SAC call of `batch` images with (mean) target count k; 0 for no image."""
+        if batch <= 0:
+            return 0.0
+        per_batch = {b: self._interp({int(kk): v for kk, v in row.items()}, k) for b, row in self.sac.items()}
+        return self._interp(per_batch, batch)
+
+    def call_ms(self, exited: Any, counts: Any) -> float:
+        """Predicted latency of one call on a batch with these exit decisions and counts."""
+        import numpy as np
+
+        exited = np.asarray(exited, bool)
+        live = np.asarray(counts)[~exited]
+        b = len(exited)
+        return self.ee_ms(b) + self.host_ms(b) + (self.sac_ms(len(live), float(live.mean())) if live.size else 0.0)
+
+    def to_dict(self) -> dict:
+        return {"ee_ms": {str(b): v for b, v in self.ee.items()}, "host_ms": {str(b): v for b, v in self.host.items()},
+                "sac_ms": {str(b): {str(k): v for k, v in row.items()} for b, row in self.sac.items()}}
+
+
+@dataclass(frozen=True)
+class PrecisionCalibration:
+    """One precision's engines and what calibration chose for them."""
+
+    ee_file: str
+    sac_file: str
+    eta: float
+    latency: LatencyTable | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """calibration.json of an export directory (`sacvit-edge calibrate`): the calibrated eta
+    and stage latencies per precision, and the report (curve, request, dataset) as written."""
+
+    precisions: dict[str, PrecisionCalibration]
+    report: dict
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed, validated manifest.json of an export directory."""
 
@@ -163,6 +234,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     cost: CostTable | None = None
     content_sha256: str = ""  # content_digest of the file as read
+    calibration: Calibration | None = None  # from calibration.json, when the directory was calibrated
 
     def engine_problems(self, stage: str, metadata: dict[str, str]) -> list[str]:
         """Why an engine's embedded metadata does not belong to this manifest (empty: it does)."""
@@ -209,6 +281,28 @@ class Manifest:
 
     def path(self, name: str) -> Path:
         return self.directory / name
+
+    def engine_files(self, precision: str = "fp32") -> tuple[str, str]:
+        """(ee, sac) engine files of a precision; fp32 are the exported ones."""
+        if precision == "fp32" or self.calibration is None or precision not in self.calibration.precisions:
+            if precision != "fp32":
+                have = sorted(self.calibration.precisions) if self.calibration else ["fp32"]
+                raise ConfigError(f"{self.directory}: no {precision} engines (has {have}); make them with "
+                                  f"`sacvit-edge calibrate {self.directory} --int8`")
+            return self.engines["ee"].file, self.engines["sac"].file
+        p = self.calibration.precisions[precision]
+        return p.ee_file, p.sac_file
+
+    def default_eta(self, precision: str = "fp32") -> float:
+        """The calibrated eta of a precision where there is one, else the checkpoint's."""
+        if self.calibration is not None and precision in self.calibration.precisions:
+            return self.calibration.precisions[precision].eta
+        return self.eta
+
+    def latency(self, precision: str = "fp32") -> LatencyTable | None:
+        if self.calibration is not None and precision in self.calibration.precisions:
+            return self.calibration.precisions[precision].latency
+        return None
 
 
 def _plain_name(name: str) -> bool:
@@ -283,6 +377,64 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
                     cost=cost, content_sha256=_digest_or_fail(data, source))
 
 
+def _latency(r: _Reader) -> LatencyTable:
+    def table(key: str) -> dict[int, float]:
+        raw = r.get(key, lambda v: isinstance(v, dict) and v and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v.values()),
+            "a non-empty object mapping integers to non-negative milliseconds")
+        try:
+            return {int(k): float(v) for k, v in raw.items()}
+        except ValueError as exc:
+            raise ExportError(f"{r.source}: manifest field {r._name(key)!r} has a key that is not an integer") from exc
+
+    sac_raw = r.get("sac_ms", lambda v: isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()),
+                    "an object mapping batch sizes to {k: ms}")
+    sac_reader = r.section("sac_ms")
+    sac = {}
+    for b in sac_raw:
+        try:
+            sac[int(b)] = _latency_row(sac_reader, b)
+        except ValueError as exc:
+            raise ExportError(f"{r.source}: manifest field {r._name('sac_ms')!r} has a key that is not an integer") from exc
+    return LatencyTable(ee=table("ee_ms"), host=table("host_ms"), sac=sac)
+
+
+def _latency_row(r: _Reader, key: str) -> dict[int, float]:
+    raw = r.get(key, lambda v: isinstance(v, dict) and v and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v.values()),
+        "a non-empty object mapping target counts to non-negative milliseconds")
+    return {int(k): float(v) for k, v in raw.items()}
+
+
+def parse_calibration(data: Any, manifest: Manifest, source: Path) -> Calibration:
+    """Validate calibration.json against the manifest it calibrates."""
+    r = _Reader(data, "", source)
+    if data.get("format") != CALIBRATION_FORMAT or data.get("format_version") != CALIBRATION_VERSION:
+        raise ExportError(f"{source}: not a sacvit-edge calibration (format {data.get('format')!r}, "
+                          f"version {data.get('format_version')!r}; this version reads {CALIBRATION_VERSION})")
+    if r.str_("checkpoint_fingerprint") != manifest.checkpoint_fingerprint or r.str_("manifest_sha256") != manifest.content_sha256:
+        raise ExportError(f"{source}: calibrated for another export (checkpoint or manifest differ); re-run calibrate")
+    ps = r.section("precisions")
+    precisions = {}
+    for name in ps.data:
+        if name not in PRECISIONS:
+            raise ExportError(f"{source}: unknown precision {name!r}; expected one of {list(PRECISIONS)}")
+        p = ps.section(name)
+        files = [p.get(k, lambda v: isinstance(v, str) and _plain_name(v), "a plain file name inside the directory")
+                 for k in ("ee_file", "sac_file")]
+        for f in files:
+            if f not in manifest.files:
+                raise ExportError(f"{source}: engine {f!r} of precision {name!r} is not listed (hashed) in the manifest's files")
+        eta = p.float_("eta")
+        if not 0.0 <= eta <= 1.0:
+            raise ExportError(f"{source}: precisions.{name}.eta must be in [0, 1], got {eta}")
+        latency = _latency(p.section("latency")) if p.data.get("latency") is not None else None
+        precisions[name] = PrecisionCalibration(ee_file=files[0], sac_file=files[1], eta=eta, latency=latency)
+    if "fp32" not in precisions:
+        raise ExportError(f"{source}: precisions lacks 'fp32'")
+    return Calibration(precisions=precisions, report={k: v for k, v in data.items() if k != "precisions"})
+
+
 def _digest_or_fail(data: dict, source: Path) -> str:
     try:
         return content_digest(data)
@@ -328,4 +480,13 @@ def _read_manifest(directory: Path, verify_files: bool) -> Manifest:
                 raise ExportError(f"{directory}: incomplete export, {name} is missing")
             if sha256_file(file) != digest:
                 raise ExportError(f"{file}: contents do not match the manifest (corrupted or replaced file); re-export")
+    if CALIBRATION_FILE in manifest.files:
+        cal_path = directory / CALIBRATION_FILE
+        if cal_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ExportError(f"{cal_path}: far larger than any calibration file")
+        try:
+            cal = json.loads(cal_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ExportError(f"{cal_path}: corrupt calibration file ({exc})") from exc
+        manifest = replace(manifest, calibration=parse_calibration(cal, manifest, cal_path))
     return manifest
