@@ -425,9 +425,12 @@ def parse_calibration(data: Any, manifest: Manifest, source: Path) -> Calibratio
         for f in files:
             if f not in manifest.files:
                 raise ExportError(f"{source}: engine {f!r} of precision {name!r} is not listed (hashed) in the manifest's files")
-        eta = p.float_("eta")
-        if not 0.0 <= eta <= 1.0:
-            raise ExportError(f"{source}: precisions.{name}.eta must be in [0, 1], got {eta}")
+        if p.data.get("eta") == "never":  # calibration may find that no exit meets the request
+            eta = math.inf
+        else:
+            eta = p.float_("eta")
+            if not 0.0 <= eta <= 1.0:
+                raise ExportError(f"{source}: precisions.{name}.eta must be in [0, 1] or 'never', got {eta}")
         latency = _latency(p.section("latency")) if p.data.get("latency") is not None else None
         precisions[name] = PrecisionCalibration(ee_file=files[0], sac_file=files[1], eta=eta, latency=latency)
     if "fp32" not in precisions:

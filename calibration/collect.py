@@ -1,0 +1,117 @@
+"""One pass of the deployment classifier over a labelled dataset, and stage timings.
+
+Both run on the backend the user deploys (ONNX Runtime by default, no torch): the records
+are what that backend computes, and the latencies are this device's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from sacvit_edge.classifier import EdgeClassifier, ImposedDecisions
+from sacvit_edge.datasets import DEFAULT_MAX_BAD_SHARE, BadImages, LabelledSource
+from sacvit_edge.errors import DataError, ImageError
+from sacvit_edge.gate import NEVER_EXIT
+from sacvit_edge.manifest import LatencyTable
+
+from .sweep import ExitRecords
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Collected:
+    """A pass's records, the dataset's content fingerprint and its unreadable files."""
+
+    records: ExitRecords
+    fingerprint: str
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    sample: np.ndarray | None = None  # a few preprocessed images (timing and INT8 calibration inputs)
+
+
+def collect(clf: EdgeClassifier, source: LabelledSource, batch_size: int = 32,
+            max_bad_share: float = DEFAULT_MAX_BAD_SHARE, keep_sample: int = 256,
+            on_batch: Callable[[int, int], None] | None = None) -> Collected:
+    """Run both stages on every image (eta "never": every image gets its SAC answer too), keep
+    each image's EE probabilities, SAC answer and target counts.
+
+    Images are preprocessed one by one with the classifier's own preprocessing (resize mode,
+    colour order), so an unreadable file is listed and skipped, not fatal, until more than
+    `max_bad_share` of the dataset is bad. The fingerprint is the sha256 of the preprocessed
+    pixels and labels in order: the same folder gives the same fingerprint.
+    """
+    total = len(source)
+    bad = BadImages(total, max_bad_share)
+    digest = hashlib.sha256()
+    parts: list[ExitRecords] = []
+    sample: list[np.ndarray] = []
+    done = 0
+    for items, labels in source.items(batch_size):
+        xs, ys = [], []
+        for item, label in zip(items, labels):
+            try:
+                xs.append(clf.preprocess([item])[0])
+                ys.append(int(label))
+            except ImageError as exc:
+                bad.add(item, str(exc))
+        done += len(items)
+        if xs:
+            x = np.ascontiguousarray(np.stack(xs))
+            y = np.asarray(ys, dtype=np.int64)
+            digest.update(x.tobytes())
+            digest.update(y.tobytes())
+            res = clf.run(x, eta=NEVER_EXIT)
+            parts.append(ExitRecords(labels=y, sac_pred=res.probs.argmax(1), ee_probs=res.ee_probs,
+                                     counts=res.counts.copy(), raw_counts=res.raw_counts.copy()))
+            if len(sample) < keep_sample:
+                sample.extend(x[: keep_sample - len(sample)])
+        if on_batch:
+            on_batch(done, total)
+    if not parts:
+        raise DataError(f"{source.name}: no readable image")
+    records = parts[0]
+    for part in parts[1:]:
+        records = records.concat(part)
+    return Collected(records=records, fingerprint=digest.hexdigest(), bad=bad.files, sample=np.stack(sample))
+
+
+def _median_ms(fn: Callable[[], dict], key: str, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    return float(np.median([fn()[key] for _ in range(reps)]))
+
+
+def measure_latency(clf: EdgeClassifier, sample: np.ndarray, batch_sizes: tuple[int, ...] = (1, 32), reps: int = 7,
+                    on_step: Callable[[str], None] | None = None) -> LatencyTable:
+    """Stage latencies on this device: the EE engine and the host work at each batch size, and
+    the SAC engine at each batch size and every target count the engines accept (median of
+    `reps` calls; exit decisions and counts imposed through EdgeClassifier.run)."""
+    lo, hi = clf.k_range
+    ee: dict[int, float] = {}
+    host: dict[int, float] = {}
+    sac: dict[int, dict[int, float]] = {}
+    for b in batch_sizes:
+        x = np.ascontiguousarray(np.resize(sample, (b, *sample.shape[1:])))  # the sample, repeated to b images
+        if on_step:
+            on_step(f"timing batch {b}")
+        exit_all = ImposedDecisions(exited=np.ones(b, bool), counts=np.zeros(b, np.int64))
+        ee[b] = _median_ms(lambda: clf.run(x, imposed=exit_all).timings, "ee", reps)
+        sac[b] = {}
+        hosts = []
+        for k in range(lo, hi + 1):
+            go_all = ImposedDecisions(exited=np.zeros(b, bool), counts=np.full(b, k, np.int64))
+            timings = [clf.run(x, imposed=go_all).timings for _ in range(reps + 1)][1:]
+            sac[b][k] = float(np.median([t["sac"] for t in timings]))
+            hosts.append(float(np.median([t["host"] for t in timings])))
+        host[b] = float(np.median(hosts))
+    return LatencyTable(ee=ee, host=host, sac=sac)
+
+
+def timing_environment(clf: EdgeClassifier) -> dict[str, Any]:
+    return {**clf.backend.describe(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

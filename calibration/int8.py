@@ -1,0 +1,144 @@
+"""INT8 engines: static Q/DQ quantisation of both graphs with ONNX Runtime's quantiser.
+
+Per graph: ONNX Runtime's pre-processing step (shape inference and graph optimisation), then
+`quantize_static` in QDQ format (the explicit-quantisation form TensorRT 10/11 also build
+from), per-channel int8 weights, uint8 activations with MinMax ranges from a rewindable
+CalibrationDataReader: the calibration images for the EE graph, and the SAC stage's real
+inputs for the SAC graph, recorded while the fp32 classifier ran on those images (a
+recording wrapper around its backend; the orchestrator is unchanged). The exported
+fp32 graphs are never replaced: the int8 graphs are a precision variant beside them, with the
+same embedded fingerprint and manifest digest. Needs the [export] extra (onnx).
+
+Operators kept in fp32 (QUANTIZED_OPS lists what is quantised): everything but the matrix
+products. LayerNorm, Softmax, GELU, the residual Adds and the gathers/concats of the token
+bookkeeping stay fp32; quantising them as well was measured to cost accuracy for no speed
+(see the INT8 section of BENCHMARKS.md). `exclude_heads` also keeps the two classifier heads
+in fp32: the exit decision reads the EE head's confidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from sacvit_edge.errors import ExportError
+from sacvit_edge.extras import require_extra
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+INT8_SUFFIX = ".int8.onnx"
+
+
+class ListReader:
+    """ONNX Runtime CalibrationDataReader over a list of input feeds; rewindable (the
+    quantiser may read the data more than once)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        if not feeds:
+            raise ExportError("INT8 calibration needs at least one input batch")
+        self.feeds = feeds
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self.feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+class RecordingBackend:
+    """A backend wrapper that records the SAC engine's inputs (up to `limit` calls) and
+    otherwise delegates: the SAC graph's calibration data are the inputs it really gets."""
+
+    def __init__(self, inner, limit: int = 64) -> None:
+        self.inner, self.limit = inner, limit
+        self.sac_feeds: list[dict[str, np.ndarray]] = []
+        self.name = inner.name
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    def run_ee(self, image):
+        return self.inner.run_ee(image)
+
+    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep):
+        if len(self.sac_feeds) < self.limit:
+            self.sac_feeds.append({"target_patches": patches.copy(), "target_idx": target_idx.copy(),
+                                   "nontarget_idx": nontarget_idx.copy(), "ee_final": final.copy(),
+                                   "ee_hidden": hidden.copy(), "target_keep": target_keep.copy(),
+                                   "nontarget_keep": nontarget_keep.copy()})
+        return self.inner.run_sac(patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep)
+
+
+def _head_nodes(model) -> list[str]:
+    """Nodes of the classifier heads: the Gemm/MatMul nodes that produce a logits output."""
+    outputs = {o.name for o in model.graph.output if o.name.endswith("logits")}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    names = []
+    for out in outputs:
+        node = producers.get(out)
+        # logits = MatMul -> Add (bias): walk back through an Add to the product
+        while node is not None and node.op_type not in ("MatMul", "Gemm"):
+            node = next((producers[i] for i in node.input if i in producers), None)
+        if node is not None:
+            names.append(node.name)
+    return names
+
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude_heads: bool = True,
+                   extra_exclude: tuple[str, ...] = ()) -> list[str]:
+    """Quantise one ONNX graph to Q/DQ int8 at `dst`, keeping its metadata; returns the nodes
+    kept in fp32 by name (the heads, where asked)."""
+    require_extra("export", "INT8 quantisation (onnx)")
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as work:
+        pre = Path(work) / "pre.onnx"
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception as exc:  # noqa: BLE001 - symbolic shape inference gives up on some dynamic graphs
+            log.info("symbolic shape inference failed on %s (%s); pre-processing without it", src.name, exc)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        exclude = [*(_head_nodes(model) if exclude_heads else []), *extra_exclude]
+        quantize_static(str(pre), str(dst), ListReader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    # the exported graph's identity (fingerprint, manifest digest, stage) travels with it
+    source_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    out = onnx.load(str(dst))
+    del out.metadata_props[:]
+    for key, value in source_meta.items():
+        out.metadata_props.add(key=key, value=value)
+    out.metadata_props.add(key="sacvit_edge.precision", value="int8")
+    onnx.save(out, str(dst))
+    return exclude
+
+
+def ee_feeds(images: np.ndarray, batch: int = 8) -> list[dict[str, np.ndarray]]:
+    return [{"image": np.ascontiguousarray(images[i:i + batch])} for i in range(0, len(images), batch)]
+
+
+def make_int8_engines(ee_path: Path, sac_path: Path, out_dir: Path, images: np.ndarray,
+                      sac_feeds: list[dict[str, np.ndarray]], exclude_heads: bool = True,
+                      on_step: Callable[[str], None] | None = None) -> dict[str, object]:
+    """ee.int8.onnx and sac.int8.onnx in out_dir from the fp32 graphs and calibration inputs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, object] = {}
+    for stage, src, feeds in (("ee", ee_path, ee_feeds(images)), ("sac", sac_path, sac_feeds)):
+        if on_step:
+            on_step(f"quantising the {stage} graph ({len(feeds)} calibration batches)")
+        dst = out_dir / f"{stage}{INT8_SUFFIX}"
+        kept = quantize_graph(src, dst, feeds, exclude_heads)
+        files[stage] = dst
+        files[f"{stage}_fp32_nodes"] = kept
+    return files
