@@ -327,7 +327,7 @@ class EdgeClassifier:
             shape = getattr(batch, "shape", None)
             raise ImageError(f"batch must be float32 (B, 3, {size}, {size}); got {type(batch).__name__} "
                              f"{getattr(batch, 'dtype', '')} {shape}")
-        backend = self._engines()
+        self._engines()
         if len(batch) == 0:
             n, c = self.config.num_coarse, len(self.class_names)
             return BatchResult(probs=np.zeros((0, c), np.float32), ee_probs=np.zeros((0, c), np.float32),

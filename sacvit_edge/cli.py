@@ -165,38 +165,232 @@ def train(
         console.print(f"wrote {out}")
 
 
+DATA_HELP = ("ImageFolder: one sub-folder per class, matched to the model's classes by name ('/' in a class name "
+             "written '-'); default: the built-in cluttered Fashion-MNIST")
+
+
+def _request(max_drop: Optional[float], gflops_budget: Optional[float], latency_budget_ms: Optional[float],
+             default_drop: float = 0.5):
+    from .calibration.sweep import Request
+
+    given = [(k, v) for k, v in (("max_drop", max_drop), ("gflops_budget", gflops_budget),
+                                  ("latency_budget_ms", latency_budget_ms)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError("give one of --max-drop, --gflops-budget, --latency-budget-ms")
+    kind, value = given[0] if given else ("max_drop", default_drop)
+    if not value == value or value < 0 or value == float("inf"):
+        raise ConfigError(f"--{kind.replace('_', '-')} {value} must be a finite number >= 0")
+    return Request(kind, float(value))
+
+
+def _curve_table(curve: list[dict], chosen: dict, title: str) -> Table:
+    cols = [c for c in ("eta", "top1", "exit_rate", "mean_target_tokens", "gflops", "latency_ms") if c in curve[0]]
+    table = Table(*cols, title=title)
+    shown = [p for p in curve if p["eta"] == "never" or round(float(p["eta"]) * 20, 6).is_integer()]
+    for p in sorted({id(p): p for p in (*shown, chosen)}.values(), key=lambda p: 2.0 if p["eta"] == "never" else p["eta"]):
+        mark = p["eta"] == chosen["eta"]
+        cells = [str(p[c]) if isinstance(p[c], str) else f"{p[c]:.4g}" for c in cols]
+        table.add_row(*cells, style="bold green" if mark else None)
+    return table
+
+
+def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, split: str, seed: int,
+                            limit: Optional[int], out: Optional[Path], in_place: bool, what: str) -> None:
+    """Choose a checkpoint's default eta through PyTorch (the checkpoint-level calibrate)."""
+    from .extras import require_extra
+
+    require_extra("train", f"sacvit-edge {what} on a checkpoint")
+    from .calibration.sweep import choose
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import labelled_dataset
+    from .flops import CostModel
+    from .model import SACViT
+    from .train import predict_dataset
+
+    if request.kind == "latency_budget_ms":
+        raise ConfigError("a latency budget is measured on the deployment engines: export first, then "
+                          "`sacvit-edge calibrate EXPORT_DIR --latency-budget-ms ...`")
+    if out is not None and in_place:
+        raise ConfigError("-o and --in-place exclude each other")
+    ck = load_checkpoint(model_path)
+    if not isinstance(ck.model, SACViT):
+        raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
+    ds = labelled_dataset(data, split, ck.class_names, ck.size, seed, limit)
+    with _progress() as progress:
+        task = progress.add_task(f"{what} (pytorch)", total=len(ds), info="")
+        records = predict_dataset(ck.model, ds, on_batch=lambda d, n: progress.update(task, completed=d, total=n))
+    curve = records.curve(CostModel(ck.model))
+    chosen = choose(curve, request)
+    console.print(_curve_table(curve, chosen, f"{model_path} on {data or f'cluttered Fashion-MNIST {split}'}: "
+                                              f"{len(records.labels)} images"))
+    lo, hi = chosen["top1_ci95"]
+    console.print(f"chosen eta = {chosen['eta']} ({request.describe()}): top-1 {chosen['top1']:.2f} % "
+                  f"(95 % interval {lo:.1f}-{hi:.1f}), exit rate {chosen['exit_rate']:.3f}")
+    target = out if out is not None else (model_path if in_place else None)
+    if target is None:
+        console.print("nothing written: pass -o OUT.pt for a copy, or --in-place to rewrite the checkpoint")
+        return
+    eta = 1.0 if chosen["eta"] == "never" else float(chosen["eta"])
+    training = dict(ck.training, eta_tuning={"request": request.describe(), "data": str(data or split),
+                                             "images": int(len(records.labels)), "eta": eta})
+    save_checkpoint(target, ck.model, ck.class_names, ck.mean, ck.std, eta=eta, training=training)
+    console.print(f"wrote eta {eta} into {target}")
+
+
 @app.command("eval")
 def eval_cmd(
-    model_path: Annotated[Path, typer.Argument(help="model.pt")],
-    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the checkpoint's)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="evaluate the first N test images")] = None,
+    model_path: Annotated[Path, typer.Argument(help="model.pt, or an export directory (evaluated on its deployment backend)")],
+    data: Annotated[Optional[Path], typer.Option(help=DATA_HELP)] = None,
+    split: Annotated[str, typer.Option(help="built-in split without --data: test, calibration or train")] = "test",
+    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the calibrated one, else the checkpoint's)")] = None,
+    backend: Annotated[str, typer.Option(help="export directories: onnxruntime, tensorrt, pytorch, auto")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="export directories: fp32 or int8")] = "fp32",
+    limit: Annotated[Optional[int], typer.Option(help="evaluate N images (a seeded sample of a folder)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    max_bad_share: Annotated[float, typer.Option(help="fail when more than this share of the images is unreadable")] = 0.01,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results to this JSON file")] = None,
 ) -> None:
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
     with _handled():
-        from .extras import require_extra
-
-        require_extra("train", "sacvit-edge eval")
-        from .checkpoint import load_checkpoint
-        from .data import ClutteredFashionMNIST
-        from .train import evaluate
-
         eta_value = _eta(eta)
-        ckpt = load_checkpoint(model_path)
-        test = ClutteredFashionMNIST("test", seed=seed)
-        with _progress() as progress:
-            task = progress.add_task("eval", total=None, info="")
-            res = evaluate(ckpt.model, test, eta=ckpt.eta if eta_value is None else eta_value, limit=limit,
-                           on_batch=lambda d, n: progress.update(task, completed=d, total=n))
-        res = {"checkpoint": str(model_path), "arch": ckpt.config.arch, **res}
-        table = Table("metric", "value", title=f"{model_path} on cluttered Fashion-MNIST test")
+        where = str(data) if data is not None else f"cluttered Fashion-MNIST {split}"
+        if model_path.is_dir():
+            from .calibration.collect import collect
+            from .classifier import EdgeClassifier
+            from .datasets import open_source
+
+            clf = EdgeClassifier(model_path, backend=backend, precision=precision)
+            source = open_source(data, split, clf.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
+            with _progress() as progress:
+                task = progress.add_task(f"eval on {clf.backend_name}", total=len(source), info="")
+                got = collect(clf, source, 32, max_bad_share, on_batch=lambda d, n: progress.update(task, completed=d))
+            rec = got.records
+            point = rec.point(clf.eta if eta_value is None else eta_value, clf.manifest.cost)
+            res = {"export": str(model_path), "backend": clf.backend_name, "precision": precision, "data": where,
+                   "images": int(len(rec.labels)), "unreadable": len(got.bad),
+                   "eta_source": "--eta" if eta_value is not None else (
+                       "calibrated" if clf.manifest.calibration else "checkpoint"),
+                   **point, "top1_ee": rec.top1(rec.ee_pred), "top1_sac": rec.top1(rec.sac_pred)}
+        else:
+            from .extras import require_extra
+
+            require_extra("train", "sacvit-edge eval on a checkpoint (or pass an export directory)")
+            from .checkpoint import load_checkpoint
+            from .data import labelled_dataset
+            from .train import evaluate
+
+            ckpt = load_checkpoint(model_path)
+            test = labelled_dataset(data, split, ckpt.class_names, ckpt.size, seed, limit, max_bad_share)
+            with _progress() as progress:
+                task = progress.add_task("eval", total=None, info="")
+                res = evaluate(ckpt.model, test, eta=ckpt.eta if eta_value is None else eta_value,
+                               on_batch=lambda d, n: progress.update(task, completed=d, total=n))
+            res = {"checkpoint": str(model_path), "arch": ckpt.config.arch, "data": where, **res}
+        table = Table("metric", "value", title=f"{model_path} on {where}")
         for key, value in res.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
         if json_out is not None:
             json_out.write_text(json.dumps(res, indent=2))
             console.print(f"wrote {json_out}")
+
+
+@app.command()
+def calibrate(
+    source: Annotated[Path, typer.Argument(help="export directory (or model.pt: eta only, through PyTorch)")],
+    data: Annotated[Optional[Path], typer.Option(help=DATA_HELP + " (its calibration split)")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help="accuracy points the early exit may cost vs never exiting (default 0.5)")] = None,
+    gflops_budget: Annotated[Optional[float], typer.Option(help="best accuracy within this many GFLOPs per image")] = None,
+    latency_budget_ms: Annotated[Optional[float], typer.Option(help="best accuracy within this latency per image at --batch (measured here)")] = None,
+    batch: Annotated[int, typer.Option(help="batch size the latency is measured and budgeted at")] = 32,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write a calibrated copy here (default: in place)")] = None,
+    in_place: Annotated[bool, typer.Option(help="model.pt only: rewrite the checkpoint's eta", metavar="")] = False,
+    int8: Annotated[bool, typer.Option(help="also make INT8 (Q/DQ) engines and calibrate their own eta", metavar="")] = False,
+    apply_k_range: Annotated[bool, typer.Option(help="re-export with the measured target-count range", metavar="")] = False,
+    coverage: Annotated[float, typer.Option(help="share of images the target-count range must cover")] = 0.999,
+    deadline_ms: Annotated[Optional[str], typer.Option(help="comma-separated budgets: report the deadline gate's accuracy")] = None,
+    backend: Annotated[str, typer.Option(help="the deployment backend to calibrate on")] = "onnxruntime",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="use N images (a seeded sample of a folder)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    timing_reps: Annotated[int, typer.Option(help="timed calls per stage measurement (median)")] = 7,
+    max_bad_share: Annotated[float, typer.Option(help="fail when more than this share of the images is unreadable")] = 0.01,
+) -> None:
+    """Choose eta (and the token range, INT8 engines) from your data on this device; written into the export."""
+    with _handled():
+        request = _request(max_drop, gflops_budget, latency_budget_ms)
+        budgets = tuple(float(b) for b in deadline_ms.split(",")) if deadline_ms else ()
+        if any(not (b > 0 and b < float("inf")) for b in budgets):
+            raise ConfigError(f"--deadline-ms {deadline_ms}: budgets must be positive milliseconds")
+        if source.is_file() or source.suffix == ".pt":
+            if int8 or apply_k_range or budgets:
+                raise ConfigError("--int8, --apply-k-range and --deadline-ms need an export directory: "
+                                  f"`sacvit-edge export {source} -o DIR` first")
+            _checkpoint_calibration(source, data, request, "calibration", seed, limit, out, in_place, "calibrate")
+            return
+        if in_place:
+            raise ConfigError("--in-place is for model.pt; an export directory is calibrated in place unless -o is given")
+        from .calibration.calibrate import calibrate_export
+        from .datasets import open_source
+        from .manifest import read_manifest
+
+        manifest = read_manifest(source)
+        src = open_source(data, "calibration", manifest.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
+        with _progress() as progress:
+            task = progress.add_task("calibrate", total=len(src), info="")
+            result = calibrate_export(source, src, request, out=out, batch=batch, backend=backend, threads=threads,
+                                      int8=int8, apply_k_range=apply_k_range, coverage=coverage,
+                                      deadline_budgets=budgets, timing_reps=timing_reps, max_bad_share=max_bad_share,
+                                      on_step=lambda msg: progress.update(task, completed=0, info=msg),
+                                      on_batch=lambda d, n: progress.update(task, completed=d, total=n))
+    _print_calibration(result, batch)
+
+
+def _print_calibration(result, batch: int) -> None:
+    rep = result.report
+    for name, entry in rep["precisions"].items():
+        if "curve" in entry:
+            console.print(_curve_table(entry["curve"], entry["chosen"],
+                                       f"{name}: sweep on {rep['dataset']['images']} images (latency per image at batch {batch})"))
+    summary = Table("precision", "eta", "top-1 %", "95 % interval", "exit rate", "GFLOPs", f"ms/img @{batch}",
+                    "top-1 EE / SAC", title=rep["request"]["description"])
+    for name, entry in rep["precisions"].items():
+        c = entry.get("chosen")
+        if c is None:
+            continue
+        summary.add_row(name, str(c["eta"]), f"{c['top1']:.2f}", f"{c['top1_ci95'][0]:.1f}-{c['top1_ci95'][1]:.1f}",
+                        f"{c['exit_rate']:.3f}", f"{c.get('gflops', 0):.4f}", f"{c.get('latency_ms', 0):.3f}",
+                        f"{entry['top1_ee']:.2f} / {entry['top1_sac']:.2f}")
+    console.print(summary)
+    if "int8" in rep["precisions"] and "at_fp32_eta" in rep["precisions"]["int8"]:
+        a = rep["precisions"]["int8"]["at_fp32_eta"]
+        console.print(f"int8 at the fp32 eta {a['eta']}: top-1 {a['top1']:.2f} %, exit rate {a['exit_rate']:.3f}")
+    k = rep["token_range"]
+    console.print(f"target tokens: [{k['k_min']}, {k['k_max']}] covers {k['coverage']:.2%} of the images (typical k "
+                  f"{k['k_typical']}); the engines' range {k['engines_k_range']} covers {k['engines_coverage']:.2%} "
+                  f"(clamped at run time: {k['clamped_low']} below, {k['clamped_high']} above)"
+                  + ("" if k.get("applied") else "; --apply-k-range re-exports with the measured range"))
+    rows = rep["precisions"]["fp32"].get("deadline") or []
+    if rows:
+        t = Table("deadline ms", "top-1 %", "deadline exits", "top-1 without deadline", title="deadline gate, batch 1 (fp32)")
+        for r in rows:
+            t.add_row(f"{r['deadline_ms']:g}", f"{r['top1']:.2f}", f"{r['deadline_exit_rate']:.3f}", f"{r['top1_without_deadline']:.2f}")
+        console.print(t)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    png = _calibration_plot(result)
+    console.print(f"wrote {result.directory}/calibration.json" + (f" and {png}" if png else
+                                                                  " (install [bench] for the PNG plot)"))
+
+
+def _calibration_plot(result) -> Optional[Path]:
+    from .extras import has_extra
+
+    if not has_extra("bench"):
+        return None
+    from .calibration.plot import plot_calibration
+
+    return plot_calibration(result.report, result.directory / "calibration.png")
 
 
 @app.command()
@@ -286,37 +480,18 @@ def bench(
 
 @app.command("tune-eta")
 def tune_eta_cmd(
-    model_path: Annotated[Path, typer.Argument(help="SAC-ViT model.pt; its default eta is rewritten")],
+    model_path: Annotated[Path, typer.Argument(help="SAC-ViT model.pt")],
     tolerance: Annotated[float, typer.Option(help="accuracy points the early exit may cost vs the SAC head")] = 0.25,
-    val_items: Annotated[int, typer.Option(help="held-out items: the LAST N of the train split")] = 5000,
-    seed: Annotated[int, typer.Option(help="layout seed of the validation canvases")] = 1,
-    dry_run: Annotated[bool, typer.Option(help="only print the choice", metavar="")] = False,
+    data: Annotated[Optional[Path], typer.Option(help=DATA_HELP + " (its calibration split)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the tuned checkpoint here")] = None,
+    in_place: Annotated[bool, typer.Option(help="rewrite MODEL_PATH's eta", metavar="")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="use N images")] = None,
+    seed: Annotated[int, typer.Option(help="layout seed (the calibration split is drawn with seed + 1)")] = 0,
 ) -> None:
-    """Choose the default exit threshold on held-out canvases (never the test split)."""
+    """Choose a checkpoint's default eta on held-out images (calibrate --max-drop on a model.pt)."""
     with _handled():
-        from .extras import require_extra
-
-        require_extra("train", "sacvit-edge tune-eta")
-        from .checkpoint import load_checkpoint, save_checkpoint
-        from .data import ClutteredFashionMNIST
-        from .model import SACViT
-        from .train import tune_eta
-
-        ck = load_checkpoint(model_path)
-        if not isinstance(ck.model, SACViT):
-            raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
-        val = ClutteredFashionMNIST("train", seed=seed, offset=60000 - val_items, limit=val_items)
-        with err.status("sweeping eta"):
-            eta, rows = tune_eta(ck.model, val, tolerance)
-    table = Table("eta", "top-1 %", "exit rate", title=f"{model_path}: validation sweep")
-    for r in rows[::5]:
-        table.add_row(f"{r['eta']:.2f}", f"{r['top1']:.2f}", f"{r['exit_rate']:.3f}")
-    console.print(table)
-    console.print(f"chosen eta = {eta:.2f}")
-    if not dry_run:
-        training = dict(ck.training, eta_tuning={"tolerance": tolerance, "val_items": val_items, "seed": seed, "eta": eta})
-        save_checkpoint(model_path, ck.model, ck.class_names, ck.mean, ck.std, eta=eta, training=training)
-        console.print(f"wrote eta {eta:.2f} into {model_path}")
+        _checkpoint_calibration(model_path, data, _request(tolerance, None, None), "calibration", seed, limit, out,
+                                in_place, "tune-eta")
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

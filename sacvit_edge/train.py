@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
 from .config import ModelConfig
+from .calibration.sweep import ExitRecords, Request, choose
 from .flops import CostModel
-from .gate import NEVER_EXIT, Eta, gate, validate_eta
+from .gate import NEVER_EXIT, validate_eta
 from .model import SACViT, VisionTransformer, build_model
 
 log = logging.getLogger(__name__)
@@ -209,42 +210,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     return TrainResult(checkpoint=out_path, history=history)
 
 
-@dataclass
-class DatasetPredictions:
-    """Per-image outputs of one pass over a dataset; early-exit decisions for any eta are then free.
-
-    For DeiT only `labels` and `head_pred` are set.
-    """
-
-    labels: np.ndarray                       # (N,)
-    head_pred: np.ndarray                    # (N,) `head`: SAC-ViT's SAC head (clustering on), DeiT's only head
-    ee_pred: np.ndarray | None = None        # (N,) EE head
-    ee_probs: np.ndarray | None = None       # (N, C) softmax of the EE head: what the exit gate sees
-    target_counts: np.ndarray | None = None  # (N,) target tokens chosen by the clustering
-
-    def exited(self, eta: Eta) -> np.ndarray:
-        """The exit decisions at eta, by the runtime's own gate."""
-        if self.ee_probs is None:
-            return np.zeros(len(self.labels), dtype=bool)
-        return gate(self.ee_probs, eta)
-
-    def final_pred(self, eta: Eta) -> np.ndarray:
-        """The early-exit model's answer: the EE head where it is confident enough, else SAC's."""
-        if self.ee_pred is None:
-            return self.head_pred
-        return np.where(self.exited(eta), self.ee_pred, self.head_pred)
-
-    def top1(self, pred: np.ndarray) -> float:
-        return float((pred == self.labels).mean() * 100)
+DatasetPredictions = ExitRecords  # one pass's records; the sweep over eta is calibration.sweep's
 
 
 @torch.no_grad()
 def predict_dataset(model: VisionTransformer, dataset, limit: int | None = None, batch_size: int = 256,
-                    on_batch: Callable[[int, int], None] | None = None) -> DatasetPredictions:
+                    on_batch: Callable[[int, int], None] | None = None) -> ExitRecords:
     """Run every image of `dataset` (or its first `limit`) through both heads once."""
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    cols: dict[str, list[np.ndarray]] = {"labels": [], "head_pred": [], "ee_pred": [], "ee_probs": [], "target_counts": []}
+    cols: dict[str, list[np.ndarray]] = {"labels": [], "sac_pred": [], "ee_probs": [], "counts": [], "raw_counts": []}
     done = 0
     for images, labels in prefetch(dataset.batches(batch_size)):
         if done >= n:
@@ -255,16 +230,17 @@ def predict_dataset(model: VisionTransformer, dataset, limit: int | None = None,
         if isinstance(model, SACViT):
             out = model(x, clustering=True)
             ee_probs = out.ee_logits.softmax(-1)
-            cols["head_pred"].append(out.logits.argmax(-1).numpy())
-            cols["ee_pred"].append(ee_probs.argmax(-1).numpy())
+            cols["sac_pred"].append(out.logits.argmax(-1).numpy())
             cols["ee_probs"].append(ee_probs.numpy())
-            cols["target_counts"].append(np.asarray(out.split.counts))
+            cols["counts"].append(np.asarray(out.split.counts))
+            raw = out.split.raw_counts
+            cols["raw_counts"].append(np.asarray(out.split.counts if raw is None else raw))
         else:
-            cols["head_pred"].append(model(x).argmax(-1).numpy())
+            cols["sac_pred"].append(model(x).argmax(-1).numpy())
         done += len(labels)
         if on_batch:
             on_batch(done, n)
-    return DatasetPredictions(**{k: np.concatenate(v) if v else None for k, v in cols.items()})
+    return ExitRecords(**{k: np.concatenate(v) if v else None for k, v in cols.items()})
 
 
 def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit: int | None = None,
@@ -280,11 +256,11 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
     preds = predict_dataset(model, dataset, limit, batch_size, on_batch)
     result: dict[str, Any] = {"images": int(len(preds.labels))}
     if isinstance(model, SACViT):
-        exited, counts = preds.exited(eta), preds.target_counts
+        exited, counts = preds.exited(eta), preds.counts
         result.update(
             eta=eta if math.isfinite(eta) else NEVER_EXIT,
             top1_ee=preds.top1(preds.ee_pred),
-            top1_sac=preds.top1(preds.head_pred),
+            top1_sac=preds.top1(preds.sac_pred),
             top1=preds.top1(preds.final_pred(eta)),
             exit_rate=float(exited.mean()),
             mean_target_tokens=float(counts[~exited].mean()) if (~exited).any() else 0.0,
@@ -296,24 +272,24 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
                           gflops_sac_mean=float(np.mean([cost.sac(k) for k in counts])),
                           gflops_full_resolution=cost.full)
     else:
-        result["top1"] = preds.top1(preds.head_pred)
+        result["top1"] = preds.top1(preds.sac_pred)
         if flops:
             result["gflops"] = CostModel(model).full
     return result
 
 
 def tune_eta(model: SACViT, dataset, tolerance: float = 0.25, batch_size: int = 256,
-             etas: np.ndarray | None = None) -> tuple[float, list[dict[str, float]]]:
+             etas: np.ndarray | None = None) -> tuple[float, list[dict[str, Any]]]:
     """The smallest exit threshold whose early-exit accuracy is within `tolerance` points of the
-    SAC head's own accuracy, on `dataset` (use held-out data, not the test split).
+    SAC head's own accuracy (never exiting), on `dataset` (use held-out data, not the test
+    split). The checkpoint-level form of `sacvit-edge calibrate --max-drop`: the same sweep and
+    the same choice (calibration.sweep), run through PyTorch.
 
-    Returns the chosen eta and the whole sweep (eta, top1, exit_rate).
+    Returns the chosen eta and the sweep (eta, top1, exit_rate, ...), without the "never" point.
     """
-    etas = np.round(np.arange(0.30, 1.0001, 0.01), 2) if etas is None else np.asarray(etas)
+    grid = tuple(float(e) for e in (np.round(np.arange(0.30, 1.0001, 0.01), 2) if etas is None else etas))
     preds = predict_dataset(model, dataset, batch_size=batch_size)
-    sac_top1 = preds.top1(preds.head_pred)
-    rows = [{"eta": float(eta), "top1": preds.top1(preds.final_pred(eta)),
-             "exit_rate": float(preds.exited(eta).mean())} for eta in etas]
-    ok = [r for r in rows if r["top1"] >= sac_top1 - tolerance]
-    chosen = min(ok, key=lambda r: r["eta"])["eta"] if ok else 1.0
-    return chosen, rows
+    curve = preds.curve(etas=(*grid, NEVER_EXIT))
+    chosen = choose(curve, Request("max_drop", tolerance))
+    rows = [p for p in curve if p["eta"] != NEVER_EXIT]
+    return (1.0 if chosen["eta"] == NEVER_EXIT else float(chosen["eta"])), rows

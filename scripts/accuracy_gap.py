@@ -32,7 +32,7 @@ test = ClutteredFashionMNIST("test", limit=args.limit)
 sac_preds, deit_preds = predict_dataset(sac.model, test), predict_dataset(deit.model, test)
 assert np.array_equal(sac_preds.labels, deit_preds.labels)  # the same canvases, in the same order
 a = sac_preds.final_pred(eta) == sac_preds.labels
-b = deit_preds.head_pred == deit_preds.labels
+b = deit_preds.sac_pred == deit_preds.labels
 n = len(a)
 diff = (a.astype(float) - b.astype(float))
 gap = float(diff.mean() * 100)

@@ -17,7 +17,6 @@ trained width (official: 4x), and the EE head stays separate (official: one shar
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -39,7 +38,8 @@ import torch  # noqa: E402
 from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from sacvit_edge.config import preset, with_mode  # noqa: E402
 from sacvit_edge.flops import CostModel  # noqa: E402
-from sacvit_edge.gate import NEVER_EXIT, gate  # noqa: E402
+from sacvit_edge.calibration.sweep import ExitRecords  # noqa: E402
+from sacvit_edge.gate import NEVER_EXIT  # noqa: E402
 from sacvit_edge.images import normalize  # noqa: E402
 from sacvit_edge.model import build_model  # noqa: E402
 
@@ -120,20 +120,6 @@ def mode_checkpoint(sac_path: Path, mode: str, work: Path) -> Path:
     model = ck.model
     model.cfg = with_mode(ck.config, mode, keep_shapes=True)  # the trained reuse MLP keeps its width
     return save_checkpoint(work / f"{mode}.pt", model, ck.class_names, ck.mean, ck.std, ck.eta, ck.training)
-
-
-def sweep(ee_probs: np.ndarray, sac_probs: np.ndarray, counts: np.ndarray, y: np.ndarray, cost: CostModel,
-          etas) -> list[dict[str, float]]:
-    """Accuracy / exit rate / expected GFLOPs at every eta, from one pass's probabilities."""
-    ee_pred, sac_pred = ee_probs.argmax(1), sac_probs.argmax(1)
-    rows = []
-    for eta in etas:
-        exited = gate(ee_probs, eta)
-        final = np.where(exited, ee_pred, sac_pred)
-        rows.append({"eta": float(eta), "top1": float((final == y).mean() * 100), "exit_rate": float(exited.mean()),
-                     "mean_target_tokens": float(counts[~exited].mean()) if (~exited).any() else 0.0,
-                     "gflops": cost.expected(exited, counts)})
-    return rows
 
 
 def measure_speed(run: Callable[[np.ndarray], dict | None], x: np.ndarray, batch: int, single: np.ndarray,
@@ -222,7 +208,9 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
             for b in np.array_split(x, max(1, len(x) // 250)):
                 res = clf.run(np.ascontiguousarray(b), eta=NEVER_EXIT)
                 ee_p.append(res.ee_probs), sac_p.append(res.probs), cnt.append(res.counts)
-            curve = sweep(np.concatenate(ee_p), np.concatenate(sac_p), np.concatenate(cnt), y, cost, cfg.etas)
+            records = ExitRecords(labels=y, sac_pred=np.concatenate(sac_p).argmax(1), ee_probs=np.concatenate(ee_p),
+                                  counts=np.concatenate(cnt))
+            curve = records.curve(cost, etas=cfg.etas)  # the one exit sweep (calibration.sweep)
             for point in curve:
                 speed = measure_speed(lambda b: clf.run(b, eta=point["eta"]).timings, speed_x, cfg.batch, single,
                                       cfg.latency_iters)
