@@ -36,17 +36,19 @@ class Collected:
 
 
 def collect(clf: EdgeClassifier, source: LabelledSource, batch_size: int = 32,
-            max_bad_share: float = DEFAULT_MAX_BAD_SHARE, keep_sample: int = 256,
+            max_bad_share: float | None = None, keep_sample: int = 256,
             on_batch: Callable[[int, int], None] | None = None) -> Collected:
     """Run both stages on every image (eta "never": every image gets its SAC answer too), keep
     each image's EE probabilities, SAC answer and target counts.
 
     Images are preprocessed one by one with the classifier's own preprocessing (resize mode,
     colour order), so an unreadable file is listed and skipped, not fatal, until more than
-    `max_bad_share` of the dataset is bad. The fingerprint is the sha256 of the preprocessed
+    `max_bad_share` of the dataset is bad (default: the source's own, else 1 %). The fingerprint is the sha256 of the preprocessed
     pixels and labels in order: the same folder gives the same fingerprint.
     """
     total = len(source)
+    if max_bad_share is None:
+        max_bad_share = getattr(source, "max_bad_share", DEFAULT_MAX_BAD_SHARE)
     bad = BadImages(total, max_bad_share)
     digest = hashlib.sha256()
     parts: list[ExitRecords] = []

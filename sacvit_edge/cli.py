@@ -102,7 +102,8 @@ def train(
     arch: Annotated[str, typer.Option(help="sacvit or deit")] = "sacvit",
     preset: Annotated[str, typer.Option(help="model preset (tiny_112, small_112, deit_s_224)")] = "tiny_112",
     init: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint, timm state_dict or SAC-ViT checkpoint to fine-tune from")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="ImageFolder root (default: cluttered Fashion-MNIST)")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="ImageFolder root, one sub-folder per class (default: cluttered Fashion-MNIST)")] = None,
+    val_share: Annotated[float, typer.Option(help="--data: share of every class held out for validation (stratified, seeded)")] = 0.1,
     epochs: Annotated[float, typer.Option(help="passes over the training set (fractions allowed)")] = 5.0,
     batch_size: Annotated[int, typer.Option(help="images per optimiser step (over all DDP processes)")] = 128,
     lr: Annotated[float, typer.Option()] = 1e-3,
@@ -127,7 +128,8 @@ def train(
         require_extra("train", "sacvit-edge train")
         from .checkpoint import load_init_state
         from .config import preset as get_preset
-        from .data import ClutteredFashionMNIST, ImageFolder
+        from .data import ImageFolder, fashion_split
+        from .datasets import stratified_split
         from .train import TrainConfig, train as run_train
 
         init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
@@ -135,16 +137,22 @@ def train(
                                                      cluster_space=cluster_space, gca_start_block=gca_start_block,
                                                      reuse_input=reuse_input, coarse_resample=coarse_resample).items()
                      if v is not None}
-        if data is None:
-            train_set, test_set = ClutteredFashionMNIST("train", seed=seed), ClutteredFashionMNIST("test", seed=seed)
+        if data is None:  # train items 0..54999; items 55000.. are the calibration split
+            train_set, test_set = fashion_split("train", seed=seed), fashion_split("test", seed=seed)
         else:
-            train_set, test_set = ImageFolder(data, get_preset(preset).img_size), None
-            overrides["num_classes"] = len(train_set.classes)
+            folder = ImageFolder(data, get_preset(preset).img_size)
+            train_idx, val_idx = stratified_split(folder.labels, val_share, seed)
+            train_set = folder.subset(train_idx)
+            test_set = folder.subset(val_idx) if len(val_idx) else None
+            if test_set is None:
+                err.print("[yellow]warning:[/yellow] --val-share 0: no validation accuracy will be reported")
+            overrides["num_classes"] = len(folder.classes)
         model_cfg = get_preset(preset, **overrides)
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share, seed=seed,
                            train_limit=limit, eval_limit=eval_limit, threads=threads)
         meta = {"command": " ".join(["sacvit-edge", *sys.argv[1:]]), "init": str(init) if init else None,
-                "dataset": "cluttered-fashion-mnist" if data is None else str(data)}
+                "dataset": "cluttered-fashion-mnist" if data is None else str(data),
+                "validation": "cluttered-fashion-mnist test" if data is None else f"{val_share:.0%} of {data} (seed {seed})"}
         with _progress() as progress:
             task = progress.add_task(f"train {model_cfg.arch}", total=None, info="")
 

@@ -152,6 +152,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     steps_per_epoch = math.ceil(n_items / world / cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     cluster_from = int(round(cfg.warmup_share * total))
+    if cfg.warmup_steps >= total and rank == 0:
+        log.warning("the learning-rate warm-up (%d steps) is as long as the whole run (%d steps): the learning rate never "
+                    "reaches --lr; lower --warmup-steps or train longer", cfg.warmup_steps, total)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:

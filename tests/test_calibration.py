@@ -1,0 +1,351 @@
+"""Calibration on the user's data: datasets, the exit sweep, calibrate, deadline gating, INT8."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sacvit_edge.calibration.sweep import ExitRecords, Request, choose, token_range, wilson_interval
+from sacvit_edge.classifier import EdgeClassifier
+from sacvit_edge.datasets import ImageFolderSource, folder_name, open_source, stratified_split
+from sacvit_edge.errors import ConfigError, DataError, ExportError
+from sacvit_edge.gate import NEVER_EXIT, deadline_gate
+from sacvit_edge.manifest import CALIBRATION_FILE, read_manifest
+
+CLI = [sys.executable, "-m", "sacvit_edge.cli"]
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory) -> Path:
+    """An ImageFolder as a user would make it: 12 canvases per class of the built-in
+    calibration split, class folders named by the documented rule (T-shirt/top -> T-shirt-top)."""
+    from sacvit_edge.data import fashion_split
+
+    root = tmp_path_factory.mktemp("user") / "data"
+    ds = fashion_split("calibration", limit=600)
+    per_class: dict[int, int] = {}
+    for images, labels in ds.batches(200):
+        for img, label in zip(images.permute(0, 2, 3, 1).numpy(), labels.tolist()):
+            if per_class.get(label, 0) >= 12:
+                continue
+            folder = root / folder_name(ds.classes[label])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{per_class.get(label, 0):03d}.png")
+            per_class[label] = per_class.get(label, 0) + 1
+    assert sorted(per_class.values()) == [12] * 10
+    return root
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, shipped_export, user_folder) -> tuple[Path, dict]:
+    from sacvit_edge.calibration.calibrate import calibrate_export
+
+    out = tmp_path_factory.mktemp("cal") / "calibrated"
+    manifest = read_manifest(shipped_export)
+    source = open_source(user_folder, "calibration", manifest.class_names)
+    result = calibrate_export(shipped_export, source, Request("max_drop", 1.0), out=out, batch=8, timing_reps=2,
+                              deadline_budgets=(0.01, 1e4))
+    return out, result.report
+
+
+# ---- datasets -------------------------------------------------------------------------------------
+
+def test_folders_match_classes_by_name_not_sort_order(user_folder, shipped_export):
+    names = read_manifest(shipped_export).class_names
+    src = ImageFolderSource(user_folder, names)
+    # sorted folder names differ from the model's class order; each file gets its class's index
+    for path, label in src.samples:
+        assert folder_name(names[label]) == path.parent.name
+    assert sorted(p.name for p in user_folder.iterdir()) != [folder_name(c) for c in names]
+
+
+def test_class_mismatch_lists_the_difference(user_folder, tmp_path, shipped_export):
+    names = read_manifest(shipped_export).class_names
+    bad = tmp_path / "data"
+    shutil.copytree(user_folder, bad)
+    shutil.rmtree(bad / "Bag")
+    (bad / "Bagg").mkdir()
+    Image.new("RGB", (8, 8)).save(bad / "Bagg" / "a.png")
+    with pytest.raises(DataError, match=r"missing \['Bag'\].*not classes of the model \['Bagg'\]"):
+        ImageFolderSource(bad, names)
+
+
+def test_unreadable_images_are_listed_and_their_share_enforced(user_folder, tmp_path, shipped_export):
+    from sacvit_edge.calibration.collect import collect
+
+    names = read_manifest(shipped_export).class_names
+    data = tmp_path / "data"
+    shutil.copytree(user_folder, data)
+    (data / "Bag" / "broken.png").write_bytes(b"not a png")
+    clf = EdgeClassifier(shipped_export, backend="onnxruntime")
+    got = collect(clf, ImageFolderSource(data, names, max_bad_share=0.05), batch_size=16)
+    assert len(got.records.labels) == 120 and [Path(f).name for f, _ in got.bad] == ["broken.png"]
+    with pytest.raises(DataError, match="broken.png"):
+        collect(clf, ImageFolderSource(data, names, max_bad_share=0.0), batch_size=16)
+
+
+def test_stratified_split_holds_out_each_class():
+    labels = np.repeat(np.arange(3), [10, 20, 5])
+    tr, va = stratified_split(labels, 0.2, seed=1)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(labels)
+    assert np.bincount(labels[va]).tolist() == [2, 4, 1]
+    assert np.array_equal(va, stratified_split(labels, 0.2, seed=1)[1])
+    assert not np.array_equal(va, stratified_split(labels, 0.2, seed=2)[1])
+
+
+def test_builtin_calibration_split_is_disjoint_from_train():
+    from sacvit_edge.data import fashion_split
+
+    train, cal = fashion_split("train"), fashion_split("calibration")
+    assert len(train) + len(cal) == 60000 and len(cal) == 5000
+    assert cal.seed == train.seed + 1
+
+
+# ---- the sweep ------------------------------------------------------------------------------------
+
+def synthetic_records(n: int = 400, seed: int = 0) -> ExitRecords:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    conf = rng.uniform(0.25, 1.0, n)
+    ee_pred = np.where(rng.uniform(size=n) < conf, labels, (labels + 1) % 4)  # confident answers are right more often
+    probs = np.full((n, 4), 0.0)
+    probs[np.arange(n), ee_pred] = conf
+    probs[np.arange(n), (ee_pred + 1) % 4] = 1 - conf
+    sac_pred = np.where(rng.uniform(size=n) < 0.9, labels, (labels + 2) % 4)
+    return ExitRecords(labels=labels, sac_pred=sac_pred, ee_probs=probs, counts=rng.integers(4, 20, n))
+
+
+class FlatCost:
+    """Test double of manifest.CostTable: 1 GFLOP for EE, k/10 for SAC at k."""
+
+    ee = 1.0
+
+    def expected(self, exited, counts):
+        return self.ee + float(np.where(exited, 0, np.asarray(counts) / 10).mean())
+
+
+def test_choose_meets_each_request_and_refuses_impossible_budgets():
+    rec = synthetic_records()
+    curve = rec.curve(FlatCost())
+    never = next(p for p in curve if p["eta"] == NEVER_EXIT)
+    pick = choose(curve, Request("max_drop", 2.0))
+    assert pick["top1"] >= never["top1"] - 2.0
+    assert all(p["gflops"] >= pick["gflops"] for p in curve if p["top1"] >= never["top1"] - 2.0)
+    budget = choose(curve, Request("gflops_budget", 1.5))
+    assert budget["gflops"] <= 1.5 and all(p["top1"] <= budget["top1"] for p in curve if p["gflops"] <= 1.5)
+    with pytest.raises(ConfigError, match=r"lowest achievable is 1 GFLOPs"):
+        choose(curve, Request("gflops_budget", 0.5))
+    # the sweep's accuracy at an eta is the gate's decision applied per image
+    exited = rec.ee_probs.max(1) >= 0.6
+    direct = np.mean(np.where(exited, rec.ee_probs.argmax(1), rec.sac_pred) == rec.labels) * 100
+    assert rec.point(0.6)["top1"] == pytest.approx(direct)
+
+
+def test_wilson_interval_contains_the_estimate():
+    lo, hi = wilson_interval(70, 100)
+    assert lo < 70 < hi and hi - lo == pytest.approx(17.7, abs=0.5)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 100.0
+
+
+def test_token_range_covers_the_asked_share():
+    counts = np.array([5] * 500 + [6] * 300 + [7] * 190 + [30] * 10)
+    tr = token_range(counts, coverage=0.99)
+    assert (tr["k_min"], tr["k_max"]) == (5, 7) and tr["coverage"] == 0.99 and tr["above"] == 10
+    assert token_range(counts, coverage=0.999)["k_max"] == 30
+
+
+def test_deadline_gate_cuts_the_costliest_first():
+    def sac_ms(m, k):  # test double of LatencyTable.sac_ms: 1 ms per image-token
+        return m * k
+
+    counts = np.array([10, 2, 5])
+    assert deadline_gate(counts, 0.0, 100.0, sac_ms).tolist() == [False, False, False]
+    assert deadline_gate(counts, 0.0, 15.0, sac_ms).tolist() == [True, False, False]  # 2 images at mean 3.5 = 7 ms
+    assert deadline_gate(counts, 3.0, 3.0, sac_ms).tolist() == [True, True, True]
+
+
+# ---- calibrate ------------------------------------------------------------------------------------
+
+def test_offline_sweep_equals_running_at_each_eta(shipped_export, user_folder):
+    """What the sweep predicts from one pass is what EdgeClassifier answers when run at that eta."""
+    from sacvit_edge.calibration.collect import collect
+
+    clf = EdgeClassifier(shipped_export, backend="onnxruntime")
+    src = ImageFolderSource(user_folder, clf.class_names)
+    rec = collect(clf, src, batch_size=16).records
+    files = [p for p, _ in src.samples]
+    for eta in (0.5, 0.75, 0.95):
+        preds = clf.predict_batch(files, eta=eta)
+        answers = np.array([p.class_id for p in preds])
+        exits = np.array([p.exited_early for p in preds])
+        assert np.array_equal(exits, rec.exited(eta))
+        assert np.mean(answers == rec.final_pred(eta)) >= 0.99  # float differences of batch vs one pass
+
+
+def test_calibrate_writes_a_checked_calibration(calibrated, shipped_export):
+    out, report = calibrated
+    manifest = read_manifest(out)
+    assert CALIBRATION_FILE in manifest.files and CALIBRATION_FILE not in read_manifest(shipped_export).files
+    chosen = report["precisions"]["fp32"]["chosen"]
+    curve = report["precisions"]["fp32"]["curve"]
+    never = next(p for p in curve if p["eta"] == NEVER_EXIT)
+    assert chosen["top1"] >= never["top1"] - 1.0
+    assert report["dataset"]["images"] == 120 and len(report["dataset"]["fingerprint"]) == 64
+    assert report["token_range"]["coverage"] >= 0.999
+    clf = EdgeClassifier(out, backend="onnxruntime")
+    assert clf.eta == pytest.approx(float(chosen["eta"]))  # the calibrated eta is the default
+    assert clf.latency_table is not None and set(clf.latency_table.sac[1]) == set(range(*np.add(clf.k_range, (0, 1))))
+    assert manifest.content_sha256 == read_manifest(shipped_export).content_sha256  # engines' digests still match
+    deadline = {r["deadline_ms"]: r for r in report["precisions"]["fp32"]["deadline"]}
+    assert deadline[1e4]["deadline_exit_rate"] == 0.0 and deadline[1e4]["top1"] == deadline[1e4]["top1_without_deadline"]
+    assert deadline[0.01]["deadline_exit_rate"] == pytest.approx(1 - chosen["exit_rate"])
+
+
+def test_edited_or_foreign_calibration_is_refused(calibrated, random_export, tmp_path):
+    out, _ = calibrated
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    cal = json.loads((edited / CALIBRATION_FILE).read_text())
+    cal["precisions"]["fp32"]["eta"] = 0.01
+    (edited / CALIBRATION_FILE).write_text(json.dumps(cal))
+    with pytest.raises(ExportError, match="do not match the manifest"):
+        read_manifest(edited)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(random_export, foreign)
+    shutil.copyfile(out / CALIBRATION_FILE, foreign / CALIBRATION_FILE)
+    from sacvit_edge.manifest import sha256_file
+
+    raw = json.loads((foreign / "manifest.json").read_text())
+    raw["files"][CALIBRATION_FILE] = sha256_file(foreign / CALIBRATION_FILE)
+    (foreign / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ExportError, match="calibrated for another export"):
+        read_manifest(foreign)
+
+
+def test_deadline_gating_returns_ee_answers_on_time(calibrated, user_folder):
+    out, _ = calibrated
+    files = sorted(user_folder.rglob("*.png"))[:24]
+    free = EdgeClassifier(out, backend="onnxruntime")
+    base = free.predict_batch(files)
+    tight = EdgeClassifier(out, backend="onnxruntime", deadline_ms=0.01)
+    preds = tight.predict_batch(files)
+    went_to_sac = [not p.exited_early for p in base]
+    assert any(went_to_sac)
+    for b, p in zip(base, preds):
+        assert p.deadline_exit == (not b.exited_early)
+        if p.deadline_exit:  # the EE answer, as an exit would give
+            assert p.exited_early and p.num_target_tokens == 0
+    assert tight.counters["deadline_exits"] == sum(went_to_sac) and free.counters["deadline_exits"] == 0
+    loose = free.predict_batch(files, deadline_ms=1e4)
+    assert [p.class_id for p in loose] == [p.class_id for p in base] and not any(p.deadline_exit for p in loose)
+
+
+def test_deadline_needs_a_calibrated_directory(shipped_export):
+    with pytest.raises(ConfigError, match="calibrate"):
+        EdgeClassifier(shipped_export, backend="onnxruntime", deadline_ms=5)
+    with pytest.raises(ConfigError, match="int8"):
+        EdgeClassifier(shipped_export, backend="onnxruntime", precision="int8")
+
+
+def test_k_clamp_counter_counts_the_split_outside_the_engines_range(shipped_export, user_folder):
+    clf = EdgeClassifier(shipped_export, backend="onnxruntime")
+    res = clf.run(clf.preprocess(sorted(user_folder.rglob("*.png"))), eta=NEVER_EXIT)
+    lo, hi = clf.k_range
+    assert clf.counters["k_clamped_low"] == int((res.raw_counts < lo).sum())
+    assert clf.counters["k_clamped_high"] == int((res.raw_counts > hi).sum())
+    assert np.array_equal(res.counts, np.clip(res.raw_counts, lo, hi))
+
+
+def test_int8_engines_are_calibrated_on_their_own(shipped_export, user_folder, tmp_path):
+    """INT8 Q/DQ engines beside the fp32 ones, their own eta, answers close to fp32."""
+    import onnx
+
+    from sacvit_edge.calibration.calibrate import calibrate_export
+
+    src = open_source(user_folder, "calibration", read_manifest(shipped_export).class_names)
+    out = tmp_path / "int8"
+    report = calibrate_export(shipped_export, src, Request("max_drop", 1.0), out=out, batch=8, timing_reps=1,
+                              int8=True).report
+    entry = report["precisions"]["int8"]
+    assert entry["ee_file"] == "ee.int8.onnx" and "at_fp32_eta" in entry and entry["chosen"]["top1"] > 40
+    graph = onnx.load(str(out / "ee.int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 4 and ops.count("DequantizeLinear") > 4
+    assert entry["fp32_nodes"]["ee"], "the EE head stays fp32: the exit gate reads its confidence"
+    files = sorted(user_folder.rglob("*.png"))
+    fp32 = EdgeClassifier(out, backend="onnxruntime").predict_batch(files, eta=NEVER_EXIT)
+    int8 = EdgeClassifier(out, backend="onnxruntime", precision="int8")
+    assert int8.eta == pytest.approx(float(entry["eta"]))
+    got = int8.predict_batch(files, eta=NEVER_EXIT)
+    agree = np.mean([a.class_id == b.class_id for a, b in zip(fp32, got)])
+    assert agree >= 0.9, agree
+    assert read_manifest(out).engine_files("int8") == ("ee.int8.onnx", "sac.int8.onnx")
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_calibrate_budget_below_ee_cost_names_the_lowest(calibrated, user_folder, tmp_path):
+    out, _ = calibrated
+    proc = run_cli("calibrate", out, "--data", user_folder, "--gflops-budget", "0.001", "-o", tmp_path / "x",
+                   "--timing-reps", "1", "--batch", "4")
+    assert proc.returncode == 2, proc.stderr
+    assert "lowest achievable is 0.01" in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_cli_eval_on_an_export_directory_uses_the_calibrated_eta(calibrated, user_folder, tmp_path):
+    out, report = calibrated
+    js = tmp_path / "e.json"
+    proc = run_cli("eval", out, "--data", user_folder, "--json", js)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(js.read_text())
+    assert res["eta_source"] == "calibrated" and res["eta"] == report["precisions"]["fp32"]["eta"]
+    assert res["images"] == 120  # one image may flip between batchings: 0.83 points
+    assert res["top1"] == pytest.approx(report["precisions"]["fp32"]["chosen"]["top1"], abs=0.9)
+
+
+def test_cli_tune_eta_never_overwrites_silently(tmp_path, random_ckpt, user_folder):
+    from sacvit_edge.checkpoint import load_checkpoint
+
+    ck = tmp_path / "m.pt"
+    shutil.copyfile(random_ckpt, ck)
+    before = ck.read_bytes()
+    proc = run_cli("tune-eta", ck, "--data", user_folder, "--tolerance", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert ck.read_bytes() == before and "nothing written" in proc.stdout
+    proc = run_cli("tune-eta", ck, "--data", user_folder, "--tolerance", "100", "-o", tmp_path / "t.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert ck.read_bytes() == before and load_checkpoint(tmp_path / "t.pt").eta == 0.0  # any exit is within 100 points: every image exits
+
+
+def test_cli_eval_on_a_mismatched_folder_lists_classes(tmp_path, shipped_export):
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    proc = run_cli("eval", shipped_export, "--data", tmp_path)
+    assert proc.returncode == 3 and "not classes of the model ['cat']" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_train_on_a_folder_reports_validation_accuracy(tmp_path, user_folder):
+    out = tmp_path / "m.pt"
+    proc = run_cli("train", "--data", user_folder, "--epochs", "1", "--batch-size", "16", "--warmup-steps", "2",
+                   "-o", out, "--preset", "tiny_112")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from sacvit_edge.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(out)
+    row = ck.training["history"][-1]
+    assert "top1" in row and row["images"] == 10  # 10 % of each class of 12: one image per class
+    assert ck.class_names == sorted(folder_name(c) for c in ck.class_names)
+    warn = run_cli("train", "--data", user_folder, "--epochs", "0.1", "--batch-size", "64", "-o", tmp_path / "w.pt",
+                   "--val-share", "0.1")
+    assert warn.returncode == 0 and "warm-up" in warn.stderr
