@@ -129,6 +129,10 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         raise ConfigError(f"--batch {batch} must be >= 1")
     if not 0.5 <= coverage < 1.0:
         raise ConfigError(f"coverage {coverage} must be in [0.5, 1)")
+    if int8:
+        from sacvit_edge.extras import require_extra
+
+        require_extra("export", "calibrate --int8 (ONNX Runtime's quantiser reads the graphs with onnx)")
     manifest = read_manifest(src)
     if manifest.config.arch != "sacvit":
         raise ExportError(f"{src}: a {manifest.config.arch} export has no exit threshold to calibrate")
@@ -187,8 +191,8 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         warnings.append("the calibration images hold one class only: the exit threshold is tuned for that class")
     if got.bad:
         warnings.append(f"{len(got.bad)} unreadable images skipped")
-    for w in warnings:
-        log.warning(w)
+    for w in warnings:  # returned in CalibrationResult.warnings (the CLI prints them)
+        log.info("calibration warning: %s", w)
     report: dict[str, Any] = {
         "format": CALIBRATION_FORMAT, "format_version": CALIBRATION_VERSION,
         "checkpoint_fingerprint": manifest.checkpoint_fingerprint, "manifest_sha256": manifest.content_sha256,

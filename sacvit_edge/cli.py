@@ -387,8 +387,8 @@ def _print_calibration(result, batch: int) -> None:
     for w in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     png = _calibration_plot(result)
-    console.print(f"wrote {result.directory}/calibration.json" + (f" and {png}" if png else
-                                                                  " (install [bench] for the PNG plot)"))
+    console.print(escape(f"wrote {result.directory}/calibration.json" + (f" and {png}" if png else
+                                                                         " (install [bench] for the PNG plot)")))
 
 
 def _calibration_plot(result) -> Optional[Path]:

@@ -67,7 +67,7 @@ def test_tune_eta_refuses_a_deit_checkpoint(tmp_path):
 
     path = save_checkpoint(tmp_path / "deit.pt", build_model(preset("tiny_112", arch="deit", embed_dim=32)),
                            list("abcdefghij"))
-    r = runner.invoke(app, ["tune-eta", str(path), "--val-items", "16"])
+    r = runner.invoke(app, ["tune-eta", str(path), "--limit", "16"])
     assert r.exit_code == 3 and "only SAC-ViT has an exit threshold" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["bench", "--sac", str(tmp_path / "missing.pt"), "--deit", str(path)])
     assert r.exit_code == 3 and "no such checkpoint" in r.output

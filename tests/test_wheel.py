@@ -13,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +112,37 @@ def test_core_install_profiles_on_image_files(core_venv, tmp_path):
     assert rep["latency_ms"]["count"] == 5 and rep["gflops"]["ee"] > 0 and rep["environment"]["torch"] is None
     out = _run([venv / "bin" / "sacvit-edge", "profile", bundled], cwd=tmp_path)  # default: synthetic canvases
     assert out.returncode == 4 and "--images DIR" in out.stdout + out.stderr and "[train]" in out.stdout + out.stderr
+
+
+def test_core_install_calibrates_and_evaluates_on_a_folder(core_venv, random_export, tmp_path):
+    """calibrate and eval of an export directory on the user's folder run on the core install
+    (ONNX Runtime, no torch); INT8 names the extra it needs."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from sacvit_edge.datasets import folder_name
+    from sacvit_edge.manifest import read_manifest
+
+    _, venv = core_venv
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for name in read_manifest(random_export).class_names:
+        (data / folder_name(name)).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(data / folder_name(name) / f"{i}.png")
+    exp = tmp_path / "exp"
+    shutil.copytree(random_export, exp)
+    out = _run([venv / "bin" / "sacvit-edge", "calibrate", exp, "--data", data, "--batch", "4", "--timing-reps", "1"],
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "only 30 calibration images" in out.stderr and "install [bench] for the PNG plot" in out.stdout
+    cal = json.loads((exp / "calibration.json").read_text())
+    assert cal["environment"]["backend"] == "onnxruntime" and cal["dataset"]["images"] == 30
+    js = tmp_path / "e.json"
+    out = _run([venv / "bin" / "sacvit-edge", "eval", exp, "--data", data, "--json", js], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(js.read_text())["eta_source"] == "calibrated"
+    out = _run([venv / "bin" / "sacvit-edge", "calibrate", exp, "--data", data, "--int8"], cwd=tmp_path)
+    assert out.returncode == 4 and "pip install 'sacvit-edge[export]'" in out.stdout + out.stderr
