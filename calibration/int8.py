@@ -91,9 +91,10 @@ def _head_nodes(model) -> list[str]:
 
 
 def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude_heads: bool = True,
-                   extra_exclude: tuple[str, ...] = ()) -> list[str]:
+                   extra_exclude: tuple[str, ...] = (), op_types: tuple[str, ...] | None = QUANTIZED_OPS) -> list[str]:
     """Quantise one ONNX graph to Q/DQ int8 at `dst`, keeping its metadata; returns the nodes
-    kept in fp32 by name (the heads, where asked)."""
+    kept in fp32 by name (the heads, where asked). op_types=None quantises every operator
+    type ONNX Runtime's quantiser supports (the ablation in scripts/int8_report.py)."""
     require_extra("export", "INT8 quantisation (onnx)")
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -109,7 +110,7 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exc
         model = onnx.load(str(pre))
         exclude = [*(_head_nodes(model) if exclude_heads else []), *extra_exclude]
         quantize_static(str(pre), str(dst), ListReader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                        op_types_to_quantize=None if op_types is None else list(op_types), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})

@@ -465,6 +465,7 @@ def bench(
     backends: Annotated[str, typer.Option(help="comma-separated; unavailable ones are skipped")] = "onnxruntime,pytorch,tensorrt,pytorch-cuda",
     threads: Annotated[Optional[int], typer.Option()] = None,
     paper_geometry: Annotated[bool, typer.Option(help="also time deit_s_224 geometry", metavar="")] = True,
+    data: Annotated[Optional[Path], typer.Option(help="ImageFolder for accuracy, matched by class name (default: the built-in test split)")] = None,
 ) -> None:
     """DeiT vs SAC-ViT vs CF-ViT / LF-ViT modes, one run: JSON, Markdown table and PNG plot."""
     with _handled():
@@ -477,7 +478,7 @@ def bench(
         cfg = BenchConfig(sac_checkpoint=sac or bundled_checkpoint(), deit_checkpoint=deit or bundled_checkpoint().with_name("deit_tiny_112.pt"),
                           eval_images=eval_images, speed_images=speed_images, latency_iters=latency_iters, batch=batch,
                           etas=tuple(_eta(e.strip(), "--etas") for e in etas.split(",")), backends=tuple(backends.split(",")),
-                          threads=threads, paper_geometry=paper_geometry)
+                          threads=threads, paper_geometry=paper_geometry, data=data)
         with err.status("benchmarking") as status:
             result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
         paths = write_reports(result, out)

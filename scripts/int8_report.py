@@ -124,7 +124,7 @@ def main() -> None:
         r["int8_over_fp32_b1_latency"] = r["fp32"]["mean_ms_b1"] / r["int8"]["mean_ms_b1"]
     (args.out / "int8_report.json").write_text(json.dumps(result, indent=2, default=float))
     s = result["shipped"]
-    lines = ["| model | precision | eta (own calibration) | top-1 % (test) | exit rate | img/s @%d | mean ms @1 |" % b,
+    lines = [f"| model | precision | eta (own calibration) | top-1 % (test) | exit rate | img/s @{b} | mean ms @1 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in ("fp32", "int8"):
         lines.append(f"| shipped tiny_112 | {p} | {s[p]['eta']:.3f} | {s[p]['top1']:.2f} | {s[p]['exit_rate']:.3f} | "

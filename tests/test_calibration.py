@@ -349,3 +349,30 @@ def test_cli_train_on_a_folder_reports_validation_accuracy(tmp_path, user_folder
     warn = run_cli("train", "--data", user_folder, "--epochs", "0.1", "--batch-size", "64", "-o", tmp_path / "w.pt",
                    "--val-share", "0.1")
     assert warn.returncode == 0 and "warm-up" in warn.stderr
+
+
+def test_apply_k_range_re_exports_with_the_measured_range(shipped_export, user_folder, tmp_path):
+    from sacvit_edge.calibration.calibrate import calibrate_export
+
+    src = open_source(user_folder, "calibration", read_manifest(shipped_export).class_names)
+    out = tmp_path / "k"
+    report = calibrate_export(shipped_export, src, Request("max_drop", 1.0), out=out, batch=8, timing_reps=1,
+                              apply_k_range=True, coverage=0.99).report
+    k = report["token_range"]
+    manifest = read_manifest(out)
+    assert k["applied"] and manifest.k_range == (k["k_min"], k["k_max"]) != read_manifest(shipped_export).k_range
+    assert set(manifest.cost.sac) == set(range(k["k_min"], k["k_max"] + 1))
+    assert EdgeClassifier(out, backend="onnxruntime").eta == pytest.approx(float(report["precisions"]["fp32"]["eta"]))
+
+
+def test_cli_calibrate_on_the_shipped_checkpoint_writes_a_copy(shipped_sac, user_folder, tmp_path):
+    from sacvit_edge.checkpoint import load_checkpoint
+
+    out = tmp_path / "tuned.pt"
+    proc = run_cli("calibrate", shipped_sac, "--data", user_folder, "--max-drop", "1", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    eta = float(proc.stdout.split("chosen eta = ")[1].split()[0])
+    assert load_checkpoint(out).eta == pytest.approx(eta) and "95 % interval" in proc.stdout
+    assert load_checkpoint(shipped_sac).eta == 0.75  # the input is untouched
+    proc = run_cli("calibrate", shipped_sac, "--data", user_folder, "--int8")
+    assert proc.returncode == 2 and "export" in proc.stderr

@@ -39,6 +39,7 @@ from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint  # noqa: E40
 from sacvit_edge.config import preset, with_mode  # noqa: E402
 from sacvit_edge.flops import CostModel  # noqa: E402
 from sacvit_edge.calibration.sweep import ExitRecords  # noqa: E402
+from sacvit_edge.errors import ConfigError  # noqa: E402
 from sacvit_edge.gate import NEVER_EXIT  # noqa: E402
 from sacvit_edge.images import normalize  # noqa: E402
 from sacvit_edge.model import build_model  # noqa: E402
@@ -62,6 +63,7 @@ class BenchConfig:
     paper_geometry: bool = True
     work_dir: Path | None = None
     include_default_eta: bool = True
+    data: Path | None = None  # ImageFolder for accuracy (default: the built-in test split)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -96,11 +98,23 @@ class DeitRunner:
         return out
 
 
-def eval_images(n: int, mean, std, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """The first n canvases of the cluttered test split, normalised, and their labels."""
-    from sacvit_edge.data import ClutteredFashionMNIST
+def eval_images(n: int, mean, std, batch: int = 500, data: Path | None = None, class_names=None,
+                size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """n labelled images, normalised: the first n canvases of the cluttered test split, or a
+    seeded sample of an ImageFolder (`--data`, matched to the model's classes by name)."""
+    from sacvit_edge.data import fashion_split
+    from sacvit_edge.datasets import open_source
 
-    ds = ClutteredFashionMNIST("test", limit=n)
+    if data is not None:
+        from sacvit_edge.images import preprocess
+
+        source = open_source(data, "test", class_names, limit=n)
+        xs, ys = [], []
+        for items, labels in source.items(batch):
+            xs.append(preprocess(items, size, mean, std))
+            ys.append(labels)
+        return np.concatenate(xs), np.concatenate(ys)
+    ds = fashion_split("test", limit=n)
     xs, ys = [], []
     for images, labels in ds.batches(batch):
         xs.append(normalize(images.numpy(), mean, std))
@@ -173,7 +187,11 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
     if cfg.include_default_eta:
         cfg.etas = tuple(sorted(set(cfg.etas) | {round(sac_ck.eta, 4)}))
     backends = [b for b in cfg.backends if b in available_backends()]
-    x, y = eval_images(cfg.eval_images, sac_ck.mean, sac_ck.std)
+    x, y = eval_images(cfg.eval_images, sac_ck.mean, sac_ck.std, data=cfg.data, class_names=sac_ck.class_names,
+                       size=sac_ck.size)
+    if deit_ck.class_names != sac_ck.class_names:
+        raise ConfigError(f"{cfg.deit_checkpoint} and {cfg.sac_checkpoint} have different classes; the baseline must be "
+                          "trained on the same data")
     speed_x, single = x[: cfg.speed_images], x[: max(1, min(len(x), 64))]
     rows: list[dict[str, Any]] = []
 
