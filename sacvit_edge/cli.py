@@ -360,15 +360,15 @@ def _print_calibration(result, batch: int) -> None:
         if "curve" in entry:
             console.print(_curve_table(entry["curve"], entry["chosen"],
                                        f"{name}: sweep on {rep['dataset']['images']} images (latency per image at batch {batch})"))
-    summary = Table("precision", "eta", "top-1 %", "95 % interval", "exit rate", "GFLOPs", f"ms/img @{batch}",
-                    "top-1 EE / SAC", title=rep["request"]["description"])
+    summary = Table("", "eta", "top-1", "95% CI", "exits", "GFLOPs", f"ms/img@{batch}", "EE/SAC",
+                    title=rep["request"]["description"])
     for name, entry in rep["precisions"].items():
         c = entry.get("chosen")
         if c is None:
             continue
         summary.add_row(name, str(c["eta"]), f"{c['top1']:.2f}", f"{c['top1_ci95'][0]:.1f}-{c['top1_ci95'][1]:.1f}",
                         f"{c['exit_rate']:.3f}", f"{c.get('gflops', 0):.4f}", f"{c.get('latency_ms', 0):.3f}",
-                        f"{entry['top1_ee']:.2f} / {entry['top1_sac']:.2f}")
+                        f"{entry['top1_ee']:.1f}/{entry['top1_sac']:.1f}")
     console.print(summary)
     if "int8" in rep["precisions"] and "at_fp32_eta" in rep["precisions"]["int8"]:
         a = rep["precisions"]["int8"]["at_fp32_eta"]
