@@ -156,6 +156,7 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         return got, latency, env, recorder
 
     got, latency, env, recorder = run_pass(src, record_sac=64 if int8 else 0)
+    runtime: dict[str, Any] = {}
     k = token_range(got.records.raw_counts, coverage)
     lo_ok, hi_ok = 1, manifest.config.num_coarse - 1  # at least one target and one non-target token
     k["k_min"], k["k_max"] = max(lo_ok, k["k_min"]), min(hi_ok, k["k_max"])
@@ -184,6 +185,14 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         k["applied"] = True
         got, latency, env, recorder = run_pass(src, record_sac=64 if int8 else 0)
 
+    if backend == "onnxruntime":
+        from .collect import tune_batch1_threads
+
+        step("choosing ONNX Runtime's batch-1 thread count")
+        rec = got.records
+        eta0 = validate_eta(choose(rec.curve(manifest.cost, latency, batch), request)["eta"])
+        exited = rec.exited(eta0)
+        runtime = tune_batch1_threads(src, got.sample, exited, np.where(exited, 0, rec.counts))
     n = len(got.records.labels)
     if n < MIN_IMAGES:
         warnings.append(f"only {n} calibration images (fewer than {MIN_IMAGES}): the accuracy's 95 % interval is wide")
@@ -200,7 +209,7 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         "request": {"kind": request.kind, "value": request.value, "description": request.describe()},
         "dataset": {"name": source.name, "images": n, "fingerprint": got.fingerprint, "unreadable": len(got.bad),
                     "unreadable_files": [f"{f}: {r}" for f, r in got.bad[:50]]},
-        "environment": env, "token_range": k, "warnings": warnings,
+        "environment": env, "token_range": k, "warnings": warnings, "runtime": runtime,
         "precisions": {"fp32": _precision_entry(manifest, "fp32", manifest.engine_files("fp32"), got.records, latency,
                                                 batch, request, deadline_budgets)},
     }

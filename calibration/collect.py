@@ -117,3 +117,30 @@ def measure_latency(clf: EdgeClassifier, sample: np.ndarray, batch_sizes: tuple[
 
 def timing_environment(clf: EdgeClassifier) -> dict[str, Any]:
     return {**clf.backend.describe(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def tune_batch1_threads(directory, sample: np.ndarray, exited: np.ndarray, counts: np.ndarray, precision: str = "fp32",
+                        rounds: int = 6, calls: int = 20) -> dict[str, Any]:
+    """ONNX Runtime's intra-op thread count for batch-1 calls, chosen by measurement on this
+    device: one thread (no wake-ups, best for small widths) against ONNX Runtime's default (one
+    per core, best once the matrices are large). Interleaved rounds of `calls` frames with the
+    calibration images' own exit decisions and target counts; the median per-frame time wins."""
+    candidates = {"1": 1, "default": None}
+    clfs = {name: EdgeClassifier(directory, backend="onnxruntime", threads=t, precision=precision)
+            for name, t in candidates.items()}
+    n = len(exited)
+    times: dict[str, list[float]] = {name: [] for name in clfs}
+    frames = [np.ascontiguousarray(sample[i % len(sample)][None]) for i in range(calls)]
+    for r in range(rounds + 1):
+        for name, clf in clfs.items():
+            t = time.perf_counter()
+            for i in range(calls):
+                j = (r * calls + i) % n
+                clf.run(frames[i], imposed=ImposedDecisions(exited[j:j + 1], counts[j:j + 1]))
+            if r:  # the first round warms up (and makes the batch-1 sessions)
+                times[name].append((time.perf_counter() - t) / calls * 1e3)
+    for clf in clfs.values():
+        clf.close()
+    ms = {name: float(np.median(v)) for name, v in times.items()}
+    best = min(ms, key=ms.get)
+    return {"onnxruntime_batch1_threads": candidates[best], "batch1_frame_ms": ms}

@@ -18,7 +18,7 @@ from .base import Backend, EEResult
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "onnxruntime", "pytorch", "pytorch-cuda")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch", "pytorch-cuda")
 
 
 def tensorrt_usable() -> tuple[bool, str]:
@@ -38,6 +38,8 @@ def tensorrt_usable() -> tuple[bool, str]:
 def available_backends() -> list[str]:
     """The backends that can run here. Imports torch only where it is installed (to ask for CUDA)."""
     names = ["onnxruntime"]
+    if importlib.util.find_spec("openvino") is not None:
+        names.append("openvino")
     if importlib.util.find_spec("torch") is not None:
         import torch
 
@@ -63,12 +65,19 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         ok, why = tensorrt_usable()
         name = "tensorrt" if ok else "onnxruntime"
         log.info("backend auto -> %s%s", name, "" if ok else f" (TensorRT not used: {why})")
-    if precision != "fp32" and name != "onnxruntime":
-        raise BackendError(f"precision {precision!r} runs on backend 'onnxruntime' only (asked for {name!r})")
+    if precision != "fp32" and name not in ("onnxruntime", "openvino"):
+        raise BackendError(f"precision {precision!r} runs on backends 'onnxruntime' and 'openvino' only (asked for {name!r})")
     if name == "onnxruntime":
         from .ort import OrtBackend
 
         return OrtBackend.from_manifest(manifest, threads=threads, precision=precision)
+    if name == "openvino":
+        from sacvit_edge.extras import require_extra
+
+        require_extra("openvino", "backend 'openvino'")
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend.from_manifest(manifest, threads=threads, precision=precision)
     if name in ("pytorch", "pytorch-cuda"):
         from sacvit_edge.extras import require_extra
 

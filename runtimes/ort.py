@@ -34,17 +34,50 @@ def session_options(threads: int | None = None, spinning: bool = False):
     return opts
 
 
-class OrtSingle:
-    """A one-graph model (the DeiT baseline in benchmarks), with ITS best options: spinning on."""
+class Batch1Sessions:
+    """Batch-1 twins of a graph's sessions, made on first use.
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    A session whose batch axis is fixed to 1 (ONNX Runtime's free-dimension override, no new
+    file) lets ONNX Runtime fold the shape arithmetic the dynamic graph carries (Shape, Gather,
+    Unsqueeze, Concat around every reshape): at batch 1, where that arithmetic is a visible
+    share of the time, the twin runs calls of one image. Calls of several images use the
+    dynamic session. Memory: one more copy of the weights, only once batch 1 is used.
+    """
+
+    def __init__(self, path: str | Path, opts_factory, providers: list[str]) -> None:
+        import threading
+
+        self.path, self.opts_factory, self.providers = path, opts_factory, providers
+        self.session = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        if self.session is None:
+            import onnxruntime as ort
+
+            with self._lock:
+                if self.session is None:
+                    opts = self.opts_factory()
+                    opts.add_free_dimension_override_by_name("batch", 1)
+                    self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        return self.session
+
+
+class OrtSingle:
+    """A one-graph model (the DeiT baseline in benchmarks), with ITS best options: spinning on,
+    and the same batch-1 twin session SAC-ViT's engines get."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch1: bool = True) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), session_options(threads, spinning=True),
                                             providers=["CPUExecutionProvider"])
+        self.batch1 = Batch1Sessions(path, lambda: session_options(threads, spinning=True),
+                                     ["CPUExecutionProvider"]) if batch1 else None
 
     def run(self, image: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": image})[0]
+        sess = self.batch1.get() if self.batch1 is not None and image.shape[0] == 1 else self.session
+        return sess.run(None, {"image": image})[0]
 
 
 class OrtBackend(BackendBase):
@@ -60,7 +93,7 @@ class OrtBackend(BackendBase):
     name = "onnxruntime"
 
     def __init__(self, ee_path: str | Path, sac_path: str | Path, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, batch1: bool = True, batch1_threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -76,13 +109,19 @@ class OrtBackend(BackendBase):
             raise BackendError(f"ONNX Runtime cannot load the engines {ee_path}, {sac_path}: {exc}") from exc
         self._ee_out = [o.name for o in self.ee.get_outputs()]
         self._check_io()
+        # batch-1 calls (camera frames) run on batch-1 twins of the sessions: see Batch1Sessions
+        # (thread count: batch1_threads, which calibrate measures per device, else the same as the rest)
+        b1 = self.batch1_threads = batch1_threads or threads
+        self.ee1 = Batch1Sessions(ee_path, lambda: session_options(b1), self.providers) if batch1 else None
+        self.sac1 = Batch1Sessions(sac_path, lambda: session_options(b1), self.providers) if batch1 else None
 
     @classmethod
     def from_manifest(cls, manifest, threads: int | None = None, precision: str = "fp32") -> "OrtBackend":
         """Open an export directory's engines of a precision and check that they are the ones its
         manifest describes: embedded fingerprint and manifest digest, and the shapes they accept."""
         files = dict(zip(("ee", "sac"), manifest.engine_files(precision)))
-        backend = cls(manifest.path(files["ee"]), manifest.path(files["sac"]), threads=threads)
+        backend = cls(manifest.path(files["ee"]), manifest.path(files["sac"]), threads=threads,
+                      batch1_threads=None if threads else manifest.batch1_threads)  # an explicit `threads` wins
         backend.precision = precision
         for stage, sess in (("ee", backend.ee), ("sac", backend.sac)):
             meta = dict(sess.get_modelmeta().custom_metadata_map)
@@ -113,11 +152,13 @@ class OrtBackend(BackendBase):
                                    f"expected {sorted(ins)} / {sorted(outs)}: not a sacvit-edge {label} engine")
 
     def run_ee(self, image: np.ndarray) -> EEResult:
-        logits, gca, final, hidden = self.ee.run(["ee_logits", "gca", "ee_final", "ee_hidden"], {"image": image})
+        sess = self.ee1.get() if self.ee1 is not None and image.shape[0] == 1 else self.ee
+        logits, gca, final, hidden = sess.run(["ee_logits", "gca", "ee_final", "ee_hidden"], {"image": image})
         return EEResult(logits=logits, gca=gca, final=final, hidden=hidden)
 
     def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
-        return self.sac.run(["sac_logits"], {"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
+        sess = self.sac1.get() if self.sac1 is not None and patches.shape[0] == 1 else self.sac
+        return sess.run(["sac_logits"], {"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
                                              "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep,
                                              "nontarget_keep": nontarget_keep})[0]
 
@@ -126,7 +167,8 @@ class OrtBackend(BackendBase):
 
     def describe(self) -> dict:
         return {"backend": self.name, "precision": getattr(self, "precision", "fp32"), "providers": self.ee.get_providers(), "threads": self.threads or "onnxruntime default",
+                "batch1_threads": getattr(self, "batch1_threads", None) or "as threads",
                 "onnxruntime": self._ort.__version__, "device": self.device()}
 
     def close(self) -> None:
-        self.ee = self.sac = None  # type: ignore[assignment]
+        self.ee = self.sac = self.ee1 = self.sac1 = None  # type: ignore[assignment]

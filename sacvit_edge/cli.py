@@ -251,7 +251,7 @@ def eval_cmd(
     data: Annotated[Optional[Path], typer.Option(help=DATA_HELP)] = None,
     split: Annotated[str, typer.Option(help="built-in split without --data: test, calibration or train")] = "test",
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the calibrated one, else the checkpoint's)")] = None,
-    backend: Annotated[str, typer.Option(help="export directories: onnxruntime, tensorrt, pytorch, auto")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="export directories: onnxruntime, openvino, tensorrt, pytorch, auto")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="export directories: fp32 or int8")] = "fp32",
     limit: Annotated[Optional[int], typer.Option(help="evaluate N images (a seeded sample of a folder)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -378,6 +378,11 @@ def _print_calibration(result, batch: int) -> None:
                   f"{k['k_typical']}); the engines' range {k['engines_k_range']} covers {k['engines_coverage']:.2%} "
                   f"(clamped at run time: {k['clamped_low']} below, {k['clamped_high']} above)"
                   + ("" if k.get("applied") else "; --apply-k-range re-exports with the measured range"))
+    rt = rep.get("runtime") or {}
+    if rt:
+        ms = ", ".join(f"{k} thread(s) {v:.3f} ms" for k, v in rt["batch1_frame_ms"].items())
+        console.print(f"ONNX Runtime batch-1 threads: {rt['onnxruntime_batch1_threads'] or 'default'} (per frame: {ms}); "
+                      "EdgeClassifier uses it unless threads= is given")
     rows = rep["precisions"]["fp32"].get("deadline") or []
     if rows:
         t = Table("deadline ms", "top-1 %", "deadline exits", "top-1 without deadline", title="deadline gate, batch 1 (fp32)")
@@ -404,7 +409,7 @@ def _calibration_plot(result) -> Optional[Path]:
 @app.command()
 def profile(
     source: Annotated[Path, typer.Argument(help="export directory or model.pt")],
-    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt, pytorch, pytorch-cuda")] = "auto",
     batch: Annotated[int, typer.Option(help="images per call")] = 1,
     images: Annotated[Optional[Path], typer.Option(help="folder of images to time on")] = None,
     synthetic: Annotated[bool, typer.Option(help="time on cluttered Fashion-MNIST test canvases (also what runs without --images)", metavar="")] = False,
@@ -626,7 +631,7 @@ def predict(
     camera: Annotated[Optional[int], typer.Option(help="a camera index to classify live ([video] extra)")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="stop a video or camera after N frames")] = None,
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
-    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, pytorch, pytorch-cuda")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt, pytorch, pytorch-cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table", metavar="")] = False,
     batch: Annotated[bool, typer.Option(help="run all images as one batch (default: one at a time)", metavar="")] = False,
     resize: Annotated[str, typer.Option(help="fit non-square images: stretch (as trained), center_crop, letterbox")] = "stretch",

@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch",),
     "bench": ("torch", "onnx", "matplotlib"),
     "video": ("cv2",),
+    "openvino": ("openvino",),
     "tensorrt": ("tensorrt", "torch"),  # torch: CUDA buffers, until they move to cuda-python
 }
 

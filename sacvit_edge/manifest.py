@@ -299,6 +299,13 @@ class Manifest:
             return self.calibration.precisions[precision].eta
         return self.eta
 
+    @property
+    def batch1_threads(self) -> int | None:
+        """ONNX Runtime's intra-op threads for batch-1 calls, as calibrate measured best here."""
+        if self.calibration is None:
+            return None
+        return (self.calibration.report.get("runtime") or {}).get("onnxruntime_batch1_threads")
+
     def latency(self, precision: str = "fp32") -> LatencyTable | None:
         if self.calibration is not None and precision in self.calibration.precisions:
             return self.calibration.precisions[precision].latency
@@ -435,6 +442,10 @@ def parse_calibration(data: Any, manifest: Manifest, source: Path) -> Calibratio
         precisions[name] = PrecisionCalibration(ee_file=files[0], sac_file=files[1], eta=eta, latency=latency)
     if "fp32" not in precisions:
         raise ExportError(f"{source}: precisions lacks 'fp32'")
+    runtime = data.get("runtime") or {}
+    threads = runtime.get("onnxruntime_batch1_threads") if isinstance(runtime, dict) else "invalid"
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise ExportError(f"{source}: runtime.onnxruntime_batch1_threads must be a thread count or null, got {threads!r}")
     return Calibration(precisions=precisions, report={k: v for k, v in data.items() if k != "precisions"})
 
 

@@ -168,3 +168,26 @@ def test_bench_report_structure(tmp_path, random_ckpt):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["markdown"].read_text().count("SAC-ViT |") == 2 * len(cfg.etas)
     assert {"vs_cf", "vs_lf", "accuracy_floor"} <= set(json.loads(paths["json"].read_text())["targets"])
+
+
+def test_bench_latency_table_compares_like_for_like(tmp_path, random_ckpt):
+    """The batch-1 geometry table: its ratios are computed from its own measurements, and the
+    no-exit frame and the exit frame bracket the pattern's mean."""
+    from sacvit_edge.bench.report import markdown_latency
+    from sacvit_edge.bench.run import BenchConfig, latency_geometry_table
+    from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint
+    from sacvit_edge.model import build_model
+
+    ck = load_checkpoint(random_ckpt)
+    deit = save_checkpoint(tmp_path / "deit.pt", build_model(ck.config.replace(arch="deit")), ck.class_names)
+    cfg = BenchConfig(sac_checkpoint=random_ckpt, deit_checkpoint=deit, latency_iters=30, batch=8,
+                      work_dir=tmp_path / "w", latency_geometries=("tiny_112",))
+    (row,) = latency_geometry_table(cfg, tmp_path / "w", lambda msg: None)
+    assert row["trained"] and 0 < row["exit_rate"] < 1
+    assert row["realised_b1"] == pytest.approx(row["deit_b1_ms"]["mean"] / row["sac_b1_ms"]["mean"])
+    assert row["realised_over_ideal_b32"] == pytest.approx(row["realised_b32"] / row["flop_ideal_speedup"])
+    assert row["gflops_deit"] > row["gflops_no_exit_frame"] > row["gflops_sac"] > 0
+    assert row["exit_frame_ms"]["p50"] < row["no_exit_frame_ms"]["p50"]
+    for key in ("deit_b1_ms", "sac_b1_ms"):
+        assert row[key]["p50"] <= row[key]["p99"]
+    assert "tiny_112 (trained)" in markdown_latency([row])

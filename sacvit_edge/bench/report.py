@@ -76,6 +76,20 @@ def markdown_paper(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_latency(rows: list[dict[str, Any]]) -> str:
+    lines = ["| geometry | DeiT ms @1 mean / p50 / p99 | SAC-ViT ms @1 mean / p50 / p99 | exit frame | no-exit frame "
+             "(k_max) | realised @1 (/ideal) | DeiT img/s @32 | SAC-ViT img/s @32 | realised @32 (/ideal) | FLOP-ideal |",
+             "|" + "---|" * 10]
+    for r in rows:
+        d, s, e, k = r["deit_b1_ms"], r["sac_b1_ms"], r["exit_frame_ms"], r["no_exit_frame_ms"]
+        lines.append(f"| {r['geometry']}{' (trained)' if r['trained'] else ''} | {d['mean']:.2f} / {d['p50']:.2f} / "
+                     f"{d['p99']:.2f} | {s['mean']:.2f} / {s['p50']:.2f} / {s['p99']:.2f} | {e['mean']:.2f} | "
+                     f"{k['mean']:.2f} ({r['no_exit_over_deit_b1']:.2f}x DeiT) | {r['realised_b1']:.2f}x "
+                     f"({r['realised_over_ideal_b1']:.2f}) | {r['deit_images_per_s']:.1f} | {r['sac_images_per_s']:.1f} "
+                     f"| {r['realised_b32']:.2f}x ({r['realised_over_ideal_b32']:.2f}) | {r['flop_ideal_speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
 def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Path:
     """Accuracy against GFLOPs and against images/s, one curve per method, DeiT marked."""
     require_extra("bench", "the benchmark plot")
@@ -119,6 +133,9 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     if "paper_geometry" in result:
         md += ["", "## Paper geometry (deit_s_224, untrained weights, exit pattern of the trained model)", "",
                markdown_paper(result["paper_geometry"])]
+    if "latency_geometries" in result:
+        md += ["", "## Batch-1 latency and batch-32 throughput by geometry (ONNX Runtime, the shipped exit pattern)", "",
+               markdown_latency(result["latency_geometries"])]
     paths["markdown"].write_text("\n".join(md) + "\n")
     plot(result, paths["plot"])
     return paths

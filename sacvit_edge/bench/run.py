@@ -64,6 +64,7 @@ class BenchConfig:
     work_dir: Path | None = None
     include_default_eta: bool = True
     data: Path | None = None  # ImageFolder for accuracy (default: the built-in test split)
+    latency_geometries: tuple[str, ...] = ("tiny_112", "deit_ti_224", "deit_s_224")
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -252,6 +253,8 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
     if cfg.paper_geometry:
         step("paper geometry (deit_s_224)")
         result["paper_geometry"] = paper_geometry_table(rows, cfg, work)
+        step("batch-1 latency at three geometries")
+        result["latency_geometries"] = latency_geometry_table(cfg, work, step)
     return result
 
 
@@ -300,4 +303,86 @@ def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list
                 "flop_ideal_speedup": deit_g / sac_g, "realised_speedup": t_deit / t_sac,
                 "realised_over_ideal": (t_deit / t_sac) / (deit_g / sac_g), "host_share": host / total,
                 "pattern_from_eta": default["eta"]})
+    return out
+
+
+def _latency_ms(fn: Callable[[int], Any], iters: int, warmup: int = 10) -> dict[str, float]:
+    for i in range(warmup):
+        fn(i)
+    samples = []
+    for i in range(iters):
+        t = time.perf_counter()
+        fn(i)
+        samples.append((time.perf_counter() - t) * 1e3)
+    a = np.asarray(samples)
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
+
+
+def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Batch-1 latency and batch-32 throughput of SAC-ViT against DeiT at the shipped geometry
+    (the trained models) and at DeiT-Ti-224 / DeiT-S-224 (untrained weights: speed does not
+    depend on their values), all with the shipped model's exit pattern and target counts on
+    256 test canvases at its eta imposed. Both models run on ONNX Runtime with the same session
+    options and the same batch-1 sessions (runtimes.ort.Batch1Sessions).
+
+    Per geometry: DeiT at batch 1 (mean / p50 / p99 ms); SAC-ViT's mean over the pattern at batch
+    1, an exit frame (EE only) and the no-exit frame at k_max (the slowest a frame can be);
+    images/s at batch 32; realised speedup over the FLOP-ideal at both batch sizes.
+    """
+    sac_small = load_checkpoint(cfg.sac_checkpoint)
+    x_small, _ = eval_images(256, sac_small.mean, sac_small.std)
+    probe = EdgeClassifier(cfg.sac_checkpoint, backend="onnxruntime", threads=cfg.threads, cache_dir=work / "cache")
+    res = probe.run(x_small, eta=sac_small.eta)
+    exited, counts = res.exited.copy(), res.counts.copy()
+    probe.close()
+    n = len(exited)
+    hi = sac_small.config.k_max
+    out = []
+    for geo in cfg.latency_geometries:
+        step(f"latency at {geo}")
+        torch.manual_seed(0)
+        if geo == "tiny_112":
+            sac_model, deit_model, path = sac_small.model, load_checkpoint(cfg.deit_checkpoint).model, cfg.sac_checkpoint
+        else:
+            extra = {"embed_dim": 192, "num_heads": 3} if geo == "deit_ti_224" else {}
+            big = preset("deit_s_224", num_classes=10, k_min=sac_small.config.k_min, k_max=hi, **extra)
+            sac_model, deit_model = build_model(big), build_model(big.replace(arch="deit"))
+            path = save_checkpoint(work / f"{geo}_sac.pt", sac_model, sac_small.class_names)
+        clf = EdgeClassifier(path, backend="onnxruntime", threads=cfg.threads, cache_dir=work / "cache")
+        deit = DeitRunner(deit_model, "onnxruntime", work, cfg.threads)
+        size = sac_model.cfg.img_size
+        x = np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
+        one = [np.ascontiguousarray(x[i][None]) for i in range(len(x))]
+        iters = cfg.latency_iters
+
+        def frame(e: bool, k: int, clf=clf, one=one):
+            imp = ImposedDecisions(np.array([e]), np.array([0 if e else k], np.int64))
+            return lambda i: clf.run(one[i % len(one)], imposed=imp)
+
+        deit_b1 = _latency_ms(lambda i: deit.logits(one[i % len(one)]), iters)
+        sac_b1 = _latency_ms(lambda i: clf.run(one[i % len(one)], imposed=ImposedDecisions(
+            exited[i % n][None], counts[i % n][None])), iters)
+        exit_b1 = _latency_ms(frame(True, 0), iters)
+        kmax_b1 = _latency_ms(frame(False, hi), max(20, iters // 2))
+        xb = np.ascontiguousarray(np.resize(x, (cfg.batch, 3, size, size)))
+        reps = max(3, 96 // cfg.batch)
+        imposed = [ImposedDecisions(exited[(j * cfg.batch) % n:][:cfg.batch], counts[(j * cfg.batch) % n:][:cfg.batch])
+                   for j in range(n // cfg.batch)]
+        deit.logits(xb)
+        t_deit = float(np.median([_timed(lambda: deit.logits(xb)) for _ in range(reps)]))
+        clf.run(xb, imposed=imposed[0])
+        t_sac = float(np.median([_timed(lambda j=j: clf.run(xb, imposed=imposed[j % len(imposed)])) for j in range(reps)]))
+        cost = CostModel(sac_model)
+        ideal = cost.full / cost.expected(exited, counts)
+        rb1, rb32 = deit_b1["mean"] / sac_b1["mean"], t_deit / t_sac
+        out.append({"geometry": geo, "trained": geo == "tiny_112", "gflops_deit": cost.full,
+                    "gflops_sac": cost.expected(exited, counts), "gflops_no_exit_frame": cost.ee + cost.sac(hi),
+                    "flop_ideal_speedup": ideal, "exit_rate": float(exited.mean()),
+                    "mean_target_tokens": float(counts[~exited].mean()),
+                    "deit_b1_ms": deit_b1, "sac_b1_ms": sac_b1, "exit_frame_ms": exit_b1, "no_exit_frame_ms": kmax_b1,
+                    "deit_images_per_s": cfg.batch / t_deit, "sac_images_per_s": cfg.batch / t_sac,
+                    "realised_b1": rb1, "realised_over_ideal_b1": rb1 / ideal,
+                    "realised_b32": rb32, "realised_over_ideal_b32": rb32 / ideal,
+                    "no_exit_over_deit_b1": kmax_b1["mean"] / deit_b1["mean"]})
+        clf.close()
     return out
