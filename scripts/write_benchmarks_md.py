@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sacvit_edge.bench.report import markdown, markdown_paper
+from sacvit_edge.bench.report import markdown, markdown_latency, markdown_paper
 
 res = json.loads(Path(sys.argv[1]).read_text())
 rows = [r for r in res["rows"] if r["backend"] == "onnxruntime"]
@@ -84,5 +84,30 @@ The paper-geometry rows run DeiT-S-sized engines (224 px, patch 16, width 384, d
 untrained weights: throughput does not depend on the weights' values) with the exit decisions
 and target counts that the trained small model produced on 256 test canvases at its default
 eta (exit rate {ps.get('exit_rate', 0):.3f}, mean {ps.get('mean_target_tokens', 0):.1f} targets of 49).""")
+lat = res.get("latency_geometries", [])
+if lat:
+    goal_rows = []
+    for r in lat:
+        goal_rows.append(f"| {r['geometry']} | {r['realised_over_ideal_b1']:.2f} ({r['realised_b1']:.2f}x of {r['flop_ideal_speedup']:.2f}x) "
+                         f"| {'yes' if r['realised_over_ideal_b1'] >= 0.9 else 'no'} | {r['realised_over_ideal_b32']:.2f} "
+                         f"({r['realised_b32']:.2f}x) | {'yes' if r['realised_over_ideal_b32'] >= 0.9 else 'no'} "
+                         f"| {r['no_exit_over_deit_b1']:.2f}x DeiT ({r['gflops_no_exit_frame'] / r['gflops_deit']:.2f} of its FLOPs) "
+                         f"| {'yes' if r['no_exit_over_deit_b1'] < 1 else 'no'} |")
+    print(f"""
+## Batch-1 latency by geometry (the camera case)
+
+From the same run: SAC-ViT against DeiT at the shipped geometry (trained models) and at DeiT-Ti-224
+and DeiT-S-224 (untrained weights), all with the shipped model's exit decisions and target counts
+on 256 test canvases at its eta imposed (exit rate {lat[0]['exit_rate']:.3f}, mean k {lat[0]['mean_target_tokens']:.1f}),
+ONNX Runtime with the same session options for both, batch-1 calls on the batch-1 twin sessions
+(`runtimes/ort.py`). Mean over {res['config']['latency_iters']} calls at batch 1; the no-exit frame runs
+the EE stage and the SAC stage at k_max = 25, the slowest a frame can be.
+
+{markdown_latency(lat)}
+
+| geometry | realised/ideal @1 (goal 0.9) | met | realised/ideal @32 | met | no-exit frame | faster than DeiT |
+| --- | --- | --- | --- | --- | --- | --- |
+""" + "\n".join(goal_rows) + "\n")
+    print(Path("docs/latency.md").read_text())
 print(Path("docs/other_machines.md").read_text())
 print(Path("docs/ablations.md").read_text())

@@ -3,6 +3,7 @@
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,9 +179,16 @@ def test_bench_latency_table_compares_like_for_like(tmp_path, random_ckpt):
     from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint
     from sacvit_edge.model import build_model
 
+    from sacvit_edge.bench.run import eval_images
+    from sacvit_edge.classifier import EdgeClassifier
+    from sacvit_edge.gate import NEVER_EXIT
+
     ck = load_checkpoint(random_ckpt)
+    x, _ = eval_images(256, ck.mean, ck.std)
+    conf = EdgeClassifier(random_ckpt, backend="onnxruntime").run(x, eta=NEVER_EXIT).ee_probs.max(1)
+    sac = save_checkpoint(tmp_path / "sac.pt", ck.model, ck.class_names, eta=float(np.median(conf)))  # half exit
     deit = save_checkpoint(tmp_path / "deit.pt", build_model(ck.config.replace(arch="deit")), ck.class_names)
-    cfg = BenchConfig(sac_checkpoint=random_ckpt, deit_checkpoint=deit, latency_iters=30, batch=8,
+    cfg = BenchConfig(sac_checkpoint=sac, deit_checkpoint=deit, latency_iters=30, batch=8,
                       work_dir=tmp_path / "w", latency_geometries=("tiny_112",))
     (row,) = latency_geometry_table(cfg, tmp_path / "w", lambda msg: None)
     assert row["trained"] and 0 < row["exit_rate"] < 1
