@@ -203,6 +203,10 @@ def test_calibrate_writes_a_checked_calibration(calibrated, shipped_export):
     assert clf.eta == pytest.approx(float(chosen["eta"]))  # the calibrated eta is the default
     assert clf.latency_table is not None and set(clf.latency_table.sac[1]) == set(range(*np.add(clf.k_range, (0, 1))))
     assert manifest.content_sha256 == read_manifest(shipped_export).content_sha256  # engines' digests still match
+    rt = report["runtime"]  # measured batch-1 thread count, used by the batch-1 sessions
+    assert rt["onnxruntime_batch1_threads"] in (1, None) and set(rt["batch1_frame_ms"]) == {"1", "default"}
+    assert clf.backend.batch1_threads == rt["onnxruntime_batch1_threads"]
+    assert EdgeClassifier(out, backend="onnxruntime", threads=2).backend.batch1_threads == 2  # explicit threads win
     deadline = {r["deadline_ms"]: r for r in report["precisions"]["fp32"]["deadline"]}
     assert deadline[1e4]["deadline_exit_rate"] == 0.0 and deadline[1e4]["top1"] == deadline[1e4]["top1_without_deadline"]
     assert deadline[0.01]["deadline_exit_rate"] == pytest.approx(1 - chosen["exit_rate"])
@@ -217,6 +221,12 @@ def test_edited_or_foreign_calibration_is_refused(calibrated, random_export, tmp
     (edited / CALIBRATION_FILE).write_text(json.dumps(cal))
     with pytest.raises(ExportError, match="do not match the manifest"):
         read_manifest(edited)
+    from sacvit_edge.manifest import parse_calibration
+
+    cal = json.loads((out / CALIBRATION_FILE).read_text())
+    cal["runtime"]["onnxruntime_batch1_threads"] = -3
+    with pytest.raises(ExportError, match="onnxruntime_batch1_threads"):
+        parse_calibration(cal, read_manifest(out), out / CALIBRATION_FILE)
     foreign = tmp_path / "foreign"
     shutil.copytree(random_export, foreign)
     shutil.copyfile(out / CALIBRATION_FILE, foreign / CALIBRATION_FILE)

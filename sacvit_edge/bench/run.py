@@ -138,25 +138,37 @@ def mode_checkpoint(sac_path: Path, mode: str, work: Path) -> Path:
 
 
 def measure_speed(run: Callable[[np.ndarray], dict | None], x: np.ndarray, batch: int, single: np.ndarray,
-                  latency_iters: int) -> dict[str, float]:
-    """images/s at `batch` over x (after one warm-up batch), p50/p99 ms at batch 1, host share."""
+                  latency_iters: int, baseline: Callable[[np.ndarray], Any] | None = None) -> dict[str, float]:
+    """images/s at `batch` over x (after one warm-up batch), p50/p99 ms at batch 1, host share.
+
+    With a `baseline` (the DeiT runner of the same backend), each batch is also run through the
+    baseline, alternating, and the baseline's images/s in those same moments is returned: the
+    realised speedup is their ratio, immune to the machine's speed drifting between rows.
+    """
     batches = _batches(x, batch)
     run(batches[0])
-    host, total = 0.0, 0.0
-    t0 = time.perf_counter()
+    if baseline is not None:
+        baseline(batches[0])
+    host, total, wall, base_wall = 0.0, 0.0, 0.0, 0.0
     for b in batches:
+        t0 = time.perf_counter()
         timing = run(b)
+        wall += time.perf_counter() - t0
+        if baseline is not None:
+            base_wall += _timed(lambda: baseline(b))
         if timing:
             host += timing["host"]
             total += timing["total"]
-    wall = time.perf_counter() - t0
     lat = []
     for i in range(min(10, latency_iters)):
         run(single[i % len(single)][None])
     for i in range(latency_iters):
         lat.append(_timed(lambda: run(single[i % len(single)][None])) * 1e3)
-    return {"images_per_s": len(batches) * batch / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "host_share": host / total if total else 0.0}
+    out = {"images_per_s": len(batches) * batch / wall, "p50_ms": float(np.percentile(lat, 50)),
+           "p99_ms": float(np.percentile(lat, 99)), "host_share": host / total if total else 0.0}
+    if baseline is not None:
+        out["paired_deit_images_per_s"] = len(batches) * batch / base_wall
+    return out
 
 
 def forced_two_stage(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray) -> dict[str, float]:
@@ -198,11 +210,12 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
 
     # DeiT baseline
     deit_cost = CostModel(deit_ck.model)
+    deit_runners: dict[str, DeitRunner] = {}
     for backend in backends:
         if backend == "tensorrt":
             continue  # the baseline is timed on ORT/PyTorch; TensorRT runs the SAC engines only
         step(f"DeiT on {backend}")
-        runner = DeitRunner(deit_ck.model, backend, work, cfg.threads)
+        runner = deit_runners[backend] = DeitRunner(deit_ck.model, backend, work, cfg.threads)
         # accuracy measured on every backend (not copied): backends that disagree show it
         preds = np.concatenate([runner.logits(b).argmax(1) for b in np.array_split(x, max(1, len(x) // 250))])
         acc = float((preds == y).mean() * 100)
@@ -231,8 +244,9 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
                                   counts=np.concatenate(cnt))
             curve = records.curve(cost, etas=cfg.etas)  # the one exit sweep (calibration.sweep)
             for point in curve:
+                base = deit_runners.get(backend)
                 speed = measure_speed(lambda b: clf.run(b, eta=point["eta"]).timings, speed_x, cfg.batch, single,
-                                      cfg.latency_iters)
+                                      cfg.latency_iters, baseline=base.logits if base else None)
                 rows.append({"method": mode, "backend": backend, **point, **speed})
             clf.close()
 
@@ -240,7 +254,9 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
     for r in rows:
         base = deit_rows.get(r["backend"])
         r["flop_ideal_speedup"] = deit_cost.full / r["gflops"]
-        r["realised_speedup"] = r["images_per_s"] / base["images_per_s"] if base else None
+        # against the baseline timed in the same moments where there is one (see measure_speed)
+        deit_ips = r.get("paired_deit_images_per_s") or (base["images_per_s"] if base else None)
+        r["realised_speedup"] = r["images_per_s"] / deit_ips if deit_ips else None
         r["realised_over_ideal"] = r["realised_speedup"] / r["flop_ideal_speedup"] if base else None
 
     result: dict[str, Any] = {
