@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sacvit_edge.atomic import move_into_place, staging_dir
+from sacvit_edge.atomic import publish_export, staging_dir
 from sacvit_edge.classifier import EdgeClassifier
 from sacvit_edge.datasets import DEFAULT_MAX_BAD_SHARE, LabelledSource
 from sacvit_edge.errors import ConfigError, ExportError
@@ -97,9 +97,7 @@ def write_calibration(src: Path, dst: Path, calibration: dict, extra_files: dict
         for name in (*(extra_files or {}), CALIBRATION_FILE):
             files[name] = sha256_file(tmp / name)
         raw["files"] = files
-        (tmp / MANIFEST).write_text(json.dumps(raw, indent=2))
-        read_manifest(tmp)  # what was written is what loads
-        move_into_place(tmp, dst)
+        publish_export(tmp, dst, raw)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

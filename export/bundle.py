@@ -10,7 +10,6 @@ engine is refused before it runs).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import shutil
@@ -25,8 +24,8 @@ import torch  # noqa: E402
 
 from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
-from sacvit_edge.atomic import move_into_place, staging_dir  # noqa: E402
-from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST, MANIFEST_DIGEST_KEY,  # noqa: E402
+from sacvit_edge.atomic import publish_export, staging_dir  # noqa: E402
+from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
                                   MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, content_digest, read_manifest,
                                   sha256_file)
 
@@ -135,9 +134,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
             shutil.copyfile(ckpt.path, tmp / CHECKPOINT_FILE)  # the PyTorch reference backend runs from it
         manifest["files"] = {name: sha256_file(tmp / name)
                              for name in (*ENGINE_FILES, *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        read_manifest(tmp)  # what was written is what loads
-        move_into_place(tmp, out_dir)
+        publish_export(tmp, out_dir, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

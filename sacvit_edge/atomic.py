@@ -5,6 +5,7 @@ Torch-free: calibration of an export directory runs on the deployment install.""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -93,3 +94,13 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # filesystem or kernel without exchange
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_export(tmp: Path, dst: Path, manifest: dict) -> None:
+    """Finish a staged export directory: write its manifest, check that what was written is what
+    loads (every hash and field), and swap it into place at dst."""
+    from .manifest import MANIFEST, read_manifest
+
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    read_manifest(tmp)
+    move_into_place(tmp, dst)

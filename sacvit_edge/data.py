@@ -216,17 +216,10 @@ def labelled_dataset(data: str | Path | None, split: str, class_names=None, size
                      limit: int | None = None, max_bad_share: float = DEFAULT_MAX_BAD_SHARE):
     """The torch-side twin of datasets.open_source (PyTorch evaluation of a checkpoint):
     `--data DIR` matched to the model's classes by name, else the built-in named split."""
-    from .datasets import folder_name
+    from .datasets import check_builtin_classes, sample_of
 
     if data is not None:
-        folder = ImageFolder(data, size, class_names, max_bad_share)
-        if limit is not None and limit < len(folder):
-            sub = folder.subset(np.sort(np.random.default_rng(seed).permutation(len(folder))[:limit]))
-            sub.size = size
-            return sub
-        return folder
+        return sample_of(ImageFolder(data, size, class_names, max_bad_share), limit, seed)
     ds = fashion_split(split, seed=seed, limit=limit)
-    if class_names is not None and [folder_name(c) for c in class_names] != [folder_name(c) for c in ds.classes]:
-        raise DataError(f"the model's classes {list(class_names)} are not cluttered Fashion-MNIST's; pass --data DIR "
-                        "with the model's own data")
+    check_builtin_classes(class_names, ds.classes)
     return ds

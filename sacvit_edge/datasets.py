@@ -179,12 +179,20 @@ def open_source(data: str | Path | None, split: str, class_names: Sequence[str] 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     if data is not None:
-        folder = ImageFolderSource(data, class_names, max_bad_share)
-        if limit is not None and limit < len(folder):  # a seeded sample of every class, not the first folder
-            folder = folder.subset(np.sort(np.random.default_rng(seed).permutation(len(folder))[:limit]))
-        return folder
+        return sample_of(ImageFolderSource(data, class_names, max_bad_share), limit, seed)
     source = BuiltinSource(split, seed=seed, limit=limit)
-    if class_names is not None and [folder_name(c) for c in class_names] != [folder_name(c) for c in source.classes]:
+    check_builtin_classes(class_names, source.classes)
+    return source
+
+
+def sample_of(folder: "ImageFolderSource", limit: int | None, seed: int) -> "ImageFolderSource":
+    """`limit` images of a folder drawn with `seed` (from every class, not the first folders)."""
+    if limit is None or limit >= len(folder):
+        return folder
+    return folder.subset(np.sort(np.random.default_rng(seed).permutation(len(folder))[:limit]))
+
+
+def check_builtin_classes(class_names: Sequence[str] | None, builtin: Sequence[str]) -> None:
+    if class_names is not None and [folder_name(c) for c in class_names] != [folder_name(c) for c in builtin]:
         raise DataError(f"the model's classes {list(class_names)} are not cluttered Fashion-MNIST's; pass --data DIR "
                         "with the model's own data")
-    return source
