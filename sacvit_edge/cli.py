@@ -327,9 +327,12 @@ def calibrate(
     """Choose eta (and the token range, INT8 engines) from your data on this device; written into the export."""
     with _handled():
         request = _request(max_drop, gflops_budget, latency_budget_ms)
-        budgets = tuple(float(b) for b in deadline_ms.split(",")) if deadline_ms else ()
+        try:
+            budgets = tuple(float(b) for b in deadline_ms.split(",")) if deadline_ms else ()
+        except ValueError:
+            budgets = (float("nan"),)
         if any(not (b > 0 and b < float("inf")) for b in budgets):
-            raise ConfigError(f"--deadline-ms {deadline_ms}: budgets must be positive milliseconds")
+            raise ConfigError(f"--deadline-ms {deadline_ms}: budgets must be comma-separated positive milliseconds")
         if source.is_file() or source.suffix == ".pt":
             if int8 or apply_k_range or budgets:
                 raise ConfigError("--int8, --apply-k-range and --deadline-ms need an export directory: "

@@ -216,8 +216,9 @@ def labelled_dataset(data: str | Path | None, split: str, class_names=None, size
                      limit: int | None = None, max_bad_share: float = DEFAULT_MAX_BAD_SHARE):
     """The torch-side twin of datasets.open_source (PyTorch evaluation of a checkpoint):
     `--data DIR` matched to the model's classes by name, else the built-in named split."""
-    from .datasets import check_builtin_classes, sample_of
+    from .datasets import check_builtin_classes, check_options, sample_of
 
+    check_options(limit, max_bad_share)
     if data is not None:
         return sample_of(ImageFolder(data, size, class_names, max_bad_share), limit, seed)
     ds = fashion_split(split, seed=seed, limit=limit)

@@ -178,11 +178,21 @@ def open_source(data: str | Path | None, split: str, class_names: Sequence[str] 
     """`--data DIR` as an ImageFolder matched to `class_names`, else the built-in `split`."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    check_options(limit, max_bad_share)
     if data is not None:
         return sample_of(ImageFolderSource(data, class_names, max_bad_share), limit, seed)
     source = BuiltinSource(split, seed=seed, limit=limit)
     check_builtin_classes(class_names, source.classes)
     return source
+
+
+def check_options(limit: int | None, max_bad_share: float) -> None:
+    from .errors import ConfigError
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit {limit!r} must be a positive number of images")
+    if not 0.0 <= max_bad_share <= 1.0:  # also false for NaN
+        raise ConfigError(f"--max-bad-share {max_bad_share!r} must be a share in [0, 1]")
 
 
 def sample_of(folder: "ImageFolderSource", limit: int | None, seed: int) -> "ImageFolderSource":

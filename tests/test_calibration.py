@@ -386,3 +386,31 @@ def test_cli_calibrate_on_the_shipped_checkpoint_writes_a_copy(shipped_sac, user
     assert load_checkpoint(shipped_sac).eta == 0.75  # the input is untouched
     proc = run_cli("calibrate", shipped_sac, "--data", user_folder, "--int8")
     assert proc.returncode == 2 and "export" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--deadline-ms", "abc"], "comma-separated positive milliseconds"),
+    (["--deadline-ms", "-2"], "comma-separated positive milliseconds"),
+    (["--limit", "-5"], "positive number of images"),
+    (["--max-bad-share", "2"], "share in [0, 1]"),
+    (["--max-drop", "nan"], "finite number"),
+    (["--batch", "1000"], "batch_max"),
+    (["--coverage", "2"], "coverage"),
+    (["--max-drop", "1", "--gflops-budget", "1"], "give one of"),
+])
+def test_cli_calibrate_refuses_bad_options_with_usage_errors(shipped_export, tmp_path, args, message):
+    proc = run_cli("calibrate", shipped_export, "-o", tmp_path / "o", *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_deadline_and_precision_arguments_are_checked(calibrated):
+    out, _ = calibrated
+    for bad in ("x", -1, float("nan"), True):
+        with pytest.raises(ConfigError, match="deadline_ms"):
+            EdgeClassifier(out, backend="onnxruntime", deadline_ms=bad)
+    clf = EdgeClassifier(out, backend="onnxruntime")
+    with pytest.raises(ConfigError, match="deadline_ms"):
+        clf.predict(np.zeros((112, 112, 3), np.uint8), deadline_ms=0)
+    with pytest.raises(ConfigError, match="precision"):
+        EdgeClassifier(out, backend="onnxruntime", precision="fp16")
