@@ -414,3 +414,13 @@ def test_deadline_and_precision_arguments_are_checked(calibrated):
         clf.predict(np.zeros((112, 112, 3), np.uint8), deadline_ms=0)
     with pytest.raises(ConfigError, match="precision"):
         EdgeClassifier(out, backend="onnxruntime", precision="fp16")
+
+
+def test_bench_reads_a_user_folder_by_class_name(user_folder, shipped_export):
+    from sacvit_edge.bench.run import eval_images
+
+    manifest = read_manifest(shipped_export)
+    x, y = eval_images(40, manifest.mean, manifest.std, data=user_folder, class_names=manifest.class_names, size=112)
+    assert x.shape == (40, 3, 112, 112) and x.dtype == np.float32 and len(y) == 40
+    src = ImageFolderSource(user_folder, manifest.class_names)
+    assert set(y.tolist()) <= set(src.labels.tolist()) and len(set(y.tolist())) > 3  # a sample across classes
