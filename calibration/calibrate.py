@@ -70,11 +70,10 @@ def _precision_entry(manifest: Manifest, precision: str, files: tuple[str, str],
     curve = records.curve(manifest.cost, latency, batch)
     chosen = choose(curve, request)
     eta = validate_eta(chosen["eta"])
-    entry = {"ee_file": files[0], "sac_file": files[1], "eta": chosen["eta"], "chosen": chosen,
-             "latency": latency.to_dict(), "latency_batch": batch,
-             "top1_ee": records.top1(records.ee_pred), "top1_sac": records.top1(records.sac_pred),
-             "curve": curve, "deadline": deadline_report(records, eta, latency, budgets) if budgets else []}
-    return entry
+    return {"ee_file": files[0], "sac_file": files[1], "eta": chosen["eta"], "chosen": chosen,
+            "latency": latency.to_dict(), "latency_batch": batch,
+            "top1_ee": records.top1(records.ee_pred), "top1_sac": records.top1(records.sac_pred),
+            "curve": curve, "deadline": deadline_report(records, eta, latency, budgets) if budgets else []}
 
 
 def write_calibration(src: Path, dst: Path, calibration: dict, extra_files: dict[str, Path] | None = None) -> Manifest:
@@ -183,13 +182,14 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         k["applied"] = True
         got, latency, env, recorder = run_pass(src, record_sac=64 if int8 else 0)
 
+    fp32_entry = _precision_entry(manifest, "fp32", manifest.engine_files("fp32"), got.records, latency, batch,
+                                  request, deadline_budgets)
     if backend == "onnxruntime":
         from .collect import tune_batch1_threads
 
         step("choosing ONNX Runtime's batch-1 thread count")
         rec = got.records
-        eta0 = validate_eta(choose(rec.curve(manifest.cost, latency, batch), request)["eta"])
-        exited = rec.exited(eta0)
+        exited = rec.exited(validate_eta(fp32_entry["eta"]))
         runtime = tune_batch1_threads(src, got.sample, exited, np.where(exited, 0, rec.counts))
     n = len(got.records.labels)
     if n < MIN_IMAGES:
@@ -208,14 +208,13 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         "dataset": {"name": source.name, "images": n, "fingerprint": got.fingerprint, "unreadable": len(got.bad),
                     "unreadable_files": [f"{f}: {r}" for f, r in got.bad[:50]]},
         "environment": env, "token_range": k, "warnings": warnings, "runtime": runtime,
-        "precisions": {"fp32": _precision_entry(manifest, "fp32", manifest.engine_files("fp32"), got.records, latency,
-                                                batch, request, deadline_budgets)},
+        "precisions": {"fp32": fp32_entry},
     }
-    if manifest.calibration is not None:  # keep an earlier int8 calibration unless it is redone now
+    if manifest.calibration is not None and not int8:  # keep an earlier int8 calibration unless it is redone now
+        earlier = json.loads((manifest.directory / CALIBRATION_FILE).read_text())["precisions"]
         for name, old in manifest.calibration.precisions.items():
-            if name != "fp32" and not int8:
-                report["precisions"][name] = {**{kk: vv for kk, vv in _old_entry(manifest, name).items()},
-                                              "ee_file": old.ee_file, "sac_file": old.sac_file}
+            if name != "fp32":
+                report["precisions"][name] = earlier[name]
                 warnings.append(f"kept the earlier {name} calibration (eta {describe_eta(old.eta)}); rerun with --int8 to redo it")
     extra: dict[str, Path] = {}
     if int8:
@@ -243,8 +242,3 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
                              curves={p: e["curve"] for p, e in report["precisions"].items() if "curve" in e},
                              chosen={p: e["chosen"] for p, e in report["precisions"].items() if "chosen" in e},
                              warnings=warnings)
-
-
-def _old_entry(manifest: Manifest, precision: str) -> dict:
-    raw = json.loads((manifest.directory / CALIBRATION_FILE).read_text())
-    return raw["precisions"][precision]

@@ -82,7 +82,7 @@ class ExitRecords:
         """
         value = validate_eta(eta)
         exited = self.exited(value)
-        pred = self.final_pred(value)
+        pred = self.sac_pred if self.ee_probs is None else np.where(exited, self.ee_pred, self.sac_pred)
         correct = int((pred == self.labels).sum())
         lo, hi = wilson_interval(correct, len(self.labels))
         row: dict[str, Any] = {"eta": NEVER_EXIT if math.isinf(value) else value, "top1": self.top1(pred),

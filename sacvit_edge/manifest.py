@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -164,34 +165,35 @@ class LatencyTable:
     host: dict[int, float]
     sac: dict[int, dict[int, float]]
 
+    @cached_property
+    def _grids(self) -> dict[str, Any]:
+        """The tables as sorted (x, y) lists, built once: deadline gating reads them per frame."""
+        def grid(table: dict[int, float]) -> tuple[list[int], list[float]]:
+            keys = sorted(table)
+            return keys, [table[k] for k in keys]
+
+        batches = sorted(self.sac)
+        return {"ee": grid(self.ee), "host": grid(self.host), "sac_batches": batches,
+                "sac": [grid(self.sac[b]) for b in batches]}
+
     @staticmethod
-    def _interp(table: dict[int, float], b: float) -> float:
+    def _interp(x: float, grid: tuple[list, list]) -> float:
         import numpy as np
 
-        keys = sorted(table)
-        return float(np.interp(b, keys, [table[k] for k in keys]))
+        return float(np.interp(x, grid[0], grid[1]))
 
     def ee_ms(self, batch: int) -> float:
-        return self._interp(self.ee, batch)
+        return self._interp(batch, self._grids["ee"])
 
     def host_ms(self, batch: int) -> float:
-        return self._interp(self.host, batch)
+        return self._interp(batch, self._grids["host"])
 
     def sac_ms(self, batch: int, k: float) -> float:
         """One SAC call of `batch` images with (mean) target count k; 0 for no image."""
         if batch <= 0:
             return 0.0
-        per_batch = {b: self._interp({int(kk): v for kk, v in row.items()}, k) for b, row in self.sac.items()}
-        return self._interp(per_batch, batch)
-
-    def call_ms(self, exited: Any, counts: Any) -> float:
-        """Predicted latency of one call on a batch with these exit decisions and counts."""
-        import numpy as np
-
-        exited = np.asarray(exited, bool)
-        live = np.asarray(counts)[~exited]
-        b = len(exited)
-        return self.ee_ms(b) + self.host_ms(b) + (self.sac_ms(len(live), float(live.mean())) if live.size else 0.0)
+        g = self._grids
+        return self._interp(batch, (g["sac_batches"], [self._interp(k, row) for row in g["sac"]]))
 
     def to_dict(self) -> dict:
         return {"ee_ms": {str(b): v for b, v in self.ee.items()}, "host_ms": {str(b): v for b, v in self.host.items()},

@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +24,16 @@ from rich.console import Console
 from sacvit_edge.calibration.calibrate import write_calibration
 from sacvit_edge.calibration.collect import collect
 from sacvit_edge.calibration.int8 import RecordingBackend, ee_feeds, quantize_graph
-from sacvit_edge.classifier import EdgeClassifier, ImposedDecisions
+from sacvit_edge.classifier import EdgeClassifier
 from sacvit_edge.datasets import open_source
 from sacvit_edge.export.bundle import export_checkpoint
 from sacvit_edge.manifest import CALIBRATION_FORMAT, CALIBRATION_VERSION, read_manifest
 
+from int8_report import images_per_s  # noqa: E402 - the same timing as the report (scripts/ is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"matmul": dict(exclude_heads=True), "matmul+heads": dict(exclude_heads=False),
             "all-ops": dict(exclude_heads=True, op_types=None)}
-
-
-def images_per_s(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray, batch: int) -> float:
-    n = (len(x) // batch) * batch
-    clf.run(x[:batch], imposed=ImposedDecisions(exited[:batch], counts[:batch]))
-    t0 = time.perf_counter()
-    for i in range(0, n, batch):
-        clf.run(x[i:i + batch], imposed=ImposedDecisions(exited[i:i + batch], counts[i:i + batch]))
-    return n / (time.perf_counter() - t0)
 
 
 def main() -> None:

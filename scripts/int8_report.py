@@ -36,16 +36,21 @@ REPO = Path(__file__).resolve().parents[1]
 console = Console()
 
 
-def speed(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray, batch: int,
-          iters1: int) -> dict[str, float]:
-    """images/s at `batch` and mean / p50 ms at batch 1, with these decisions imposed."""
+def images_per_s(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray, batch: int) -> float:
+    """images/s at `batch` over x with these decisions imposed (after one warm-up batch)."""
     n = (len(x) // batch) * batch
     imposed = [ImposedDecisions(exited[i:i + batch], counts[i:i + batch]) for i in range(0, n, batch)]
     clf.run(x[:batch], imposed=imposed[0])
     t0 = time.perf_counter()
     for j, i in enumerate(range(0, n, batch)):
         clf.run(x[i:i + batch], imposed=imposed[j])
-    ips = n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0)
+
+
+def speed(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, counts: np.ndarray, batch: int,
+          iters1: int) -> dict[str, float]:
+    """images/s at `batch` and mean / p50 ms at batch 1, with these decisions imposed."""
+    ips = images_per_s(clf, x, exited, counts, batch)
     lat = []
     for i in range(iters1 + 10):
         s = time.perf_counter()

@@ -252,9 +252,6 @@ def main() -> None:
             if variant == "base":
                 deit = OrtSingle(deit_onnx, spinning=True)
             elif variant == "spin":
-                clf.backend = OrtBackend(d / "ee.onnx", d / "sac.onnx")
-                for s in (clf.backend.ee, clf.backend.sac):
-                    pass
                 import onnxruntime as ort
 
                 opts = session_options(None, spinning=True)

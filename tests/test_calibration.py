@@ -103,9 +103,15 @@ def test_stratified_split_holds_out_each_class():
 def test_builtin_calibration_split_is_disjoint_from_train():
     from sacvit_edge.data import fashion_split
 
+    from sacvit_edge.data import load_fashion_mnist
+
     train, cal = fashion_split("train"), fashion_split("calibration")
     assert len(train) + len(cal) == 60000 and len(cal) == 5000
     assert cal.seed == train.seed + 1
+    images, labels = load_fashion_mnist("train")  # the official items each split holds, compared directly
+    assert np.array_equal(train.items[:, 0].mul(255).round().byte().numpy(), images[:55000])
+    assert np.array_equal(cal.items[:, 0].mul(255).round().byte().numpy(), images[55000:])
+    assert np.array_equal(cal.labels.numpy(), labels[55000:])
 
 
 # ---- the sweep ------------------------------------------------------------------------------------
