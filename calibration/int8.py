@@ -27,6 +27,7 @@ import numpy as np
 
 from sacvit_edge.errors import ExportError
 from sacvit_edge.extras import require_extra
+from sacvit_edge.runtimes.base import host_sac_feeds
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,14 @@ class RecordingBackend:
     def run_ee(self, image):
         return self.inner.run_ee(image)
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep):
+    def run_sac(self, ee, rows, group):
+        feeds = host_sac_feeds(ee, rows, group)  # the inner backend is a host one (ONNX Runtime)
         if len(self.sac_feeds) < self.limit:
-            self.sac_feeds.append({"target_patches": patches.copy(), "target_idx": target_idx.copy(),
-                                   "nontarget_idx": nontarget_idx.copy(), "ee_final": final.copy(),
-                                   "ee_hidden": hidden.copy(), "target_keep": target_keep.copy(),
-                                   "nontarget_keep": nontarget_keep.copy()})
-        return self.inner.run_sac(patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep)
+            self.sac_feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        return self.inner.run_sac_feeds(feeds)
+
+    def release(self, ee) -> None:
+        self.inner.release(ee)
 
 
 def _head_nodes(model) -> list[str]:

@@ -36,7 +36,6 @@ from sacvit_edge.extras import require_extra
 
 require_extra("export", "ONNX export")
 
-import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402

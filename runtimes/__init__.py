@@ -65,8 +65,9 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         ok, why = tensorrt_usable()
         name = "tensorrt" if ok else "onnxruntime"
         log.info("backend auto -> %s%s", name, "" if ok else f" (TensorRT not used: {why})")
-    if precision != "fp32" and name not in ("onnxruntime", "openvino"):
-        raise BackendError(f"precision {precision!r} runs on backends 'onnxruntime' and 'openvino' only (asked for {name!r})")
+    if precision != "fp32" and name not in ("onnxruntime", "openvino", "tensorrt"):
+        raise BackendError(f"precision {precision!r} runs on backends 'onnxruntime', 'openvino' and 'tensorrt' only "
+                           f"(asked for {name!r})")
     if name == "onnxruntime":
         from .ort import OrtBackend
 

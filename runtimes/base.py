@@ -1,25 +1,46 @@
 """The backend protocol: what EdgeClassifier needs from an inference engine, and no more.
 
 Lifecycle after Polygraphy's runners: construct (loads the engines once), `run_ee` /
-`run_sac` infer, `close()` frees them; usable as a context manager. Inputs and outputs are
-NumPy arrays named as in export/torch2onnx.py, so the orchestrator stays backend-agnostic.
-The SAC stage takes one padded, masked group of images at a time (tokens.build_sac_group).
+`run_sac` infer, `release` hands back what one batch held, `close()` frees everything; usable
+as a context manager. Names are those of export/torch2onnx.py.
+
+Where the data live is the backend's business. `run_ee` returns the EE logits and the
+clustering scores (gca) on the host (the exit gate and the split run there) and keeps the rest
+of the batch (the image, the EE features) wherever it computed them: NumPy arrays on CPU
+backends, device buffers on the GPU backends. `run_sac` then gets only what the host decided
+(which rows, their SAC group's indices and keep masks: a few hundred bytes) and cuts the target
+patches itself: NumPy here (`HostBackend`), on the device in the TensorRT and PyTorch CUDA
+backends. So the orchestrator never moves features and never knows which backend it drives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from sacvit_edge.tokens import SacGroup, crop_target_patches
+
+SAC_FEEDS = ("target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep")
 
 
 @dataclass
 class EEResult:
-    logits: np.ndarray  # (B, C) float32
-    gca: np.ndarray  # (B, n) float32
-    final: np.ndarray  # (B, n, D) float32
-    hidden: np.ndarray  # (B, n, D) float32
+    """The EE stage of one batch.
+
+    logits (B, C) and gca (B, n) are float32 host arrays. final / hidden (B, n, D) and image
+    (B, 3, H, W) are the backend's: NumPy arrays on host backends, device-resident elsewhere
+    (None where the backend keeps them in `slot`). slot is whatever the backend holds for this
+    batch until `release` (an execution slot of a pool on TensorRT).
+    """
+
+    logits: np.ndarray
+    gca: np.ndarray
+    final: Any = None
+    hidden: Any = None
+    image: Any = None
+    slot: Any = None
 
 
 @runtime_checkable
@@ -29,19 +50,17 @@ class Backend(Protocol):
     name: str
 
     def run_ee(self, image: np.ndarray) -> EEResult:
-        """image (B, 3, H, W) float32, normalised -> EE outputs."""
+        """image (B, 3, H, W) float32, normalised -> EE outputs (see EEResult)."""
         ...
 
-    def run_sac(self, patches: np.ndarray, target_idx: np.ndarray, nontarget_idx: np.ndarray,
-                final: np.ndarray, hidden: np.ndarray, target_keep: np.ndarray,
-                nontarget_keep: np.ndarray) -> np.ndarray:
-        """One group of images, target counts in [k_lo, k_hi] -> SAC logits (B, C).
+    def run_sac(self, ee: EEResult, rows: np.ndarray, group: SacGroup) -> np.ndarray:
+        """SAC logits (G, C) of the batch's images `rows` (G,), whose targets, non-targets and
+        keep masks are `group` (tokens.build_sac_group). The backend cuts the target patches
+        from the image it holds."""
+        ...
 
-        patches: (B, 4*k_hi, C*p*p) target-region pixels (tokens.crop_target_patches).
-        target_idx / nontarget_idx: (B, k_hi) / (B, n - k_lo) coarse indices.
-        target_keep / nontarget_keep: the same shapes, bool, False on padding.
-        final / hidden: (B, n, D) EE features of these images.
-        """
+    def release(self, ee: EEResult) -> None:
+        """The orchestrator is done with this batch: free what run_ee holds for it."""
         ...
 
     def device(self) -> str:
@@ -67,8 +86,37 @@ class BackendBase:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def release(self, ee: EEResult) -> None:
+        """Nothing is held per batch unless a backend says otherwise."""
+
     def close(self) -> None:  # pragma: no cover - overridden where there is something to free
         pass
+
+
+def patch_size_of(image_shape: tuple[int, ...], num_coarse: int) -> int:
+    """The fine patch size p from the image side and the coarse token count (side = 2p * sqrt(n))."""
+    grid = int(round(num_coarse ** 0.5))
+    return image_shape[-1] // (2 * grid)
+
+
+def host_sac_feeds(ee: EEResult, rows: np.ndarray, group: SacGroup) -> dict[str, np.ndarray]:
+    """The SAC engine's named inputs for `rows` of a batch whose EE results are NumPy arrays."""
+    image = ee.image[rows]
+    patch = patch_size_of(image.shape, ee.final.shape[1])
+    return {"target_patches": crop_target_patches(image, group.target_idx, patch), "target_idx": group.target_idx,
+            "nontarget_idx": group.nontarget_idx, "ee_final": ee.final[rows], "ee_hidden": ee.hidden[rows],
+            "target_keep": group.target_keep, "nontarget_keep": group.nontarget_keep}
+
+
+class HostBackend(BackendBase):
+    """A backend whose engines take and give NumPy arrays (ONNX Runtime, OpenVINO): the SAC
+    inputs are cut on the host (host_sac_feeds) and passed to `run_sac_feeds`."""
+
+    def run_sac(self, ee: EEResult, rows: np.ndarray, group: SacGroup) -> np.ndarray:
+        return self.run_sac_feeds(host_sac_feeds(ee, rows, group))
+
+    def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 def cpu_name() -> str:

@@ -22,14 +22,14 @@ import numpy as np
 
 from sacvit_edge.errors import BackendError
 
-from .base import BackendBase, EEResult, cpu_name
+from .base import EEResult, HostBackend, cpu_name
 
 log = logging.getLogger(__name__)
 
 EE_OUTPUTS = ("ee_logits", "gca", "ee_final", "ee_hidden")
 
 
-class OpenVinoBackend(BackendBase):
+class OpenVinoBackend(HostBackend):
     name = "openvino"
 
     def __init__(self, ee_path: str | Path, sac_path: str | Path, threads: int | None = None) -> None:
@@ -81,12 +81,12 @@ class OpenVinoBackend(BackendBase):
         req = self._requests()["ee"]
         req.infer({"image": image})
         out = {name: req.get_tensor(name).data.copy() for name in EE_OUTPUTS}
-        return EEResult(logits=out["ee_logits"], gca=out["gca"], final=out["ee_final"], hidden=out["ee_hidden"])
+        return EEResult(logits=out["ee_logits"], gca=out["gca"], final=out["ee_final"], hidden=out["ee_hidden"],
+                        image=image)
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
+    def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         req = self._requests()["sac"]
-        req.infer({"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
-                   "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep, "nontarget_keep": nontarget_keep})
+        req.infer(feeds)
         return req.get_tensor("sac_logits").data.copy()
 
     def device(self) -> str:

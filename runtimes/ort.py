@@ -9,7 +9,7 @@ import numpy as np
 
 from sacvit_edge.errors import BackendError
 
-from .base import BackendBase, EEResult, cpu_name
+from .base import EEResult, HostBackend, cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class OrtSingle:
         return sess.run(None, {"image": image})[0]
 
 
-class OrtBackend(BackendBase):
+class OrtBackend(HostBackend):
     """One InferenceSession per engine, created once and shared by all threads.
 
     Session options: full graph optimisation (fuses LayerNorm, GELU, attention MatMuls), intra-op
@@ -154,13 +154,11 @@ class OrtBackend(BackendBase):
     def run_ee(self, image: np.ndarray) -> EEResult:
         sess = self.ee1.get() if self.ee1 is not None and image.shape[0] == 1 else self.ee
         logits, gca, final, hidden = sess.run(["ee_logits", "gca", "ee_final", "ee_hidden"], {"image": image})
-        return EEResult(logits=logits, gca=gca, final=final, hidden=hidden)
+        return EEResult(logits=logits, gca=gca, final=final, hidden=hidden, image=image)
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
-        sess = self.sac1.get() if self.sac1 is not None and patches.shape[0] == 1 else self.sac
-        return sess.run(["sac_logits"], {"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
-                                             "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep,
-                                             "nontarget_keep": nontarget_keep})[0]
+    def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        sess = self.sac1.get() if self.sac1 is not None and feeds["target_patches"].shape[0] == 1 else self.sac
+        return sess.run(["sac_logits"], feeds)[0]
 
     def device(self) -> str:
         return cpu_name() if self.providers[0] == "CPUExecutionProvider" else self.providers[0]

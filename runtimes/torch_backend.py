@@ -1,4 +1,11 @@
-"""PyTorch eager backend (CPU or CUDA): the numerical reference for the other backends."""
+"""PyTorch eager backend (CPU or CUDA): the numerical reference for the other backends.
+
+On CUDA it runs the same device-resident orchestration as the TensorRT backend: the image is
+uploaded once, the EE features stay on the GPU, only the EE logits and the clustering scores come
+back for the gate and the split, the SAC group's indices and keep masks go up, and the target
+patches are cut on the GPU (tokens.crop_target_patches on tensors). All of it on one CUDA stream
+per calling thread (PyTorch's current stream), synchronised by the copies back to the host.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import numpy as np
 import torch
 
 from sacvit_edge.errors import BackendError
+from sacvit_edge.tokens import SacGroup, crop_target_patches
 
 from .base import BackendBase, EEResult, cpu_name
 
@@ -20,7 +28,7 @@ class TorchBackend(BackendBase):
         from sacvit_edge.model import SACViT
 
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError("backend 'pytorch' on cuda: no CUDA GPU is visible to PyTorch")
+            raise BackendError("backend 'pytorch-cuda': no CUDA GPU is visible to PyTorch")
         if threads:
             torch.set_num_threads(threads)
         self.threads = threads or torch.get_num_threads()
@@ -28,23 +36,48 @@ class TorchBackend(BackendBase):
         if not isinstance(self.model, SACViT):
             raise BackendError(f"{checkpoint} is a {self.model.cfg.arch} model, not SAC-ViT")
         self._device = torch.device(device)
+        self.name = "pytorch-cuda" if self._device.type == "cuda" else "pytorch"
+        # host -> device copies from pinned memory may run asynchronously (CUDA only)
+        self._non_blocking = self._device.type == "cuda"
 
-    def _t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).to(self._device)
+    def _up(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self._non_blocking:
+            t = t.pin_memory()
+        return t.to(self._device, non_blocking=self._non_blocking)
 
     @torch.inference_mode()
     def run_ee(self, image: np.ndarray) -> EEResult:
-        out = self.model.forward_ee(self._t(image))
-        return EEResult(*(t.float().cpu().numpy() for t in (out.logits, out.gca, out.final, out.hidden)))
+        img = self._up(image)  # uploaded once: the SAC stage cuts its patches from this copy
+        out = self.model.forward_ee(img)
+        logits, gca = (t.float().cpu().numpy() for t in (out.logits, out.gca))  # the only copies back
+        return EEResult(logits=logits, gca=gca, final=out.final, hidden=out.hidden, image=img)
 
     @torch.inference_mode()
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
-        out = self.model.forward_sac(self._t(patches), self._t(target_idx), self._t(nontarget_idx),
-                                     self._t(final), self._t(hidden), self._t(target_keep), self._t(nontarget_keep))
+    def run_sac(self, ee: EEResult, rows: np.ndarray, group: SacGroup) -> np.ndarray:
+        r = self._up(np.asarray(rows, dtype=np.int64))
+        t_idx = self._up(group.target_idx)
+        patches = crop_target_patches(ee.image.index_select(0, r), t_idx, self.model.cfg.patch_size)
+        out = self.model.forward_sac(patches, t_idx, self._up(group.nontarget_idx), ee.final.index_select(0, r),
+                                     ee.hidden.index_select(0, r), self._up(group.target_keep),
+                                     self._up(group.nontarget_keep))
         return out.float().cpu().numpy()
+
+    def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The SAC stage on host arrays (export checks compare it with ONNX Runtime input for input)."""
+        with torch.inference_mode():
+            args = [self._up(feeds[k]) for k in ("target_patches", "target_idx", "nontarget_idx", "ee_final",
+                                                  "ee_hidden", "target_keep", "nontarget_keep")]
+            return self.model.forward_sac(*args).float().cpu().numpy()
 
     def device(self) -> str:
         return torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else cpu_name()
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device(), "threads": self.threads, "torch": torch.__version__}
+        return {"backend": self.name, "device": self.device(), "threads": self.threads, "torch": torch.__version__,
+                "device_resident": self._device.type == "cuda"}
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()

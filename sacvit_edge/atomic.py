@@ -104,3 +104,50 @@ def publish_export(tmp: Path, dst: Path, manifest: dict) -> None:
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     read_manifest(tmp)
     move_into_place(tmp, dst)
+
+
+def writable_dir(directory: Path, what: str) -> None:
+    """Raise ExportError (not an OSError later) when files cannot be added to `directory`."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ExportError(f"{directory}: read-only, cannot add {what} there; copy the export directory somewhere "
+                          "writable (or build the engines where it is made, with `sacvit-edge build-engine`)")
+
+
+def scratch_file(directory: Path, name: str) -> Path:
+    """A temporary path in `directory` unique to this process and call: concurrent builders of the
+    same file never write into each other's temporary file (the last rename wins, whole)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return Path(tmp)
+
+
+def add_derived_files(directory: Path, files: dict[str, Path], update) -> None:
+    """Move finished files (scratch_file paths) into an export directory and record them in its
+    manifest: hashes into `files`, and `update(derived: dict)` edits the `derived` section.
+
+    In place and safe for concurrent writers and readers: the files are renamed into place whole,
+    and the manifest is re-read, edited and atomically replaced under an exclusive lock, so two
+    builders adding different engines both end up listed. The content digest is unaffected
+    (`derived` and `files` are outside it).
+    """
+    from .manifest import DERIVED, MANIFEST, sha256_file
+
+    writable_dir(directory, "derived files")
+    with open(directory / ".manifest.lock", "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        raw = json.loads((directory / MANIFEST).read_text())
+        for name, tmp in files.items():
+            digest = sha256_file(tmp)
+            os.replace(tmp, directory / name)
+            raw["files"][name] = digest
+        derived = raw.setdefault(DERIVED, {})
+        update(derived)
+        out = scratch_file(directory, MANIFEST)
+        out.write_text(json.dumps(raw, indent=2))
+        os.chmod(out, 0o644)
+        os.replace(out, directory / MANIFEST)

@@ -25,7 +25,7 @@ from .errors import BackendError, ConfigError, ExportError, ImageError
 from .gate import Eta, deadline_gate, describe_eta, gate, validate_deadline, validate_eta
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize, preprocess
 from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest
-from .tokens import build_sac_group, crop_target_patches, plan_sac_groups
+from .tokens import build_sac_group, plan_sac_groups
 
 log = logging.getLogger(__name__)
 
@@ -355,10 +355,24 @@ class EdgeClassifier:
                   deadline: float | None = None, started: float | None = None) -> "_Pending":
         """Stage 1 of run: EE engine, gate, split. A stream runs it for frame t+1 while stage 2
         of frame t is still in its SAC engine."""
-        cfg = self.config
         t0 = time.perf_counter()
         ee = self._engines().run_ee(batch)
         t1 = time.perf_counter()
+        try:
+            return self._gate_and_split(batch, ee, eta_value, imposed, deadline, started, t0, t1)
+        except BaseException:
+            self._engines().release(ee)  # what the backend holds for this batch (a TensorRT slot)
+            raise
+
+    def _release(self, p: "_Pending") -> None:
+        """Hand the batch's backend resources back (once; a closed classifier has none)."""
+        if p.ee is not None and self.backend is not None:
+            self.backend.release(p.ee)
+        p.ee = None
+
+    def _gate_and_split(self, batch: np.ndarray, ee, eta_value: float, imposed: ImposedDecisions | None,
+                        deadline: float | None, started: float | None, t0: float, t1: float) -> "_Pending":
+        cfg = self.config
         _check_finite_output(ee.logits, "EE")
         ee_probs = _softmax(ee.logits)
         exited = gate(ee_probs, eta_value) if imposed is None else imposed.exited.copy()
@@ -389,10 +403,13 @@ class EdgeClassifier:
         """Stage 2 of run: the SAC engine on the images that did not exit, and the timings."""
         probs = p.ee_probs.copy()
         sac_s = 0.0
-        if p.rest.size:
-            logits, sac_s = self.run_sac_stage(p.batch, p.ee, p.rest, p.order, p.counts[p.rest])
-            _check_finite_output(logits, "SAC")
-            probs[p.rest] = _softmax(logits)
+        try:
+            if p.rest.size:
+                logits, sac_s = self.run_sac_stage(p.ee, p.rest, p.order, p.counts[p.rest])
+                _check_finite_output(logits, "SAC")
+                probs[p.rest] = _softmax(logits)
+        finally:
+            self._release(p)
         total = time.perf_counter() - p.t0
         ee_ms, sac_ms, total_ms = (p.t1 - p.t0) * 1e3, sac_s * 1e3, total * 1e3
         timings = {"ee": ee_ms, "sac": sac_ms, "host": max(0.0, total_ms - ee_ms - sac_ms), "total": total_ms}
@@ -415,24 +432,19 @@ class EdgeClassifier:
                               f"SAC engine's k range [{lo}, {hi}]")
         return ImposedDecisions(exited=exited, counts=counts.astype(np.int64))
 
-    def run_sac_stage(self, batch: np.ndarray, ee, rows: np.ndarray, order: np.ndarray,
-                      counts: np.ndarray) -> tuple[np.ndarray, float]:
-        """SAC logits of batch[rows], whose targets are order[i, :counts[i]].
+    def run_sac_stage(self, ee, rows: np.ndarray, order: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
+        """SAC logits of the EE batch's images `rows`, whose targets are order[i, :counts[i]].
 
-        Images are grouped into few engine calls (tokens.plan_sac_groups); each group's inputs
-        come from tokens.build_sac_group. Returns (len(rows), C) logits and the seconds spent
-        in the engine.
+        Images are grouped into few engine calls (tokens.plan_sac_groups); each group's index and
+        mask inputs come from tokens.build_sac_group, its target patches from the backend (which
+        holds the image). Returns (len(rows), C) logits and the seconds spent in the engine.
         """
-        cfg = self.config
         logits = np.empty((len(rows), len(self.class_names)), dtype=np.float32)
         engine_s = 0.0
-        for group, _, _ in plan_sac_groups(counts, cfg.num_coarse, self.group_overhead_tokens):
-            img_rows = rows[group]
+        for group, _, _ in plan_sac_groups(counts, self.config.num_coarse, self.group_overhead_tokens):
             g = build_sac_group(order[group], counts[group])
-            patches = crop_target_patches(batch[img_rows], g.target_idx, cfg.patch_size)
-            ts = time.perf_counter()
-            logits[group] = self._engines().run_sac(patches, g.target_idx, g.nontarget_idx, ee.final[img_rows],
-                                                 ee.hidden[img_rows], g.target_keep, g.nontarget_keep)
+            ts = time.perf_counter()  # the backend cuts the target patches itself (on its device)
+            logits[group] = self._engines().run_sac(ee, rows[group], g)
             engine_s += time.perf_counter() - ts
         return logits, engine_s
 
@@ -595,7 +607,9 @@ class FrameStream:
     def _take(self):
         with self._cond:
             while not self._queue:
-                self._cond.wait()
+                if self._stop.is_set():
+                    return None
+                self._cond.wait(0.1)
             item = self._queue.popleft()
             self._cond.notify_all()
             return item
@@ -618,6 +632,7 @@ class FrameStream:
     def __iter__(self) -> Iterator[tuple[int, object, Prediction]]:
         reader = self._threading.Thread(target=self._read, name="sacvit-stream-reader", daemon=True)
         reader.start()
+        worker = None
         try:
             if not self.overlap:
                 while (item := self._take()) is not None:
@@ -629,16 +644,28 @@ class FrameStream:
 
             staged: queue.Queue = queue.Queue(maxsize=1)  # EE of frame t+1 runs while frame t is in SAC
 
+            def hand_over(item) -> bool:
+                while not self._stop.is_set():  # a consumer that stopped takes nothing more
+                    try:
+                        staged.put(item, timeout=0.05)
+                        return True
+                    except queue.Full:
+                        continue
+                return False
+
             def first_stage() -> None:
                 while not self._stop.is_set():
                     item = self._take()
                     if item is None or isinstance(item, Exception):
-                        staged.put(item)
+                        hand_over(item)
                         return
                     try:
-                        staged.put(self._stage_one(item))
+                        done = self._stage_one(item)
                     except Exception as exc:  # noqa: BLE001 - raised in the consumer
-                        staged.put(exc)
+                        hand_over(exc)
+                        return
+                    if not hand_over(done):
+                        self.clf._release(done[-1])  # its backend slot goes back to the pool
                         return
 
             worker = self._threading.Thread(target=first_stage, name="sacvit-stream-ee", daemon=True)
@@ -651,3 +678,9 @@ class FrameStream:
             self._stop.set()
             with self._cond:
                 self._cond.notify_all()
+            if worker is not None:
+                worker.join(timeout=5.0)
+                while not staged.empty():  # frames staged but never finished: free their slots
+                    left = staged.get_nowait()
+                    if isinstance(left, tuple):
+                        self.clf._release(left[-1])

@@ -19,7 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("torch", "onnx", "matplotlib"),
     "video": ("cv2",),
     "openvino": ("openvino",),
-    "tensorrt": ("tensorrt", "torch"),  # torch: CUDA buffers, until they move to cuda-python
+    "tensorrt": ("tensorrt", "cuda", "onnx"),  # cuda: cuda-python (buffers, streams); onnx: derived graphs
 }
 
 

@@ -27,7 +27,12 @@ CHECKPOINT_FILE = "model.pt"
 CALIBRATION_FILE = "calibration.json"  # written by `sacvit-edge calibrate`; listed (hashed) in `files`
 CALIBRATION_FORMAT = "sacvit-edge-calibration"
 CALIBRATION_VERSION = 1
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
+# files made from an export after the fact (fp16 graphs, the device crop graph, TensorRT engines):
+# listed under `derived`, hashed in `files`; both stay out of the content digest, which the
+# exported graphs carry and which must not change when a derived file is added
+DERIVED = "derived"
+CROP_FILE = "crop.onnx"
 # metadata keys written into every engine at export and compared with the manifest at load
 FINGERPRINT_KEY = "sacvit_edge.checkpoint_fingerprint"
 MANIFEST_DIGEST_KEY = "sacvit_edge.manifest_sha256"
@@ -35,9 +40,10 @@ STAGE_KEY = "sacvit_edge.stage"
 
 
 def content_digest(data: dict) -> str:
-    """sha256 of the manifest's canonical content, everything but `files` (the file hashes cover
-    the engines, which in turn carry this digest: an edit of any value is caught at load)."""
-    body = {k: v for k, v in data.items() if k != "files"}
+    """sha256 of the manifest's canonical content, everything but `files` and `derived` (the file
+    hashes cover the engines, which in turn carry this digest: an edit of any value is caught at
+    load; derived files are checked by their hashes and their own embedded metadata)."""
+    body = {k: v for k, v in data.items() if k not in ("files", DERIVED)}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -220,6 +226,30 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class TensorRTEngineRecord:
+    """One TensorRT engine built from this export: what it was built with and for (the cache key's
+    fields; the engine file's own header says the same and is what the runtime checks)."""
+
+    file: str
+    stage: str  # "ee", "crop" or "sac"
+    precision: str
+    key: str
+    tensorrt: str
+    gpu: str
+    compute_capability: str
+    profile: dict
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The `derived` section: graphs and engines made from the export after the fact."""
+
+    graphs: dict[str, tuple[str, str]] = field(default_factory=dict)  # precision -> (ee, sac) ONNX files
+    crop: str | None = None  # crop.onnx, the device backends' SAC-input builder
+    tensorrt_engines: tuple[TensorRTEngineRecord, ...] = ()
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed, validated manifest.json of an export directory."""
 
@@ -237,6 +267,7 @@ class Manifest:
     cost: CostTable | None = None
     content_sha256: str = ""  # content_digest of the file as read
     calibration: Calibration | None = None  # from calibration.json, when the directory was calibrated
+    derived: Derived = field(default_factory=Derived)
 
     def engine_problems(self, stage: str, metadata: dict[str, str]) -> list[str]:
         """Why an engine's embedded metadata does not belong to this manifest (empty: it does)."""
@@ -284,16 +315,25 @@ class Manifest:
     def path(self, name: str) -> Path:
         return self.directory / name
 
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions this directory has ONNX graphs for."""
+        have = {"fp32", *self.derived.graphs, *(self.calibration.precisions if self.calibration else ())}
+        return [p for p in PRECISIONS if p in have]
+
     def engine_files(self, precision: str = "fp32") -> tuple[str, str]:
-        """(ee, sac) engine files of a precision; fp32 are the exported ones."""
-        if precision == "fp32" or self.calibration is None or precision not in self.calibration.precisions:
-            if precision != "fp32":
-                have = sorted(self.calibration.precisions) if self.calibration else ["fp32"]
-                raise ConfigError(f"{self.directory}: no {precision} engines (has {have}); make them with "
-                                  f"`sacvit-edge calibrate {self.directory} --int8`")
+        """(ee, sac) ONNX graphs of a precision: fp32 exported, fp16 derived (`export --precision
+        fp16` / `build-engine --precision fp16`), int8 from `calibrate --int8`."""
+        if precision == "fp32":
             return self.engines["ee"].file, self.engines["sac"].file
-        p = self.calibration.precisions[precision]
-        return p.ee_file, p.sac_file
+        if precision in self.derived.graphs:
+            return self.derived.graphs[precision]
+        if self.calibration is not None and precision in self.calibration.precisions:
+            p = self.calibration.precisions[precision]
+            return p.ee_file, p.sac_file
+        how = (f"`sacvit-edge build-engine {self.directory} --format onnx --precision fp16`" if precision == "fp16"
+               else f"`sacvit-edge calibrate {self.directory} --int8`")
+        raise ConfigError(f"{self.directory}: no {precision} graphs (has {self.precisions}); make them with {how}")
 
     def default_eta(self, precision: str = "fp32") -> float:
         """The calibrated eta of a precision where there is one, else the checkpoint's."""
@@ -380,10 +420,44 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
         if set(sac) != set(range(lo, hi + 1)):
             raise ExportError(f"{source}: manifest field 'cost.gflops_sac' must cover k = {lo}..{hi}")
         cost = CostTable(ee=c.float_("gflops_ee"), sac=sac, full=c.float_("gflops_full_resolution"))
+    derived = _derived(r, files, source) if data.get(DERIVED) is not None else Derived()
     return Manifest(directory=directory, checkpoint_fingerprint=r.str_("checkpoint_fingerprint"), class_names=class_names,
                     input=spec, eta=eta, config=config, engines=engines, files=dict(files),
                     opset=data.get("opset"), exporter=data.get("exporter"), versions={str(k): str(v) for k, v in versions.items()},
-                    cost=cost, content_sha256=_digest_or_fail(data, source))
+                    cost=cost, content_sha256=_digest_or_fail(data, source), derived=derived)
+
+
+def _derived(r: _Reader, files: dict[str, str], source: Path) -> Derived:
+    d = r.section(DERIVED)
+    listed = lambda v: isinstance(v, str) and _plain_name(v) and v in files  # noqa: E731
+
+    def file(section: _Reader, key: str) -> str:
+        return section.get(key, listed, "a file name listed (hashed) in the manifest's files")
+
+    graphs = {}
+    if d.data.get("graphs") is not None:
+        g = d.section("graphs")
+        for precision in g.data:
+            if precision not in ("fp16",):
+                raise ExportError(f"{source}: derived.graphs.{precision}: only fp16 graphs are derived here "
+                                  "(int8 ones live in calibration.json)")
+            graphs[precision] = (file(g.section(precision), "ee"), file(g.section(precision), "sac"))
+    crop = file(d, "crop") if d.data.get("crop") is not None else None
+    engines = []
+    raw = d.data.get("tensorrt_engines") or []
+    if not isinstance(raw, list):
+        raise ExportError(f"{source}: derived.tensorrt_engines must be a list")
+    for i, item in enumerate(raw):
+        e = _Reader(item, f"{DERIVED}.tensorrt_engines[{i}]", source)
+        stage = e.str_("stage")
+        precision = e.str_("precision")
+        if stage not in ("ee", "crop", "sac") or precision not in PRECISIONS:
+            raise ExportError(f"{source}: derived.tensorrt_engines[{i}]: stage {stage!r} / precision {precision!r} unknown")
+        engines.append(TensorRTEngineRecord(file=file(e, "file"), stage=stage, precision=precision, key=e.str_("key"),
+                                            tensorrt=e.str_("tensorrt"), gpu=e.str_("gpu"),
+                                            compute_capability=e.str_("compute_capability"),
+                                            profile=e.get("profile", lambda v: isinstance(v, dict), "an object")))
+    return Derived(graphs=graphs, crop=crop, tensorrt_engines=tuple(engines))
 
 
 def _latency(r: _Reader) -> LatencyTable:

@@ -43,7 +43,7 @@ from sacvit_edge.export.bundle import export_checkpoint
 from sacvit_edge.export.torch2onnx import export_single
 from sacvit_edge.flops import CostModel
 from sacvit_edge.model import build_model
-from sacvit_edge.runtimes.base import EEResult
+from sacvit_edge.runtimes.base import EEResult, HostBackend
 from sacvit_edge.runtimes.ort import OrtBackend, session_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ class OvSingle:
         return self.r.infer({"image": x})[0]
 
 
-class OvBackend:
+class OvBackend(HostBackend):
     """Both engines on OpenVINO (study only; promoted to runtimes/ if it wins clearly)."""
 
     name = "openvino"
@@ -126,13 +126,11 @@ class OvBackend:
     def run_ee(self, image):
         out = self.ee.infer({"image": image})
         vals = {k.get_any_name(): v for k, v in out.items()}
-        return EEResult(logits=vals["ee_logits"], gca=vals["gca"], final=vals["ee_final"], hidden=vals["ee_hidden"])
+        return EEResult(logits=vals["ee_logits"], gca=vals["gca"], final=vals["ee_final"], hidden=vals["ee_hidden"],
+                        image=image)
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep):
-        out = self.sac.infer({"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
-                              "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep,
-                              "nontarget_keep": nontarget_keep})
-        return next(iter(out.values()))
+    def run_sac_feeds(self, feeds):
+        return next(iter(self.sac.infer(feeds).values()))
 
     def device(self) -> str:
         return "openvino CPU"
@@ -299,16 +297,15 @@ def main() -> None:
             ee1 = {"image": x[:1]}
             clf = EdgeClassifier(d, backend="onnxruntime")
             rec: list = []
-            orig = clf.backend.run_sac
+            orig = clf.backend.run_sac_feeds
 
-            def grab(*a):
-                rec.append(a)
-                return orig(*a)
+            def grab(feeds):
+                rec.append(feeds)
+                return orig(feeds)
 
-            clf.backend.run_sac = grab
+            clf.backend.run_sac_feeds = grab
             clf.run(x[:1], imposed=ImposedDecisions(np.array([False]), np.array([9])))
-            names = ["target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep"]
-            sac1 = dict(zip(names, rec[-1]))
+            sac1 = rec[-1]
             rows["profile"] = {"ee_b1": ortprofile(d / "ee.onnx", ee1), "sac_k9_b1": ortprofile(d / "sac.onnx", sac1),
                                "deit_b1": ortprofile(deit_onnx, ee1),
                                "ee_b32": ortprofile(d / "ee.onnx", {"image": x[:32]}, 10),

@@ -46,6 +46,13 @@ def test_sac_graph_has_dynamic_batch_and_token_axes(random_export):
     assert "TopK" not in op_histogram(random_export / "sac.onnx")
 
 
+def _feeds(*arrays):
+    """The SAC engine's named inputs, in the protocol's order (runtimes.base.SAC_FEEDS)."""
+    from sacvit_edge.runtimes.base import SAC_FEEDS
+
+    return dict(zip(SAC_FEEDS, arrays))
+
+
 def _parity(export_dir, ckpt_path, batches=(1, 5)):
     model = load_checkpoint(ckpt_path).model
     cfg = model.cfg
@@ -62,8 +69,8 @@ def _parity(export_dir, ckpt_path, batches=(1, 5)):
             t, nt = random_split(cfg, b, k, seed=k)
             from sacvit_edge.tokens import crop_target_patches
 
-            got = backend.run_sac(crop_target_patches(img, t, cfg.patch_size), t, nt, ee.final, ee.hidden,
-                                  np.ones(t.shape, bool), np.ones(nt.shape, bool))
+            got = backend.run_sac_feeds(_feeds(crop_target_patches(img, t, cfg.patch_size), t, nt, ee.final, ee.hidden,
+                                               np.ones(t.shape, bool), np.ones(nt.shape, bool)))
             with torch.no_grad():
                 tt = torch.from_numpy(t)
                 want = model.forward_sac(model.crop_targets(torch.from_numpy(img), tt), tt, torch.from_numpy(nt),
@@ -164,11 +171,12 @@ def test_padded_group_equals_unpadded_calls(random_export, random_ckpt):
     ranks = np.arange(49)[None]
     k_lo, k_hi = 5, 14
     t = np.ascontiguousarray(order[:, :k_hi])
-    padded = backend.run_sac(crop_target_patches(img, t, 8), t, np.ascontiguousarray(order[:, k_lo:]), ee.final,
-                             ee.hidden, ranks[:, :k_hi] < counts[:, None], ranks[:, k_lo:] >= counts[:, None])
+    padded = backend.run_sac_feeds(_feeds(crop_target_patches(img, t, 8), t, np.ascontiguousarray(order[:, k_lo:]),
+                                          ee.final, ee.hidden, ranks[:, :k_hi] < counts[:, None],
+                                          ranks[:, k_lo:] >= counts[:, None]))
     for b, k in enumerate(counts):
         tb = np.ascontiguousarray(order[b:b + 1, :k])
         nb = np.ascontiguousarray(order[b:b + 1, k:])
-        one = backend.run_sac(crop_target_patches(img[b:b + 1], tb, 8), tb, nb, ee.final[b:b + 1], ee.hidden[b:b + 1],
-                              np.ones(tb.shape, bool), np.ones(nb.shape, bool))
+        one = backend.run_sac_feeds(_feeds(crop_target_patches(img[b:b + 1], tb, 8), tb, nb, ee.final[b:b + 1],
+                                           ee.hidden[b:b + 1], np.ones(tb.shape, bool), np.ones(nb.shape, bool)))
         assert np.abs(padded[b] - one[0]).max() <= ATOL

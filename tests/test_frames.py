@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from sacvit_edge import EdgeClassifier
 from sacvit_edge.cli import app
-from sacvit_edge.errors import CheckpointError, ConfigError, DataError, ExportError, ImageError
+from sacvit_edge.errors import CheckpointError, ConfigError, ExportError, ImageError
 from sacvit_edge.images import load_image
 
 REPO = Path(__file__).resolve().parents[1]

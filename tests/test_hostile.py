@@ -24,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sacvit_edge import EdgeClassifier
-from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint
+from sacvit_edge.checkpoint import load_checkpoint
 from sacvit_edge.cli import app
 from sacvit_edge.errors import BackendError, CheckpointError, ConfigError, ExportError, ImageError, SacvitError
 from sacvit_edge.images import load_image

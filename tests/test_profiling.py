@@ -130,7 +130,7 @@ def test_profile_cli_writes_json(random_export, tmp_path):
 def test_bench_report_structure(tmp_path, random_ckpt):
     from sacvit_edge.bench.report import write_reports
     from sacvit_edge.bench.run import BenchConfig, eval_images, run_bench
-    from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint
+    from sacvit_edge.checkpoint import save_checkpoint
     from sacvit_edge.model import build_model
 
     ck = load_checkpoint(random_ckpt)
@@ -176,7 +176,7 @@ def test_bench_latency_table_compares_like_for_like(tmp_path, random_ckpt):
     no-exit frame and the exit frame bracket the pattern's mean."""
     from sacvit_edge.bench.report import markdown_latency
     from sacvit_edge.bench.run import BenchConfig, latency_geometry_table
-    from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint
+    from sacvit_edge.checkpoint import save_checkpoint
     from sacvit_edge.model import build_model
 
     from sacvit_edge.bench.run import eval_images

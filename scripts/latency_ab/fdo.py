@@ -25,11 +25,11 @@ clf = EdgeClassifier(d, backend="onnxruntime")
 size = clf.manifest.size
 x = np.random.default_rng(0).standard_normal((1,3,size,size)).astype(np.float32)
 rec = []
-orig = clf.backend.run_sac
-clf.backend.run_sac = lambda *a: (rec.append(a), orig(*a))[1]
+orig = clf.backend.run_sac_feeds
+clf.backend.run_sac_feeds = lambda feeds: (rec.append(feeds), orig(feeds))[1]
 clf.run(x, imposed=ImposedDecisions(np.array([False]), np.array([9])))
 names = ["target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep"]
-sac1 = dict(zip(names, rec[-1]))
+sac1 = rec[-1]
 import onnx
 for label, over in (("dyn", {}), ("b1", {"batch": 1}), ("b1k9", {"batch": 1, "k": 9, "four_k": 36, "n_rest": 40})):
     for stage, feeds in (("ee", {"image": x}), ("sac", sac1)):

@@ -47,12 +47,12 @@ for k in (4, 9, 25):
 rec = {}
 for name, clf in (("split", a), ("masked", b)):
     got = []
-    orig_run = clf.backend.run_sac
-    clf.backend.run_sac = lambda *args, got=got, orig_run=orig_run: (got.append(args), orig_run(*args))[1]
+    orig_run = clf.backend.run_sac_feeds
+    clf.backend.run_sac_feeds = lambda feeds, got=got, orig_run=orig_run: (got.append(feeds), orig_run(feeds))[1]
     for bs in (1, 32):
         for k in (9, 25):
             clf.run(x[:bs], imposed=ImposedDecisions(np.zeros(bs, bool), np.full(bs, k)))
-    clf.backend.run_sac = orig_run
+    clf.backend.run_sac_feeds = orig_run
     rec[name] = got
 names = ["target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep"]
 sess = {n: ort.InferenceSession(str(d / "sac.onnx"), session_options(None), providers=["CPUExecutionProvider"]) for n, d in (("split", split_dir), ("masked", masked_dir))}
@@ -61,7 +61,7 @@ for ci, label in enumerate(("b1 k9", "b1 k25", "b32 k9", "b32 k25")):
     reps = 40 if "b1" in label else 4
     for r in range(6):
         for n in ("split", "masked"):
-            feeds = dict(zip(names, rec[n][ci]))
+            feeds = rec[n][ci]
             s0 = time.perf_counter()
             for _ in range(reps): sess[n].run(None, feeds)
             t[n].append((time.perf_counter() - s0) / reps * 1e3)
