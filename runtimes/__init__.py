@@ -22,17 +22,20 @@ BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch", "pytorch-cuda")
 
 
 def tensorrt_usable() -> tuple[bool, str]:
-    """Whether the TensorRT backend can run here, and why not (cheap when it is not installed)."""
+    """Whether the TensorRT backend can run here, and why not (cheap when it is not installed).
+    Needs tensorrt and cuda-python and a visible GPU; not torch."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, ("the tensorrt package is not installed (pip install 'sacvit-edge[tensorrt]', "
                        "or JetPack's python3-libnvinfer)")
-    if importlib.util.find_spec("torch") is None:  # pragma: no cover - needs a TensorRT machine
-        return False, "the TensorRT backend still stages its buffers through torch: pip install 'sacvit-edge[export]'"
-    import torch
+    if importlib.util.find_spec("cuda") is None:
+        return False, "cuda-python is not installed (pip install 'sacvit-edge[tensorrt]')"
+    try:  # pragma: no cover - needs a CUDA machine
+        from .cuda import CudaRuntime
 
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU is visible"
-    return True, "ok"
+        CudaRuntime()
+    except BackendError as exc:  # pragma: no cover
+        return False, f"no CUDA GPU is usable ({exc})"
+    return True, "ok"  # pragma: no cover
 
 
 def available_backends() -> list[str]:
@@ -57,7 +60,7 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
     Args:
         name: "auto" (TensorRT when usable, else ONNX Runtime), or one of BACKENDS.
         manifest: sacvit_edge.manifest.Manifest of the directory.
-        precision: "fp32", or "int8" (the Q/DQ graphs calibration made; ONNX Runtime only for now).
+        precision: "fp32", "fp16" (derived graphs) or "int8" (the Q/DQ graphs calibration made).
     Raises:
         BackendError: unknown name, or the backend cannot run here (message says why).
     """
@@ -95,7 +98,7 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
             raise BackendError(f"backend 'tensorrt' cannot run here: {why}")
         from .trt import TensorRTBackend
 
-        return TensorRTBackend.from_manifest(manifest)
+        return TensorRTBackend.from_manifest(manifest, precision=precision)
     raise BackendError(f"unknown backend {name!r}; choose 'auto' or one of {list(BACKENDS)}")
 
 

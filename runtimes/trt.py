@@ -1,20 +1,33 @@
-"""TensorRT backend (Jetson and desktop NVIDIA GPUs), TensorRT 10/11 API.
+"""TensorRT backend (Jetson and desktop NVIDIA GPUs), TensorRT 10 and 11, no torch.
 
-Engines are built (by sacvit_edge.export.tensorrt) from the exported ONNX on first use, on the
-device that runs them, and cached beside the ONNX files as `ee.engine` / `sac.engine`. Each engine file starts with a
-JSON header (Ultralytics-style metadata in the artifact): TensorRT version, GPU, checkpoint
-fingerprint and the profile ranges, so an engine built for another model, another TensorRT
-version or another GPU is refused with a clear error instead of failing deep inside
-deserialisation. Buffers are PyTorch CUDA tensors; tensors are bound by name and run with
-execute_async_v3 (no deprecated binding indices).
+Engines are built ahead (`sacvit-edge build-engine DIR`, export/tensorrt.py): ee, crop and sac
+per precision, each `{stage}.{precision}.{key}.engine` with a JSON header (what it was built with
+and for: Ultralytics-style metadata in the artifact) before the plan. At load, the key this
+machine would build (ONNX sha256, TensorRT version, GPU name and compute capability, precision,
+profile, recipe) selects the engine; an engine built elsewhere is refused with the reason, or,
+when the ONNX is at hand and the directory is writable (and rebuild=True), rebuilt here under its
+own key beside the others.
+
+Device-resident pipeline, per execution slot (context of each engine, one CUDA stream, one
+event, device buffers preallocated at the profile maxima, pinned host staging):
+  run_ee: image up once -> ee engine -> only ee_logits and gca come down (ee_final / ee_hidden
+          stay in device buffers) -> the host gates and splits;
+  run_sac: the group's rows, indices and keep masks go up (a few hundred bytes) -> crop engine cuts
+          the target patches and picks the rows' features on the device -> sac engine -> logits down.
+Every tensor address is bound once when the slot is made (buffers never move), so the batch-1 EE
+call can be replayed as a CUDA graph (cuda_graph=True). Waits are on the slot's event, never a
+device-wide sync. Threads calling predict() at once take different slots from a small pool
+(SlotPool) instead of serialising on one lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import queue
 import struct
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +39,46 @@ from .base import BackendBase, EEResult
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"SACVTRT1"
+_MAGIC = b"SACVTRT2"
+STAGES = ("ee", "crop", "sac")
+F32, I64, BOOL = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.bool_)
+# every engine's I/O: name -> (is_input, dtype); checked against get_tensor_mode / get_tensor_dtype
+ENGINE_IO: dict[str, dict[str, tuple[bool, np.dtype]]] = {
+    "ee": {"image": (True, F32), "ee_logits": (False, F32), "gca": (False, F32), "ee_final": (False, F32),
+           "ee_hidden": (False, F32)},
+    "crop": {"image": (True, F32), "ee_final": (True, F32), "ee_hidden": (True, F32), "rows": (True, I64),
+             "target_idx": (True, I64), "target_patches": (False, F32), "group_final": (False, F32),
+             "group_hidden": (False, F32)},
+    "sac": {"target_patches": (True, F32), "target_idx": (True, I64), "nontarget_idx": (True, I64),
+            "ee_final": (True, F32), "ee_hidden": (True, F32), "target_keep": (True, BOOL),
+            "nontarget_keep": (True, BOOL), "sac_logits": (False, F32)},
+}
+# engine tensor -> slot buffer: the crop engine's outputs are the sac engine's feature inputs
+BUFFER_OF = {"sac": {"ee_final": "group_final", "ee_hidden": "group_hidden"}}
+HOST_UP = ("image", "rows", "target_idx", "nontarget_idx", "target_keep", "nontarget_keep")
+HOST_DOWN = ("ee_logits", "gca", "sac_logits")
 
 
-def _trt():
+@dataclass
+class TrtApi:
+    """The TensorRT module and the CUDA runtime the backend and the builder use (tests pass a
+    named test double of both, tests/doubles)."""
+
+    trt: Any
+    cuda: Any
+
+
+def load_api() -> TrtApi:
+    """tensorrt + cuda-python, or a BackendError saying what is missing and how to get it."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise BackendError("TensorRT is not installed (pip install tensorrt, or use JetPack's python3-libnvinfer)") from exc
-    return trt
+        raise BackendError("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer "
+                           "(sudo apt install python3-libnvinfer), on a desktop GPU pip install "
+                           "'sacvit-edge[tensorrt]'") from exc
+    from .cuda import CudaRuntime
+
+    return TrtApi(trt=trt, cuda=CudaRuntime())
 
 
 def engine_header(path: Path) -> dict[str, Any]:
@@ -45,120 +89,429 @@ def engine_header(path: Path) -> dict[str, Any]:
     """
     with open(path, "rb") as f:
         if f.read(8) != _MAGIC:
-            raise BackendError(f"{path}: not a sacvit-edge TensorRT engine (no header); delete it to rebuild")
+            raise BackendError(f"{path}: not a sacvit-edge TensorRT engine of this version (no header); "
+                               "rebuild it with `sacvit-edge build-engine`")
         try:
             (size,) = struct.unpack("<I", f.read(4))
+            if size > 1 << 20:
+                raise ValueError(f"header of {size} bytes")
             header = json.loads(f.read(size))
         except (struct.error, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise BackendError(f"{path}: truncated or corrupt engine header ({exc}); delete it to rebuild") from exc
+            raise BackendError(f"{path}: truncated or corrupt engine header ({exc}); rebuild it") from exc
     if not isinstance(header, dict):
-        raise BackendError(f"{path}: corrupt engine header; delete it to rebuild")
+        raise BackendError(f"{path}: corrupt engine header; rebuild it")
     return header
 
 
-def header_problems(header: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Why an engine cannot be used here: each field of `expected` that its header contradicts.
-
-    TensorRT plans are tied to the TensorRT version and GPU that built them, and to the weights
-    baked in; reporting that up front beats a deserialisation failure or a silently wrong answer.
-    """
-    what = {"tensorrt": "built with TensorRT {got}, this is {want}",
-            "checkpoint_fingerprint": "built for another checkpoint",
-            "manifest_sha256": "built from another export (or the manifest was edited since)",
-            "gpu": "built on {got}, this GPU is {want}",
-            "stage": "is a {got!r} engine, expected {want!r}",
-            "fp16": "built with fp16={got}, fp16={want} was asked for"}
-    return [what[key].format(got=header.get(key), want=want) for key, want in expected.items()
-            if header.get(key) != want]
+def read_plan(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[12 + struct.unpack("<I", data[8:12])[0]:]
 
 
 def write_engine(path: Path, header: dict[str, Any], blob: bytes) -> None:
     head = json.dumps(header).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open(path, "wb") as f:
         f.write(_MAGIC + struct.pack("<I", len(head)) + head + blob)
-    tmp.replace(path)
 
 
-class _Engine:
-    """One deserialised engine with a lock-protected execution context."""
+@dataclass(frozen=True)
+class EngineKey:
+    """What an engine is built with and for; its digest names the file and selects it at load."""
 
-    def __init__(self, path: Path, manifest, stage: str, fp16: bool = False) -> None:
-        trt = _trt()
-        import torch
+    onnx_file: str
+    onnx_sha256: str
+    tensorrt: str
+    gpu: str
+    compute_capability: str
+    precision: str
+    profile: dict
+    recipe: dict
+    checkpoint_fingerprint: str
+    manifest_sha256: str
 
-        expected = {"tensorrt": trt.__version__, "checkpoint_fingerprint": manifest.fingerprint,
-                    "manifest_sha256": manifest.content_sha256,
-                    "gpu": torch.cuda.get_device_name(0), "stage": stage, "fp16": fp16}
-        problems = header_problems(engine_header(path), expected)
-        if problems:
-            raise BackendError(f"{path}: {'; '.join(problems)}; delete it to rebuild")
-        data = path.read_bytes()
-        blob = data[12 + struct.unpack("<I", data[8:12])[0]:]
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(blob)
-        if self.engine is None:
-            raise BackendError(f"{path}: TensorRT could not deserialise the engine; delete it to rebuild")
-        self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in self.names if n not in self.inputs]
-        self.lock = threading.Lock()
-        self.stream = torch.cuda.Stream()
+    @classmethod
+    def for_build(cls, manifest, onnx_file: str, tensorrt_version: str, gpu: dict, precision: str, shapes: dict,
+                  recipe) -> "EngineKey":
+        return cls(onnx_file=onnx_file, onnx_sha256=manifest.files[onnx_file], tensorrt=str(tensorrt_version),
+                   gpu=gpu["name"], compute_capability=gpu["compute_capability"], precision=precision,
+                   profile={k: [list(s) for s in v] for k, v in shapes.items()}, recipe=recipe.to_dict(),
+                   checkpoint_fingerprint=manifest.fingerprint, manifest_sha256=manifest.content_sha256)
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+    @property
+    def digest(self) -> str:
+        fields = {"onnx_sha256": self.onnx_sha256, "tensorrt": self.tensorrt, "gpu": self.gpu,
+                  "compute_capability": self.compute_capability, "precision": self.precision,
+                  "profile": self.profile, "recipe": self.recipe}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
-        with self.lock, torch.cuda.stream(self.stream):
-            dev = {n: torch.from_numpy(np.ascontiguousarray(a)).cuda(non_blocking=True) for n, a in feeds.items()}
-            for name in self.inputs:
-                self.context.set_input_shape(name, tuple(dev[name].shape))
-                self.context.set_tensor_address(name, dev[name].data_ptr())
-            outs = {}
-            for name in self.outputs:
-                outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
-                self.context.set_tensor_address(name, outs[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise BackendError("TensorRT execution failed")
-            self.stream.synchronize()
-            return {n: t.cpu().numpy() for n, t in outs.items()}
+    def file_name(self, stage: str) -> str:
+        return f"{stage}.{self.precision}.{self.digest}.engine"
+
+    def header(self, stage: str) -> dict[str, Any]:
+        return {"format": "sacvit-edge-tensorrt", "stage": stage, "key": self.digest, **self.__dict__}
+
+    def fields_for_manifest(self) -> dict[str, Any]:
+        return {"tensorrt": self.tensorrt, "gpu": self.gpu, "compute_capability": self.compute_capability,
+                "profile": self.profile, "onnx": self.onnx_file}
+
+
+def why_not(record, header: dict | None, want: EngineKey) -> str:
+    """Why an engine recorded in the manifest is not the one this machine needs (readable)."""
+    got = header or {"tensorrt": record.tensorrt, "gpu": record.gpu, "compute_capability": record.compute_capability}
+    reasons = []
+    if got.get("tensorrt") != want.tensorrt:
+        reasons.append(f"built with TensorRT {got.get('tensorrt')}, this is {want.tensorrt}")
+    if got.get("gpu") != want.gpu or got.get("compute_capability") != want.compute_capability:
+        reasons.append(f"built on {got.get('gpu')} (sm {got.get('compute_capability')}), this GPU is {want.gpu} "
+                       f"(sm {want.compute_capability})")
+    if header is not None and header.get("onnx_sha256") != want.onnx_sha256:
+        reasons.append("built from another ONNX graph (the export changed since)")
+    if header is not None and header.get("profile") != want.profile:
+        reasons.append("built for other shapes (batch or k range)")
+    if header is not None and header.get("recipe") != want.recipe:
+        reasons.append(f"built with another recipe {header.get('recipe')}")
+    return "; ".join(reasons) or "its key differs"
+
+
+class SlotPool:
+    """Execution slots handed to concurrent callers; a caller waits while all are in use."""
+
+    def __init__(self, slots: list) -> None:
+        self.slots = slots
+        self._free: queue.Queue = queue.Queue()
+        for s in slots:
+            self._free.put(s)
+
+    def acquire(self, timeout: float | None = 60.0):
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            raise BackendError(f"all {len(self.slots)} TensorRT execution slots stayed busy for {timeout} s; "
+                               "raise slots= or release results (EdgeClassifier does)") from None
+
+    def release(self, slot) -> None:
+        self._free.put(slot)
+
+
+class _Slot:
+    """One execution slot: a context per engine, a stream, an event, device buffers at the profile
+    maxima with every tensor address bound once, and pinned host staging."""
+
+    def __init__(self, backend: "TensorRTBackend") -> None:
+        self.cuda = cuda = backend.cuda
+        self.device: dict[str, int] = {}
+        self.host: dict[str, tuple[int, np.ndarray]] = {}
+        self.nbytes: dict[str, int] = {}
+        self.contexts: dict[str, Any] = {}
+        self.stream = self.event = self.ee_graph = None
+        self.batch = 0
+        try:
+            self.stream = cuda.stream()
+            self.handle = cuda.stream_handle(self.stream)
+            self.event = cuda.event()
+            for stage, engine in backend.engines.items():
+                ctx = engine.create_execution_context()
+                if ctx is None:
+                    raise BackendError(f"TensorRT could not create an execution context for the {stage} engine "
+                                       "(out of GPU memory?)")
+                self.contexts[stage] = ctx
+                for name, (is_input, _) in ENGINE_IO[stage].items():
+                    if is_input:
+                        backend.set_shape(ctx, stage, name, backend.max_shapes[stage][name])
+                for name, (_, dtype) in ENGINE_IO[stage].items():
+                    shape = tuple(ctx.get_tensor_shape(name))  # sizes from TensorRT itself, at the maxima
+                    if any(d < 0 for d in shape):
+                        raise BackendError(f"{stage} engine: {name} has shape {shape} at the profile maxima")
+                    buf = BUFFER_OF.get(stage, {}).get(name, name)
+                    self.nbytes[buf] = max(self.nbytes.get(buf, 0), int(np.prod(shape)) * dtype.itemsize)
+            for buf, size in self.nbytes.items():
+                self.device[buf] = cuda.malloc(size)
+            for buf in (*HOST_UP, *HOST_DOWN):
+                self.host[buf] = cuda.host_alloc(self.nbytes[buf])
+            for stage, ctx in self.contexts.items():
+                for name in ENGINE_IO[stage]:
+                    ptr = self.device[BUFFER_OF.get(stage, {}).get(name, name)]
+                    if ctx.set_tensor_address(name, ptr) is False:
+                        raise BackendError(f"TensorRT refused the address of {stage}.{name}")
+        except BaseException:
+            self.free()
+            raise
+
+    def up(self, name: str, array: np.ndarray) -> None:
+        """Stage a host array in pinned memory and queue its copy to the device buffer."""
+        raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        if raw.nbytes > self.nbytes[name]:
+            raise BackendError(f"{name}: {raw.nbytes} bytes exceed the slot's buffer of {self.nbytes[name]} "
+                               "(shape outside the engine profile)")
+        ptr, view = self.host[name]
+        view[:raw.nbytes] = raw
+        self.cuda.copy_to_device(self.device[name], ptr, raw.nbytes, self.stream)
+
+    def down(self, name: str, nbytes: int) -> None:
+        self.cuda.copy_to_host(self.host[name][0], self.device[name], nbytes, self.stream)
+
+    def result(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape)) * 4
+        return self.host[name][1][:n].view(np.float32).reshape(shape).copy()
+
+    def free(self) -> None:
+        cuda = self.cuda
+        if self.ee_graph:
+            cuda.destroy_graph(self.ee_graph)
+        self.ee_graph = None
+        for ptr in self.device.values():
+            cuda.free(ptr)
+        for ptr, _ in self.host.values():
+            cuda.host_free(ptr)
+        self.device, self.host = {}, {}
+        self.contexts = {}
+        if self.event is not None:
+            cuda.destroy_event(self.event)
+        if self.stream is not None:
+            cuda.destroy_stream(self.stream)
+        self.event = self.stream = None
 
 
 class TensorRTBackend(BackendBase):
+    """See the module doc.
+
+    Args:
+        manifest: the export directory's manifest.
+        precision: "fp32", "fp16" or "int8" (the graphs the engines are built from).
+        slots: execution slots (concurrent batches in flight; each holds buffers at the maxima).
+        cuda_graph: replay batch-1 EE calls (the camera case) as a CUDA graph.
+        rebuild: build missing or mismatched engines here when the ONNX is at hand and the
+            directory writable (False: refuse them with the reason).
+        fp16_mode: "graph" (strongly typed fp16 graph, TensorRT 10 and 11) or "flag" (10 only).
+        api: TensorRT and CUDA (default: the installed ones; tests pass the test double).
+    """
+
     name = "tensorrt"
 
-    def __init__(self, ee: _Engine, sac: _Engine) -> None:
-        self.ee, self.sac = ee, sac
+    def __init__(self, manifest, precision: str = "fp32", slots: int = 2, cuda_graph: bool = False,
+                 rebuild: bool = True, fp16_mode: str = "graph", workspace_gib: float = 1.0, api: TrtApi | None = None) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 64:
+            raise BackendError(f"slots={slots!r} must be an integer in [1, 64]")
+        self.api = api or load_api()
+        self.trt, self.cuda = self.api.trt, self.api.cuda
+        self.manifest, self.precision, self.cuda_graph = manifest, precision, bool(cuda_graph)
+        self.gpu = self.cuda.properties()
+        from sacvit_edge.export.tensorrt import _python_logger
+
+        self._logger = _python_logger(self.trt)
+        self.runtime = self.trt.Runtime(self._logger)  # kept alive as long as its engines
+        self.engines: dict[str, Any] = {}
+        self.pool: SlotPool | None = None
+        self.files = self._engine_files(rebuild, fp16_mode, workspace_gib)
+        for stage in STAGES:
+            self.engines[stage] = self._deserialize(stage, self.manifest.path(self.files[stage]))
+        self.max_shapes = {stage: self._check_io(stage) for stage in STAGES}
+        self.pool = SlotPool([_Slot(self) for _ in range(slots)])
 
     @classmethod
-    def from_manifest(cls, manifest, fp16: bool = False) -> "TensorRTBackend":
-        import torch
+    def from_manifest(cls, manifest, precision: str = "fp32", **options) -> "TensorRTBackend":
+        return cls(manifest, precision=precision, **options)
 
-        if not torch.cuda.is_available():
-            raise BackendError("backend 'tensorrt' needs a CUDA GPU; none is visible")
-        engines = []
-        for stage in ("ee", "sac"):
-            path = manifest.path(f"{stage}.engine")
-            if not path.is_file():
-                from sacvit_edge.export.tensorrt import build_engine
+    # -- engines ----------------------------------------------------------------------------
+    def _engine_files(self, rebuild: bool, fp16_mode: str, workspace_gib: float) -> dict[str, str]:
+        """The engine file of each stage built for this machine, building them where allowed."""
+        from sacvit_edge.export.tensorrt import build_engines, build_recipe, profile_shapes
 
-                build_engine(manifest.path(f"{stage}.onnx"), path, manifest, stage, fp16=fp16)
-            engines.append(_Engine(path, manifest, stage, fp16))
-        return cls(*engines)
+        manifest = self.manifest
+        recipe = build_recipe(self.trt.__version__, self.precision, fp16_mode)
+        found, reasons = {}, []
+        for stage in STAGES:
+            if stage == "crop":
+                onnx_file, precision = manifest.derived.crop, "fp32"
+            else:
+                have = recipe.graph_precision in manifest.precisions
+                onnx_file = manifest.engine_files(recipe.graph_precision)[0 if stage == "ee" else 1] if have else None
+                precision = self.precision
+            records = [r for r in manifest.derived.tensorrt_engines if r.stage == stage and r.precision == precision]
+            if onnx_file is None:
+                reasons.append(f"{stage}: its ONNX graph is not in the directory yet")
+                continue
+            want = EngineKey.for_build(manifest, onnx_file, self.trt.__version__, self.gpu, precision,
+                                       profile_shapes(manifest, stage), recipe)
+            match = next((r for r in records if r.key == want.digest), None)
+            if match is not None:
+                found[stage] = match.file
+                continue
+            if not records:
+                reasons.append(f"{stage}: no {precision} engine built yet")
+            for r in records:
+                try:
+                    header = engine_header(manifest.path(r.file))
+                except BackendError:
+                    header = None
+                reasons.append(f"{r.file}: {why_not(r, header, want)}")
+        if len(found) == len(STAGES):
+            return found
+        why = "; ".join(reasons)
+        if not rebuild:
+            raise BackendError(f"{manifest.directory}: no usable TensorRT engines for this GPU ({why}); run "
+                               f"`sacvit-edge build-engine {manifest.directory} --precision {self.precision}` here")
+        log.warning("%s: building TensorRT engines here (%s); this takes minutes once, and "
+                    "`sacvit-edge build-engine` does it ahead", manifest.directory, why)
+        from sacvit_edge.errors import ExportError
+
+        try:
+            self.manifest = build_engines(manifest, self.precision, workspace_gib=workspace_gib, fp16_mode=fp16_mode,
+                                          api=self.api)
+        except ExportError as exc:  # read-only directory, missing graphs: say both problems
+            raise BackendError(f"{why}; and they cannot be rebuilt here: {exc}") from exc
+        self.manifest_updated = True
+        return self._engine_files(False, fp16_mode, workspace_gib)
+
+    def _deserialize(self, stage: str, path: Path):
+        header = engine_header(path)
+        problems = [f"{k}: {header.get(k)!r} != {v!r}" for k, v in
+                    (("stage", stage), ("checkpoint_fingerprint", self.manifest.fingerprint),
+                     ("manifest_sha256", self.manifest.content_sha256), ("tensorrt", self.trt.__version__),
+                     ("gpu", self.gpu["name"])) if header.get(k) != v]
+        if problems:
+            raise BackendError(f"{path}: its header contradicts this export or machine ({'; '.join(problems)}); rebuild it")
+        engine = self.runtime.deserialize_cuda_engine(read_plan(path))
+        if engine is None:
+            raise BackendError(f"{path}: TensorRT could not deserialise the engine (see the log); rebuild it")
+        return engine
+
+    def _check_io(self, stage: str) -> dict[str, tuple[int, ...]]:
+        """Names, directions and dtypes of the engine's I/O against ENGINE_IO; the profile maxima."""
+        trt, engine = self.trt, self.engines[stage]
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        if names != set(ENGINE_IO[stage]):
+            raise BackendError(f"{stage} engine has tensors {sorted(names)}, expected {sorted(ENGINE_IO[stage])}")
+        maxima = {}
+        for name, (is_input, dtype) in ENGINE_IO[stage].items():
+            if (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT) != is_input:
+                raise BackendError(f"{stage} engine: {name} should be an {'input' if is_input else 'output'}")
+            got = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            if got != dtype:
+                raise BackendError(f"{stage} engine: {name} is {got}, the pipeline feeds {dtype}; rebuild the engine")
+            if is_input:
+                lo, _, hi = engine.get_tensor_profile_shape(name, 0)
+                maxima[name] = tuple(hi)
+                self._profiles = getattr(self, "_profiles", {})
+                self._profiles[(stage, name)] = (tuple(lo), tuple(hi))
+        return maxima
+
+    def set_shape(self, ctx, stage: str, name: str, shape: tuple[int, ...]) -> None:
+        """set_input_shape, with its result checked: an out-of-profile shape is named, not a failure later."""
+        if not ctx.set_input_shape(name, tuple(int(d) for d in shape)):
+            lo, hi = self._profiles[(stage, name)]
+            raise BackendError(f"the {stage} engine does not take {name} of shape {tuple(shape)}: its profile "
+                               f"allows {lo} .. {hi}")
+
+    # -- inference --------------------------------------------------------------------------
+    def _pool(self) -> SlotPool:
+        if self.pool is None:
+            raise BackendError("this TensorRT backend is closed")
+        return self.pool
+
+    def _execute(self, slot: _Slot, stage: str) -> None:
+        if not slot.contexts[stage].execute_async_v3(slot.handle):
+            raise BackendError(f"TensorRT failed to enqueue the {stage} engine (see the log)")
+
+    def _enqueue_ee(self, slot: _Slot, image: np.ndarray) -> None:
+        b = len(image)
+        cfg = self.manifest.config
+        slot.up("image", image)
+        self._execute(slot, "ee")
+        slot.down("ee_logits", b * cfg.num_classes * 4)
+        slot.down("gca", b * cfg.num_coarse * 4)
 
     def run_ee(self, image: np.ndarray) -> EEResult:
-        out = self.ee({"image": image})
-        return EEResult(logits=out["ee_logits"], gca=out["gca"], final=out["ee_final"], hidden=out["ee_hidden"])
+        if not isinstance(image, np.ndarray) or image.dtype != np.float32 or image.ndim != 4:
+            raise BackendError(f"image must be a float32 (B, 3, H, W) array, got {getattr(image, 'dtype', type(image))}")
+        slot = self._pool().acquire()
+        try:
+            b = len(image)
+            cfg = self.manifest.config
+            self.set_shape(slot.contexts["ee"], "ee", "image", image.shape)
+            if self.cuda_graph and b == 1:
+                self._ee_graph(slot, image)
+            else:
+                self._enqueue_ee(slot, image)
+            self.cuda.record_and_wait(slot.event, slot.stream)
+            slot.batch = b
+            return EEResult(logits=slot.result("ee_logits", (b, cfg.num_classes)),
+                            gca=slot.result("gca", (b, cfg.num_coarse)), slot=slot)
+        except BaseException:
+            self._pool().release(slot)
+            raise
 
-    def run_sac(self, patches, target_idx, nontarget_idx, final, hidden, target_keep, nontarget_keep) -> np.ndarray:
-        return self.sac({"target_patches": patches, "target_idx": target_idx, "nontarget_idx": nontarget_idx,
-                         "ee_final": final, "ee_hidden": hidden, "target_keep": target_keep,
-                                             "nontarget_keep": nontarget_keep})["sac_logits"]
+    def _ee_graph(self, slot: _Slot, image: np.ndarray) -> None:
+        """Batch-1 EE as a CUDA graph: one plain run (TensorRT allocates lazily), then capture
+        (image copy, engine, copies back) once and replay it; a capture TensorRT refuses falls back."""
+        if slot.ee_graph is None:
+            self._enqueue_ee(slot, image)
+            self.cuda.record_and_wait(slot.event, slot.stream)
+            try:
+                self.cuda.begin_capture(slot.stream)
+                try:
+                    self._enqueue_ee(slot, image)
+                finally:
+                    graph = self.cuda.end_capture(slot.stream)
+                slot.ee_graph = graph
+            except BackendError as exc:
+                log.warning("CUDA graph capture of the EE engine failed (%s); running it without", exc)
+                slot.ee_graph = False
+            return
+        if slot.ee_graph is False:
+            self._enqueue_ee(slot, image)
+            return
+        raw = np.ascontiguousarray(image).view(np.uint8).reshape(-1)
+        slot.host["image"][1][:raw.nbytes] = raw  # the graph's copy reads the pinned staging buffer
+        self.cuda.launch(slot.ee_graph, slot.stream)
+
+    def run_sac(self, ee: EEResult, rows: np.ndarray, group) -> np.ndarray:
+        slot = ee.slot
+        if slot is None:
+            raise BackendError("run_sac needs the EEResult of this backend's run_ee, before release()")
+        cfg = self.manifest.config
+        g, k, m = len(rows), group.target_idx.shape[1], group.nontarget_idx.shape[1]
+        n, d = cfg.num_coarse, cfg.embed_dim
+        slot.up("rows", np.asarray(rows, dtype=np.int64))
+        slot.up("target_idx", np.asarray(group.target_idx, dtype=np.int64))
+        slot.up("nontarget_idx", np.asarray(group.nontarget_idx, dtype=np.int64))
+        slot.up("target_keep", np.asarray(group.target_keep, dtype=bool))
+        slot.up("nontarget_keep", np.asarray(group.nontarget_keep, dtype=bool))
+        crop, sac = slot.contexts["crop"], slot.contexts["sac"]
+        b = slot.batch
+        for name, shape in (("image", (b, cfg.in_chans, cfg.img_size, cfg.img_size)), ("ee_final", (b, n, d)),
+                            ("ee_hidden", (b, n, d)), ("rows", (g,)), ("target_idx", (g, k))):
+            self.set_shape(crop, "crop", name, shape)
+        self._execute(slot, "crop")
+        px = cfg.in_chans * cfg.patch_size ** 2
+        for name, shape in (("target_patches", (g, 4 * k, px)), ("target_idx", (g, k)), ("nontarget_idx", (g, m)),
+                            ("ee_final", (g, n, d)), ("ee_hidden", (g, n, d)), ("target_keep", (g, k)),
+                            ("nontarget_keep", (g, m))):
+            self.set_shape(sac, "sac", name, shape)
+        self._execute(slot, "sac")
+        slot.down("sac_logits", g * cfg.num_classes * 4)
+        self.cuda.record_and_wait(slot.event, slot.stream)
+        return slot.result("sac_logits", (g, cfg.num_classes))
+
+    def release(self, ee: EEResult) -> None:
+        if ee.slot is not None and self.pool is not None:
+            self.pool.release(ee.slot)
+        ee.slot = None
 
     def device(self) -> str:
-        import torch
-
-        return torch.cuda.get_device_name(0)
+        return self.gpu["name"]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device(), "tensorrt": _trt().__version__}
+        return {"backend": self.name, "device": self.device(), "compute_capability": self.gpu["compute_capability"],
+                "tensorrt": self.trt.__version__, "precision": self.precision, "engines": self.files,
+                "slots": len(self.pool.slots) if self.pool else 0, "cuda_graph": self.cuda_graph,
+                "test_double": bool(getattr(self.cuda, "is_test_double", False))}
+
+    def close(self) -> None:
+        """Free slots (buffers, streams, contexts), then the engines, then the runtime."""
+        if self.pool is not None:
+            for slot in self.pool.slots:
+                slot.free()
+        self.pool = None
+        self.engines = {}
+        self.runtime = None

@@ -1,0 +1,294 @@
+"""TEST DOUBLE of the TensorRT Python API subset sacvit-edge uses: Builder, OnnxParser, Runtime,
+ICudaEngine, IExecutionContext (plus Logger, ILogger, IProgressMonitor and the flag enums).
+
+It executes the ONNX graph it was "built" from with ONNX Runtime on the CPU, reading and writing
+the buffers bound by address in tests/doubles/fake_cuda.FakeCuda. Running the backend against
+it exercises the backend's control flow and enforces TensorRT's documented contract:
+- every input's shape is set (set_input_shape) and inside the optimisation profile before
+  execute_async_v3; set_input_shape returns False outside it, as TensorRT does;
+- an address is bound for every I/O tensor, and each buffer is large enough for the tensor at
+  its current shape (the sizes get_tensor_shape reports);
+- tensors are read and written with the dtype get_tensor_dtype reports;
+- version 11 has no BuilderFlag.FP16 / INT8 (removed) and builds strongly typed networks.
+It is NOT TensorRT: no kernels, no precision behaviour, no timing. Nothing verified through it is
+TensorRT verification.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from types import SimpleNamespace
+
+import numpy as np
+
+
+class TrtContractError(AssertionError):
+    """The backend broke TensorRT's documented contract."""
+
+
+class _Severity(int):
+    pass
+
+
+class Logger:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (_Severity(i) for i in range(5))
+
+    def __init__(self, severity=None) -> None:
+        self.severity = severity
+
+
+class ILogger:
+    def __init__(self) -> None:
+        pass
+
+
+class IProgressMonitor:
+    def __init__(self) -> None:
+        pass
+
+
+class DataType:
+    FLOAT, HALF, INT64, INT32, BOOL = "float32", "float16", "int64", "int32", "bool"
+
+
+class TensorIOMode:
+    INPUT, OUTPUT = "input", "output"
+
+
+class MemoryPoolType:
+    WORKSPACE = "workspace"
+
+
+_ONNX_TO_DTYPE = {1: DataType.FLOAT, 10: DataType.HALF, 7: DataType.INT64, 6: DataType.INT32, 9: DataType.BOOL}
+
+
+def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
+    """A module-like namespace standing in for `import tensorrt` at `version`, bound to a FakeCuda."""
+    major = int(version.split(".")[0])
+    flags = {"TF32": 1 << 0}
+    if major < 11:
+        flags.update(FP16=1 << 1, INT8=1 << 2)  # removed in TensorRT 11
+    builds: list[dict] = []  # what each build was given (tests assert the version dispatch)
+
+    class Network:
+        def __init__(self, flags_: int) -> None:
+            self.flags = flags_
+            self.onnx: bytes | None = None
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger) -> None:
+            self.network, self.errors = network, []
+
+        def parse(self, data: bytes) -> bool:
+            import onnx
+
+            try:
+                onnx.load_from_string(data)
+            except Exception as exc:  # noqa: BLE001
+                self.errors.append(str(exc))
+                return False
+            self.network.onnx = data
+            return True
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, i: int) -> str:
+            return self.errors[i]
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple] = {}
+
+        def set_shape(self, name, lo, opt, hi) -> None:
+            if not (len(lo) == len(opt) == len(hi)) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+                raise TrtContractError(f"profile {name}: min {lo} <= opt {opt} <= max {hi} violated")
+            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+
+    class Config:
+        def __init__(self) -> None:
+            self.flags = {"TF32"}
+            self.profiles: list[Profile] = []
+            self.workspace = None
+            self.progress_monitor = None
+
+        def set_memory_pool_limit(self, pool, size: int) -> None:
+            self.workspace = size
+
+        def set_flag(self, flag: int) -> None:
+            self.flags.add(next(k for k, v in flags.items() if v == flag))
+
+        def clear_flag(self, flag: int) -> None:
+            self.flags.discard(next(k for k, v in flags.items() if v == flag))
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            if not isinstance(logger, ILogger):
+                raise TrtContractError("Builder needs an ILogger")
+            self.logger = logger
+
+        def create_network(self, flags_: int = 0) -> Network:
+            if major >= 11 and flags_:
+                raise TrtContractError("TensorRT 11 networks are strongly typed; no creation flags are needed")
+            return Network(flags_)
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config):
+            if network.onnx is None:
+                raise TrtContractError("build without a parsed network")
+            if len(config.profiles) != 1:
+                raise TrtContractError("dynamic shapes need exactly one optimisation profile here")
+            strongly = major >= 11 or bool(network.flags & 1)
+            if strongly and config.flags & {"FP16", "INT8"}:
+                raise TrtContractError("precision builder flags on a strongly typed network")
+            if config.progress_monitor is not None:
+                for phase in ("Building engine", "Tactic selection"):
+                    config.progress_monitor.phase_start(phase, None, 2)
+                    for step in range(2):
+                        config.progress_monitor.step_complete(phase, step)
+                    config.progress_monitor.phase_finish(phase)
+            builds.append({"strongly_typed": strongly, "builder_flags": sorted(config.flags),
+                           "network_flags": network.flags, "workspace": config.workspace})
+            return json.dumps({"fake_tensorrt": version, "onnx": base64.b64encode(network.onnx).decode(),
+                               "profile": {k: [list(s) for s in v] for k, v in config.profiles[0].shapes.items()}}).encode()
+
+    class Runtime:
+        def __init__(self, logger) -> None:
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, blob: bytes):
+            try:
+                payload = json.loads(blob)
+            except ValueError:
+                return None
+            if payload.get("fake_tensorrt") != version:
+                return None  # TensorRT refuses plans of another version
+            return Engine(base64.b64decode(payload["onnx"]), {k: tuple(map(tuple, v)) for k, v in payload["profile"].items()})
+
+    class Engine:
+        def __init__(self, onnx_bytes: bytes, profile: dict) -> None:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+            self.profile = profile
+            self.inputs = {i.name: i for i in self.session.get_inputs()}
+            self.outputs = {o.name: o for o in self.session.get_outputs()}
+            import onnx
+
+            model = onnx.load_from_string(onnx_bytes)
+            self.dtypes = {v.name: _ONNX_TO_DTYPE[v.type.tensor_type.elem_type] for v in (*model.graph.input, *model.graph.output)}
+            self.names = [*self.inputs, *self.outputs]
+            if set(profile) != set(self.inputs):
+                raise TrtContractError(f"profile covers {sorted(profile)}, the network's inputs are {sorted(self.inputs)}")
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.names)
+
+        def get_tensor_name(self, i: int) -> str:
+            return self.names[i]
+
+        def get_tensor_mode(self, name: str):
+            return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str):
+            return self.dtypes[name]
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            t = self.inputs.get(name) or self.outputs[name]
+            return tuple(d if isinstance(d, int) else -1 for d in t.shape)
+
+        def get_tensor_profile_shape(self, name: str, index: int):
+            if index != 0 or name not in self.profile:
+                raise TrtContractError(f"no profile {index} for {name}")
+            return self.profile[name]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Context:
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+            self.shapes: dict[str, tuple] = {}
+            self.addresses: dict[str, int] = {}
+            self._out_shapes: dict = {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            if name not in self.engine.inputs:
+                raise TrtContractError(f"set_input_shape on {name!r}, which is not an input")
+            lo, _, hi = self.engine.profile[name]
+            shape = tuple(int(d) for d in shape)
+            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                return False
+            self.shapes[name] = shape
+            return True
+
+        def _outputs_at(self) -> dict[str, tuple]:
+            key = tuple(sorted(self.shapes.items()))
+            if key not in self._out_shapes:
+                feeds = {n: np.zeros(self.shapes[n], dtype=self.engine.dtypes[n]) for n in self.engine.inputs}
+                outs = self.engine.session.run(list(self.engine.outputs), feeds)
+                self._out_shapes[key] = {n: o.shape for n, o in zip(self.engine.outputs, outs)}
+            return self._out_shapes[key]
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            if name in self.engine.inputs:
+                return self.shapes.get(name, self.engine.get_tensor_shape(name))
+            if set(self.shapes) != set(self.engine.inputs):
+                return self.engine.get_tensor_shape(name)
+            return tuple(self._outputs_at()[name])
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            if name not in self.engine.names:
+                raise TrtContractError(f"set_tensor_address on unknown tensor {name!r}")
+            self.addresses[name] = int(ptr)
+            return True
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            missing = set(self.engine.inputs) - set(self.shapes)
+            if missing:
+                raise TrtContractError(f"execute before set_input_shape of {sorted(missing)}")
+            unbound = set(self.engine.names) - set(self.addresses)
+            if unbound:
+                raise TrtContractError(f"execute with no address bound for {sorted(unbound)}")
+            shapes = {**self.shapes, **self._outputs_at()}
+            if cuda is None:
+                raise TrtContractError("the fake TensorRT needs a FakeCuda to reach buffers")
+
+            def views(name):
+                dtype = np.dtype(self.engine.dtypes[name])
+                nbytes = int(np.prod(shapes[name])) * dtype.itemsize
+                return cuda.device_view(self.addresses[name], nbytes).view(dtype).reshape(shapes[name])
+
+            for name in self.engine.names:  # bounds are checked when the work is queued, as TensorRT would fault
+                views(name)
+
+            def work() -> None:
+                feeds = {n: views(n).copy() for n in self.engine.inputs}
+                outs = self.engine.session.run(list(self.engine.outputs), feeds)
+                for name, value in zip(self.engine.outputs, outs):
+                    views(name)[...] = value
+
+            cuda.enqueue(stream_handle, work)
+            return True
+
+    def nptype(dtype) -> type:
+        return np.dtype(dtype).type
+
+    return SimpleNamespace(
+        __version__=version, Logger=Logger, ILogger=ILogger, IProgressMonitor=IProgressMonitor, DataType=DataType,
+        TensorIOMode=TensorIOMode, MemoryPoolType=MemoryPoolType, nptype=nptype,
+        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0) if major < 11 else SimpleNamespace(),
+        BuilderFlag=SimpleNamespace(**flags), Builder=Builder, OnnxParser=OnnxParser, Runtime=Runtime,
+        builds=builds, is_test_double=True)
