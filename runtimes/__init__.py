@@ -54,16 +54,20 @@ def available_backends() -> list[str]:
     return names
 
 
-def open_backend(name: str, manifest, threads: int | None = None, precision: str = "fp32") -> Backend:
+def open_backend(name: str, manifest, threads: int | None = None, precision: str = "fp32",
+                 options: dict | None = None) -> Backend:
     """Open the named backend on an export directory's engines.
 
     Args:
         name: "auto" (TensorRT when usable, else ONNX Runtime), or one of BACKENDS.
         manifest: sacvit_edge.manifest.Manifest of the directory.
         precision: "fp32", "fp16" (derived graphs) or "int8" (the Q/DQ graphs calibration made).
+        options: backend-specific keyword arguments (only the TensorRT backend takes any).
     Raises:
         BackendError: unknown name, or the backend cannot run here (message says why).
     """
+    if options and name != "tensorrt":
+        raise BackendError(f"backend options {sorted(options)} are for backend 'tensorrt'; {name!r} takes none")
     if name == "auto":
         ok, why = tensorrt_usable()
         name = "tensorrt" if ok else "onnxruntime"
@@ -98,7 +102,10 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
             raise BackendError(f"backend 'tensorrt' cannot run here: {why}")
         from .trt import TensorRTBackend
 
-        return TensorRTBackend.from_manifest(manifest, precision=precision)
+        try:
+            return TensorRTBackend.from_manifest(manifest, precision=precision, **(options or {}))
+        except TypeError as exc:  # an unknown option name
+            raise BackendError(f"backend 'tensorrt': {exc}") from None
     raise BackendError(f"unknown backend {name!r}; choose 'auto' or one of {list(BACKENDS)}")
 
 

@@ -175,6 +175,8 @@ class EdgeClassifier:
             returns its EE answer (Prediction.deadline_exit); predicted from the stage latencies
             `sacvit-edge calibrate` measured on this device (needs a calibrated directory).
             predict / predict_batch / run take it per call too.
+        backend_options: backend-specific settings, passed through (TensorRT: slots, cuda_graph,
+            rebuild, fp16_mode; see runtimes.trt.TensorRTBackend).
     Raises:
         ExportError / CheckpointError / BackendError with the file and the problem.
 
@@ -186,7 +188,7 @@ class EdgeClassifier:
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
                  group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS,
                  color: str = "rgb", resize: str = "stretch", precision: str = "fp32",
-                 deadline_ms: float | None = None) -> None:
+                 deadline_ms: float | None = None, backend_options: dict | None = None) -> None:
         from sacvit_edge.runtimes import open_backend
 
         self.backend = None  # set last: close() and __del__ work on a half-built classifier
@@ -234,7 +236,8 @@ class EdgeClassifier:
         self.topk = max(1, min(int(topk), len(self.class_names)))
         self.group_overhead_tokens = float(group_overhead_tokens)
         self.k_range = self.manifest.k_range
-        self.backend = open_backend(backend, self.manifest, threads=threads, precision=precision)
+        self.backend = open_backend(backend, self.manifest, threads=threads, precision=precision,
+                                    options=backend_options)
         self.backend_name = self.backend.name
         log.info("EdgeClassifier on %s (%s), eta=%s", self.backend_name, self.backend.device(), describe_eta(self.eta))
 

@@ -529,16 +529,35 @@ def bundled_checkpoint() -> Path:
 def export(
     model_path: Annotated[Path, typer.Argument(help="model.pt to export")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="export directory (default: exports/<name>)")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 17,
-    batch_max: Annotated[int, typer.Option(help="largest batch the engines accept")] = 64,
+    format: Annotated[str, typer.Option("--format", help="onnx (any CPU) or engine (TensorRT); `sacvit-edge formats` lists what each takes")] = "onnx",
+    precision: Annotated[str, typer.Option(help="fp32, fp16 (derived graph; TensorRT 11's only route), int8 (engine, after calibrate --int8)")] = "fp32",
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (>= 17; default 17)")] = None,
+    batch_max: Annotated[Optional[int], typer.Option(help="largest batch the engines accept (default 64)")] = None,
     k_min: Annotated[Optional[int], typer.Option(help="smallest target count (default: the checkpoint's)")] = None,
     k_max: Annotated[Optional[int], typer.Option(help="largest target count (default: the checkpoint's)")] = None,
-    exporter: Annotated[str, typer.Option(help="torchscript (default) or dynamo")] = "torchscript",
+    exporter: Annotated[Optional[str], typer.Option(help="torchscript (default) or dynamo")] = None,
+    workspace: Annotated[Optional[float], typer.Option(help="engine: TensorRT builder workspace in GiB (default 1; lower it if a Jetson kills the build)")] = None,
+    batch_opt: Annotated[Optional[int], typer.Option(help="engine: the batch TensorRT tunes for (default 1, the camera case)")] = None,
+    fp16_mode: Annotated[Optional[str], typer.Option(help="engine fp16: graph (strongly typed fp16 graph, default) or flag (BuilderFlag.FP16, TensorRT 10 only)")] = None,
     with_checkpoint: Annotated[bool, typer.Option(help="copy model.pt into the export (the pytorch backend runs from it)", metavar="")] = True,
 ) -> None:
-    """Split a trained SAC-ViT into ee.onnx + sac.onnx with a manifest."""
-    if exporter not in ("torchscript", "dynamo"):
-        _fail(ConfigError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'"))
+    """Export a trained SAC-ViT: ee.onnx + sac.onnx with a manifest, and for --format engine the
+    TensorRT engines built for the GPU here."""
+    from .export.formats import check_export_options, get_format
+
+    with _handled():
+        fmt = get_format(format)
+        check_export_options(fmt, precision, {"opset": opset, "batch-max": batch_max, "k-min": k_min, "k-max": k_max,
+                                              "exporter": exporter, "workspace": workspace, "batch-opt": batch_opt,
+                                              "fp16-mode": fp16_mode})
+        if exporter not in (None, "torchscript", "dynamo"):
+            raise ConfigError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'")
+        if precision == "int8":  # engine + int8: the graphs need data; say how before exporting anything
+            from .export.formats import INT8_HOW
+
+            raise ConfigError(f"export --precision int8: {INT8_HOW}")
+        if fmt.name == "engine":
+            _check_engine_build_possible()
     out = out or Path("exports") / model_path.stem
     with _handled():
         from .extras import require_extra
@@ -547,16 +566,108 @@ def export(
         from .export.bundle import export_checkpoint
 
         with err.status(f"exporting {model_path} -> {out}"):
-            m = export_checkpoint(model_path, out, opset=opset, batch_max=batch_max, k_min=k_min, k_max=k_max,
-                                  exporter=exporter, include_checkpoint=with_checkpoint)  # type: ignore[arg-type]
+            m = export_checkpoint(model_path, out, opset=opset or 17, batch_max=batch_max or 64, k_min=k_min, k_max=k_max,
+                                  exporter=exporter or "torchscript", include_checkpoint=with_checkpoint)  # type: ignore[arg-type]
+        if precision == "fp16":
+            from .export.graphs import ensure_fp16_graphs
+
+            with err.status("deriving the fp16 graphs"):
+                m = ensure_fp16_graphs(m)
+        if fmt.name == "engine":
+            m = _build_engines(m, precision, workspace or 1.0, batch_opt or 1, fp16_mode or "graph")
     table = Table("file", "what", title=f"exported {model_path}")
     table.add_row("ee.onnx", f"EE stage, batch {m.batch_range[0]}..{m.batch_range[1]}")
     table.add_row("sac.onnx", f"SAC stage, k {m.k_range[0]}..{m.k_range[1]} targets")
+    if "fp16" in m.derived.graphs:
+        table.add_row(", ".join(m.derived.graphs["fp16"]), "fp16 graphs (fp32 inputs and outputs)")
+    _engine_rows(table, m)
     if m.has_checkpoint:
         table.add_row("model.pt", "the checkpoint (pytorch reference backend)")
     table.add_row("manifest.json", f"fingerprint {m.fingerprint[:12]}, eta {m.eta}")
     console.print(table)
     console.print(f"wrote {out}")
+
+
+def _engine_rows(table: Table, m) -> None:
+    for r in m.derived.tensorrt_engines:
+        table.add_row(r.file, f"TensorRT {r.tensorrt} {r.stage} engine, {r.precision}, {r.gpu} (sm {r.compute_capability})")
+
+
+def _check_engine_build_possible() -> None:
+    """Fail before exporting when engines cannot be built here (no TensorRT, cuda-python or GPU)."""
+    from .runtimes import tensorrt_usable
+
+    ok, why = tensorrt_usable()
+    if not ok:
+        raise BackendError(f"--format engine builds TensorRT engines on the GPU that will run them, and {why}. "
+                           "Export --format onnx here and run `sacvit-edge build-engine DIR` on the device")
+
+
+def _build_engines(m, precision: str, workspace: float, batch_opt: int, fp16_mode: str):
+    """Build the engines with a progress bar per stage; TensorRT's own messages go to logging."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .export.tensorrt import build_engines
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, phase: str, step: int, steps: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(f"{stage} engine", total=None)
+            progress.update(tasks[stage], description=f"{stage} engine: {phase}", completed=step, total=steps or None)
+
+        return build_engines(m, precision, workspace_gib=workspace, batch_opt=batch_opt, fp16_mode=fp16_mode,
+                             progress=report)
+
+
+@app.command("build-engine")
+def build_engine(
+    directory: Annotated[Path, typer.Argument(help="an export directory (sacvit-edge export)")],
+    format: Annotated[str, typer.Option("--format", help="engine (TensorRT, needs the GPU) or onnx (only derive the fp16 / crop graphs)")] = "engine",
+    precision: Annotated[str, typer.Option(help="fp32, fp16, or int8 (after calibrate --int8)")] = "fp32",
+    workspace: Annotated[Optional[float], typer.Option(help="TensorRT builder workspace in GiB (default 1)")] = None,
+    batch_opt: Annotated[Optional[int], typer.Option(help="the batch TensorRT tunes for (default 1)")] = None,
+    fp16_mode: Annotated[Optional[str], typer.Option(help="graph (default) or flag (TensorRT 10 only)")] = None,
+) -> None:
+    """Build an export directory's TensorRT engines for the GPU here (ahead of running), and record
+    them in its manifest. Engines already built for this GPU and TensorRT are kept."""
+    from .export.formats import check_export_options, get_format
+    from .manifest import read_manifest
+
+    with _handled():
+        fmt = get_format(format)
+        check_export_options(fmt, precision, {"workspace": workspace, "batch-opt": batch_opt, "fp16-mode": fp16_mode},
+                             command="build-engine")
+        m = read_manifest(directory)
+        if fmt.name == "onnx":
+            from .export.graphs import ensure_crop_graph, ensure_fp16_graphs
+
+            m = ensure_crop_graph(m)
+            if precision == "fp16":
+                m = ensure_fp16_graphs(m)
+        else:
+            _check_engine_build_possible()
+            m = _build_engines(m, precision, workspace or 1.0, batch_opt or 1, fp16_mode or "graph")
+    table = Table("file", "what", title=f"{directory}")
+    for p in m.precisions:
+        table.add_row(", ".join(m.engine_files(p)), f"{p} graphs")
+    if m.derived.crop:
+        table.add_row(m.derived.crop, "device crop graph")
+    _engine_rows(table, m)
+    console.print(table)
+
+
+@app.command()
+def formats() -> None:
+    """The export formats, what each runs on, and the options and precisions it takes."""
+    from .export.formats import FORMATS
+
+    table = Table("format", "files", "runs on", "precisions", "options", "needs", title="sacvit-edge export --format")
+    for f in FORMATS:
+        table.add_row(f.name, escape(f.files), f.runs_on, ", ".join(f.precisions), " ".join("--" + o for o in f.options),
+                      escape(f.needs))
+    console.print(table)
 
 
 def _predict_frames(source: Path, stream_source, eta, backend: str, as_json: bool, resize: str,
