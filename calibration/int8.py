@@ -19,6 +19,7 @@ in fp32: the exit decision reads the EE head's confidence.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -104,11 +105,16 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exc
 
     with tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
+        cwd = os.getcwd()
+        os.chdir(work)  # a failed symbolic inference drops sym_shape_infer_temp.onnx in the cwd: keep it here
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        except Exception as exc:  # noqa: BLE001 - symbolic shape inference gives up on some dynamic graphs
-            log.info("symbolic shape inference failed on %s (%s); pre-processing without it", src.name, exc)
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            try:
+                quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=False)
+            except Exception as exc:  # noqa: BLE001 - symbolic shape inference gives up on some dynamic graphs
+                log.info("symbolic shape inference failed on %s (%s); pre-processing without it", src.name, exc)
+                quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         model = onnx.load(str(pre))
         exclude = [*(_head_nodes(model) if exclude_heads else []), *extra_exclude]
         quantize_static(str(pre), str(dst), ListReader(feeds), quant_format=QuantFormat.QDQ,

@@ -252,7 +252,7 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="built-in split without --data: test, calibration or train")] = "test",
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the calibrated one, else the checkpoint's)")] = None,
     backend: Annotated[str, typer.Option(help="export directories: onnxruntime, openvino, tensorrt, pytorch, auto")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="export directories: fp32 or int8")] = "fp32",
+    precision: Annotated[str, typer.Option(help="export directories: fp32, fp16 (derived graphs) or int8 (calibrate --int8)")] = "fp32",
     limit: Annotated[Optional[int], typer.Option(help="evaluate N images (a seeded sample of a folder)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     max_bad_share: Annotated[float, typer.Option(help="fail when more than this share of the images is unreadable")] = 0.01,
