@@ -228,7 +228,15 @@ class _Slot:
                 self.device[buf] = cuda.malloc(size)
             for buf in (*HOST_UP, *HOST_DOWN):
                 self.host[buf] = cuda.host_alloc(self.nbytes[buf])
-            for stage, ctx in self.contexts.items():
+            if backend.cuda_graph:  # a context of its own, shapes fixed at batch 1: what a graph replays
+                ctx = backend.engines["ee"].create_execution_context()
+                if ctx is None:
+                    raise BackendError("TensorRT could not create the EE engine's CUDA-graph context (out of GPU memory?)")
+                cfg = backend.manifest.config
+                backend.set_shape(ctx, "ee", "image", (1, cfg.in_chans, cfg.img_size, cfg.img_size))
+                self.contexts["ee_graph"] = ctx
+            for stage_ctx, ctx in self.contexts.items():
+                stage = "ee" if stage_ctx == "ee_graph" else stage_ctx
                 for name in ENGINE_IO[stage]:
                     ptr = self.device[BUFFER_OF.get(stage, {}).get(name, name)]
                     if ctx.set_tensor_address(name, ptr) is False:
@@ -306,7 +314,15 @@ class TensorRTBackend(BackendBase):
         for stage in STAGES:
             self.engines[stage] = self._deserialize(stage, self.manifest.path(self.files[stage]))
         self.max_shapes = {stage: self._check_io(stage) for stage in STAGES}
-        self.pool = SlotPool([_Slot(self) for _ in range(slots)])
+        made: list[_Slot] = []
+        try:
+            for _ in range(slots):
+                made.append(_Slot(self))
+        except BaseException:
+            for slot in made:
+                slot.free()
+            raise
+        self.pool = SlotPool(made)
 
     @classmethod
     def from_manifest(cls, manifest, precision: str = "fp32", **options) -> "TensorRTBackend":
@@ -409,15 +425,15 @@ class TensorRTBackend(BackendBase):
             raise BackendError("this TensorRT backend is closed")
         return self.pool
 
-    def _execute(self, slot: _Slot, stage: str) -> None:
-        if not slot.contexts[stage].execute_async_v3(slot.handle):
-            raise BackendError(f"TensorRT failed to enqueue the {stage} engine (see the log)")
+    def _execute(self, slot: _Slot, context: str) -> None:
+        if not slot.contexts[context].execute_async_v3(slot.handle):
+            raise BackendError(f"TensorRT failed to enqueue the {context} engine context (see the log)")
 
-    def _enqueue_ee(self, slot: _Slot, image: np.ndarray) -> None:
+    def _enqueue_ee(self, slot: _Slot, image: np.ndarray, context: str = "ee") -> None:
         b = len(image)
         cfg = self.manifest.config
         slot.up("image", image)
-        self._execute(slot, "ee")
+        self._execute(slot, context)
         slot.down("ee_logits", b * cfg.num_classes * 4)
         slot.down("gca", b * cfg.num_coarse * 4)
 
@@ -428,10 +444,10 @@ class TensorRTBackend(BackendBase):
         try:
             b = len(image)
             cfg = self.manifest.config
-            self.set_shape(slot.contexts["ee"], "ee", "image", image.shape)
-            if self.cuda_graph and b == 1:
+            if self.cuda_graph and image.shape == (1, cfg.in_chans, cfg.img_size, cfg.img_size):
                 self._ee_graph(slot, image)
             else:
+                self.set_shape(slot.contexts["ee"], "ee", "image", image.shape)
                 self._enqueue_ee(slot, image)
             self.cuda.record_and_wait(slot.event, slot.stream)
             slot.batch = b
@@ -442,15 +458,18 @@ class TensorRTBackend(BackendBase):
             raise
 
     def _ee_graph(self, slot: _Slot, image: np.ndarray) -> None:
-        """Batch-1 EE as a CUDA graph: one plain run (TensorRT allocates lazily), then capture
-        (image copy, engine, copies back) once and replay it; a capture TensorRT refuses falls back."""
+        """Batch-1 EE as a CUDA graph, after TensorRT's guidance: on its own execution context whose
+        input shape and tensor addresses never change, one plain enqueue and wait first (TensorRT
+        allocates lazily), then capture on the slot's non-default stream (image copy, engine,
+        copies back) and replay; a capture TensorRT refuses falls back to plain enqueues.
+        Only the EE stage: SAC shapes vary with k, and a context per k would hold its own memory."""
         if slot.ee_graph is None:
-            self._enqueue_ee(slot, image)
+            self._enqueue_ee(slot, image, "ee_graph")
             self.cuda.record_and_wait(slot.event, slot.stream)
             try:
                 self.cuda.begin_capture(slot.stream)
                 try:
-                    self._enqueue_ee(slot, image)
+                    self._enqueue_ee(slot, image, "ee_graph")
                 finally:
                     graph = self.cuda.end_capture(slot.stream)
                 slot.ee_graph = graph
@@ -459,7 +478,7 @@ class TensorRTBackend(BackendBase):
                 slot.ee_graph = False
             return
         if slot.ee_graph is False:
-            self._enqueue_ee(slot, image)
+            self._enqueue_ee(slot, image, "ee_graph")
             return
         raw = np.ascontiguousarray(image).view(np.uint8).reshape(-1)
         slot.host["image"][1][:raw.nbytes] = raw  # the graph's copy reads the pinned staging buffer

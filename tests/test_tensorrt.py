@@ -240,6 +240,12 @@ def test_double_batch1_cuda_graph_replays(export_copy, double, canvases):
         assert clf.predict(f).class_id == ref.predict(f).class_id
         np.testing.assert_allclose(clf.predict(f).confidence, ref.predict(f).confidence, atol=1e-5)
     assert double.cuda.launches >= 6  # frames after the first replay the captured graph
+    # a batch of 3 between frames changes the EE context's shapes; the graph has a context of its own
+    np.testing.assert_allclose([p.confidence for p in clf.predict_batch(frames[:3])],
+                               [p.confidence for p in ref.predict_batch(frames[:3])], atol=1e-5)
+    launches = double.cuda.launches
+    np.testing.assert_allclose(clf.predict(frames[3]).confidence, ref.predict(frames[3]).confidence, atol=1e-5)
+    assert double.cuda.launches == launches + 1
 
 
 def test_double_out_of_profile_shape_is_named(export_copy, double):

@@ -9,7 +9,8 @@ it exercises the backend's control flow and enforces TensorRT's documented contr
 - an address is bound for every I/O tensor, and each buffer is large enough for the tensor at
   its current shape (the sizes get_tensor_shape reports);
 - tensors are read and written with the dtype get_tensor_dtype reports;
-- version 11 has no BuilderFlag.FP16 / INT8 (removed) and builds strongly typed networks.
+- version 11 has no BuilderFlag.FP16 / INT8 (removed) and builds strongly typed networks;
+- a captured CUDA graph is replayed only while its context keeps the shapes it was captured at.
 It is NOT TensorRT: no kernels, no precision behaviour, no timing. Nothing verified through it is
 TensorRT verification.
 """
@@ -274,7 +275,12 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
             for name in self.engine.names:  # bounds are checked when the work is queued, as TensorRT would fault
                 views(name)
 
+            captured = dict(self.shapes)
+
             def work() -> None:
+                if self.shapes != captured:  # a replayed graph runs the kernels of the shapes it was captured at
+                    raise TrtContractError(f"CUDA graph replayed after its context's shapes changed ({captured} -> "
+                                           f"{self.shapes}): give each graph a context of its own")
                 feeds = {n: views(n).copy() for n in self.engine.inputs}
                 outs = self.engine.session.run(list(self.engine.outputs), feeds)
                 for name, value in zip(self.engine.outputs, outs):
