@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from sacvit_edge.errors import ExportError
+from sacvit_edge.export.graphs import head_nodes
 from sacvit_edge.extras import require_extra
 from sacvit_edge.runtimes.base import host_sac_feeds
 
@@ -78,21 +79,6 @@ class RecordingBackend:
         self.inner.release(ee)
 
 
-def _head_nodes(model) -> list[str]:
-    """Nodes of the classifier heads: the Gemm/MatMul nodes that produce a logits output."""
-    outputs = {o.name for o in model.graph.output if o.name.endswith("logits")}
-    producers = {out: n for n in model.graph.node for out in n.output}
-    names = []
-    for out in outputs:
-        node = producers.get(out)
-        # logits = MatMul -> Add (bias): walk back through an Add to the product
-        while node is not None and node.op_type not in ("MatMul", "Gemm"):
-            node = next((producers[i] for i in node.input if i in producers), None)
-        if node is not None:
-            names.append(node.name)
-    return names
-
-
 def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude_heads: bool = True,
                    extra_exclude: tuple[str, ...] = (), op_types: tuple[str, ...] | None = QUANTIZED_OPS) -> list[str]:
     """Quantise one ONNX graph to Q/DQ int8 at `dst`, keeping its metadata; returns the nodes
@@ -116,7 +102,7 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exc
         finally:
             os.chdir(cwd)
         model = onnx.load(str(pre))
-        exclude = [*(_head_nodes(model) if exclude_heads else []), *extra_exclude]
+        exclude = [*(head_nodes(model) if exclude_heads else []), *extra_exclude]
         quantize_static(str(pre), str(dst), ListReader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=None if op_types is None else list(op_types), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
