@@ -143,6 +143,46 @@ def test_cli_engine_export_without_tensorrt_names_what_is_missing(random_ckpt, t
     assert res.exit_code == 2 and "does not take --workspace" in res.output
 
 
+def test_cli_build_engine(export_copy):
+    """build-engine --format onnx derives the fp16 and crop graphs anywhere; --format engine without
+    TensorRT names what is missing; an option build-engine does not take is a usage error."""
+    from typer.testing import CliRunner
+
+    from sacvit_edge.cli import app
+
+    res = CliRunner().invoke(app, ["build-engine", str(export_copy), "--format", "onnx", "--precision", "fp16"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(export_copy)
+    assert m.derived.graphs["fp16"] == ("ee.fp16.onnx", "sac.fp16.onnx") and m.derived.crop == "crop.onnx"
+    res = CliRunner().invoke(app, ["build-engine", str(export_copy), "--format", "onnx", "--workspace", "2"])
+    assert res.exit_code == 2 and "does not take --workspace" in res.output
+    if not usable:
+        res = CliRunner().invoke(app, ["build-engine", str(export_copy)])
+        assert res.exit_code != 0 and "tensorrt" in res.output and "pip install" in res.output
+
+
+def test_concurrent_builders_do_not_clobber_each_other(export_copy):
+    """Two builders on one directory at once (the double builds in milliseconds, so they overlap in
+    the manifest update): both finish, the manifest lists each engine once, no temporary file is left."""
+    errors = []
+
+    def build() -> None:
+        try:
+            build_engines(read_manifest(export_copy), "fp32", api=fake_api())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    m = read_manifest(export_copy)  # every listed file's hash checks out
+    assert sorted(r.stage for r in m.derived.tensorrt_engines) == ["crop", "ee", "sac"]
+    assert not [p.name for p in export_copy.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_device_crop_graph_equals_the_numpy_crop(export_copy):
     """crop.onnx (what the TensorRT backend runs on the device) vs tokens.crop_target_patches, run
     with ONNX Runtime: exactly equal, for row subsets in any order and every k of the range."""
@@ -317,6 +357,37 @@ def test_double_read_only_directory_is_a_clear_error(export_copy):
             TensorRTBackend(m, api=fake_api())
     finally:
         os.chmod(export_copy, 0o755)
+
+
+TORCH_FREE_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[3])
+import sacvit_edge.runtimes as runtimes, sacvit_edge.runtimes.trt as trt_mod
+from doubles.fake_cuda import FakeCuda
+from doubles.fake_tensorrt import make_tensorrt
+cuda = FakeCuda()
+trt_mod.load_api = lambda: trt_mod.TrtApi(make_tensorrt("10.3.0", cuda), cuda)
+runtimes.tensorrt_usable = lambda: (True, "test double")
+from sacvit_edge import EdgeClassifier
+clf = EdgeClassifier(sys.argv[1], backend="tensorrt", eta="never", backend_options={"rebuild": False})
+pred = clf.predict(sys.argv[2])
+print(pred.label, "heavy=" + ",".join(sorted(m for m in ("torch", "onnx") if m in sys.modules)))
+"""
+
+
+def test_double_tensorrt_runtime_imports_neither_torch_nor_onnx(export_copy):
+    """Engines built ahead: loading and predicting on the TensorRT backend needs neither torch nor
+    onnx (the Jetson install). Through the test double, in a fresh interpreter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    build_engines(read_manifest(export_copy), "fp32", api=fake_api())
+    sample = sorted((Path(__file__).resolve().parents[1] / "sacvit_edge" / "assets" / "samples").glob("*.png"))[0]
+    out = subprocess.run([sys.executable, "-c", TORCH_FREE_PROBE, str(export_copy), str(sample),
+                          str(Path(__file__).resolve().parent)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("heavy="), out.stdout
 
 
 def test_double_enforces_the_contract(export_copy):

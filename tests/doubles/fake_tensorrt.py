@@ -61,9 +61,6 @@ class MemoryPoolType:
     WORKSPACE = "workspace"
 
 
-_ONNX_TO_DTYPE = {1: DataType.FLOAT, 10: DataType.HALF, 7: DataType.INT64, 6: DataType.INT32, 9: DataType.BOOL}
-
-
 def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
     """A module-like namespace standing in for `import tensorrt` at `version`, bound to a FakeCuda."""
     major = int(version.split(".")[0])
@@ -185,10 +182,9 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
             self.profile = profile
             self.inputs = {i.name: i for i in self.session.get_inputs()}
             self.outputs = {o.name: o for o in self.session.get_outputs()}
-            import onnx
-
-            model = onnx.load_from_string(onnx_bytes)
-            self.dtypes = {v.name: _ONNX_TO_DTYPE[v.type.tensor_type.elem_type] for v in (*model.graph.input, *model.graph.output)}
+            ort_types = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int64)": DataType.INT64,
+                         "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL}
+            self.dtypes = {v.name: ort_types[v.type] for v in (*self.inputs.values(), *self.outputs.values())}
             self.names = [*self.inputs, *self.outputs]
             if set(profile) != set(self.inputs):
                 raise TrtContractError(f"profile covers {sorted(profile)}, the network's inputs are {sorted(self.inputs)}")
