@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sacvit_edge.errors import BackendError
+from sacvit_edge.errors import BackendError, ExportError
 
 from .base import BackendBase, EEResult
 
@@ -310,6 +310,7 @@ class TensorRTBackend(BackendBase):
         self.runtime = self.trt.Runtime(self._logger)  # kept alive as long as its engines
         self.engines: dict[str, Any] = {}
         self.pool: SlotPool | None = None
+        self._profiles: dict[tuple[str, str], tuple[tuple, tuple]] = {}  # (stage, input) -> (min, max)
         self.files = self._engine_files(rebuild, fp16_mode, workspace_gib)
         for stage in STAGES:
             self.engines[stage] = self._deserialize(stage, self.manifest.path(self.files[stage]))
@@ -369,14 +370,11 @@ class TensorRTBackend(BackendBase):
                                f"`sacvit-edge build-engine {manifest.directory} --precision {self.precision}` here")
         log.warning("%s: building TensorRT engines here (%s); this takes minutes once, and "
                     "`sacvit-edge build-engine` does it ahead", manifest.directory, why)
-        from sacvit_edge.errors import ExportError
-
         try:
             self.manifest = build_engines(manifest, self.precision, workspace_gib=workspace_gib, fp16_mode=fp16_mode,
                                           api=self.api)
         except ExportError as exc:  # read-only directory, missing graphs: say both problems
             raise BackendError(f"{why}; and they cannot be rebuilt here: {exc}") from exc
-        self.manifest_updated = True
         return self._engine_files(False, fp16_mode, workspace_gib)
 
     def _deserialize(self, stage: str, path: Path):
@@ -408,7 +406,6 @@ class TensorRTBackend(BackendBase):
             if is_input:
                 lo, _, hi = engine.get_tensor_profile_shape(name, 0)
                 maxima[name] = tuple(hi)
-                self._profiles = getattr(self, "_profiles", {})
                 self._profiles[(stage, name)] = (tuple(lo), tuple(hi))
         return maxima
 

@@ -170,7 +170,8 @@ class EdgeClassifier:
         group_overhead_tokens: fixed cost of one SAC engine call in tokens' worth of compute;
             images with different target counts are grouped (and padded, masked) into the
             fewest calls this cost model favours (tokens.plan_sac_groups). 0 = one call per count.
-        precision: "fp32" (the exported engines) or "int8" (made by `sacvit-edge calibrate --int8`).
+        precision: "fp32" (the exported engines), "fp16" (graphs derived by `export --precision fp16` or
+            `build-engine --precision fp16`) or "int8" (made by `sacvit-edge calibrate --int8`).
         deadline_ms: a per-call budget: an image whose SAC stage would make the call miss it
             returns its EE answer (Prediction.deadline_exit); predicted from the stage latencies
             `sacvit-edge calibrate` measured on this device (needs a calibrated directory).
