@@ -334,6 +334,26 @@ def test_double_concurrent_predict_uses_the_slot_pool(export_copy, double, canva
     clf.close()
 
 
+def test_double_stream_overlap_returns_every_slot(export_copy, double, canvases):
+    """EdgeClassifier.stream runs frame t+1's EE stage in a second thread while frame t is in its SAC
+    stage, each holding a slot; stopping the stream early hands back the slots of staged frames."""
+    from sacvit_edge import EdgeClassifier
+
+    ref = EdgeClassifier(export_copy, backend="onnxruntime", eta="never")
+    clf = EdgeClassifier(export_copy, backend="tensorrt", eta="never", backend_options={"slots": 2})
+    frames = list(canvases[0][:10])
+    got = [(i, p.confidence) for i, _, p in clf.stream(frames, overlap=True)]
+    want = [p.confidence for p in ref.predict_batch(frames)]
+    assert [i for i, _ in got] == list(range(10))
+    np.testing.assert_allclose([c for _, c in got], want, atol=1e-5)
+    assert clf.backend.pool._free.qsize() == 2
+    stream = iter(clf.stream(frames, overlap=True))
+    next(stream), next(stream)
+    stream.close()  # the consumer stops with a frame staged by the EE thread
+    assert clf.backend.pool._free.qsize() == 2
+    clf.close()
+
+
 def test_double_engine_built_elsewhere_is_refused_or_rebuilt(export_copy, monkeypatch):
     build_engines(read_manifest(export_copy), "fp32", api=fake_api("10.3.0", "Orin", "8.7"))
     here = fake_api("11.1.0", "NVIDIA H100", "9.0")
@@ -388,6 +408,18 @@ def test_double_tensorrt_runtime_imports_neither_torch_nor_onnx(export_copy):
                           str(Path(__file__).resolve().parent)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("heavy="), out.stdout
+
+
+def test_double_read_only_directory_simulated(export_copy, monkeypatch):
+    """The same check where the tests run as root (who may write anywhere): os.access is made to
+    answer "not writable" for the export directory, a stand-in for a read-only mount."""
+    import sacvit_edge.atomic as atomic
+
+    real = os.access
+    monkeypatch.setattr(atomic.os, "access", lambda p, mode: False if str(p) == str(export_copy) else real(p, mode))
+    with pytest.raises(BackendError, match=r"read-only, cannot add TensorRT engines there|read-only, cannot add crop.onnx"):
+        TensorRTBackend(read_manifest(export_copy), api=fake_api())
+    assert not list(export_copy.glob("*.engine"))
 
 
 def test_double_enforces_the_contract(export_copy):
