@@ -103,6 +103,7 @@ def crop_graph(path: Path, *, in_chans: int, img_size: int, patch_size: int, num
         helper.make_node("Transpose", ["cells"], ["cells_t"], perm=[0, 2, 5, 3, 6, 1, 4, 7]),
         const("tok_shape", [-1, num_coarse, 4 * c * p * p]),
         helper.make_node("Reshape", ["cells_t", "tok_shape"], ["tokens"]),
+        const("last_axis", [-1]),
         helper.make_node("Unsqueeze", ["target_idx", "last_axis"], ["t_nd"]),
         helper.make_node("GatherND", ["tokens", "t_nd"], ["picked"], batch_dims=1),  # (G, k, 4*C*p*p)
         const("patch_shape", [0, -1, c * p * p]),
@@ -110,7 +111,6 @@ def crop_graph(path: Path, *, in_chans: int, img_size: int, patch_size: int, num
         helper.make_node("Gather", ["ee_final", "rows"], ["group_final"], axis=0),
         helper.make_node("Gather", ["ee_hidden", "rows"], ["group_hidden"], axis=0),
     ]
-    nodes.insert(6, const("last_axis", [-1]))
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     graph = helper.make_graph(
         nodes, "sacvit_edge_crop",

@@ -17,7 +17,7 @@ import torch
 from sacvit_edge.errors import BackendError
 from sacvit_edge.tokens import SacGroup, crop_target_patches
 
-from .base import BackendBase, EEResult, cpu_name
+from .base import SAC_FEEDS, BackendBase, EEResult, cpu_name
 
 
 class TorchBackend(BackendBase):
@@ -66,8 +66,7 @@ class TorchBackend(BackendBase):
     def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The SAC stage on host arrays (export checks compare it with ONNX Runtime input for input)."""
         with torch.inference_mode():
-            args = [self._up(feeds[k]) for k in ("target_patches", "target_idx", "nontarget_idx", "ee_final",
-                                                  "ee_hidden", "target_keep", "nontarget_keep")]
+            args = [self._up(feeds[k]) for k in SAC_FEEDS]
             return self.model.forward_sac(*args).float().cpu().numpy()
 
     def device(self) -> str:

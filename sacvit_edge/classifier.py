@@ -100,7 +100,6 @@ class ImposedDecisions:
 class _Pending:
     """A batch between the two stages of run (see EdgeClassifier._start_ee)."""
 
-    batch: np.ndarray
     ee: object
     ee_probs: np.ndarray
     exited: np.ndarray
@@ -363,7 +362,7 @@ class EdgeClassifier:
         ee = self._engines().run_ee(batch)
         t1 = time.perf_counter()
         try:
-            return self._gate_and_split(batch, ee, eta_value, imposed, deadline, started, t0, t1)
+            return self._gate_and_split(len(batch), ee, eta_value, imposed, deadline, started, t0, t1)
         except BaseException:
             self._engines().release(ee)  # what the backend holds for this batch (a TensorRT slot)
             raise
@@ -374,17 +373,17 @@ class EdgeClassifier:
             self.backend.release(p.ee)
         p.ee = None
 
-    def _gate_and_split(self, batch: np.ndarray, ee, eta_value: float, imposed: ImposedDecisions | None,
+    def _gate_and_split(self, n: int, ee, eta_value: float, imposed: ImposedDecisions | None,
                         deadline: float | None, started: float | None, t0: float, t1: float) -> "_Pending":
         cfg = self.config
         _check_finite_output(ee.logits, "EE")
         ee_probs = _softmax(ee.logits)
         exited = gate(ee_probs, eta_value) if imposed is None else imposed.exited.copy()
         rest = np.flatnonzero(~exited)
-        counts = np.zeros(len(batch), dtype=np.int64)
-        raw_counts = np.zeros(len(batch), dtype=np.int64)
-        deadline_exited = np.zeros(len(batch), dtype=bool)
-        mask = np.zeros((len(batch), cfg.num_coarse), dtype=bool)
+        counts = np.zeros(n, dtype=np.int64)
+        raw_counts = np.zeros(n, dtype=np.int64)
+        deadline_exited = np.zeros(n, dtype=bool)
+        mask = np.zeros((n, cfg.num_coarse), dtype=bool)
         order = None
         if rest.size:
             split = select_targets(ee.gca[rest], cfg)
@@ -401,7 +400,7 @@ class EdgeClassifier:
                     rest, order = rest[keep], order[keep]
                     counts[deadline_exited] = 0
             mask[rest] = Split(order, counts[rest]).target_mask(cfg.num_coarse)
-        return _Pending(batch, ee, ee_probs, exited, rest, counts, mask, order, t0, t1, deadline_exited, raw_counts)
+        return _Pending(ee, ee_probs, exited, rest, counts, mask, order, t0, t1, deadline_exited, raw_counts)
 
     def _finish_sac(self, p: "_Pending") -> BatchResult:
         """Stage 2 of run: the SAC engine on the images that did not exit, and the timings."""
