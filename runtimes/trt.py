@@ -173,6 +173,14 @@ def why_not(record, header: dict | None, want: EngineKey) -> str:
     return "; ".join(reasons) or "its key differs"
 
 
+def _batch_opt(record) -> int:
+    """The batch an engine was tuned for (opt of its profile's first input), 1 if unreadable."""
+    try:
+        return int(next(iter(record.profile.values()))[1][0])
+    except (StopIteration, TypeError, ValueError, IndexError, KeyError):
+        return 1
+
+
 class SlotPool:
     """Execution slots handed to concurrent callers; a caller waits while all are in use."""
 
@@ -348,9 +356,12 @@ class TensorRTBackend(BackendBase):
             if onnx_file is None:
                 reasons.append(f"{stage}: its ONNX graph is not in the directory yet")
                 continue
-            want = EngineKey.for_build(manifest, onnx_file, self.trt.__version__, self.gpu, precision,
-                                       profile_shapes(manifest, stage), recipe)
-            match = next((r for r in records if r.key == want.digest), None)
+
+            def want(batch_opt: int) -> EngineKey:  # the batch TensorRT tuned for is a choice, not a condition
+                return EngineKey.for_build(manifest, onnx_file, self.trt.__version__, self.gpu, precision,
+                                           profile_shapes(manifest, stage, batch_opt), recipe)
+
+            match = next((r for r in records if r.key == want(_batch_opt(r)).digest), None)
             if match is not None:
                 found[stage] = match.file
                 continue
@@ -361,7 +372,7 @@ class TensorRTBackend(BackendBase):
                     header = engine_header(manifest.path(r.file))
                 except BackendError:
                     header = None
-                reasons.append(f"{r.file}: {why_not(r, header, want)}")
+                reasons.append(f"{r.file}: {why_not(r, header, want(_batch_opt(r)))}")
         if len(found) == len(STAGES):
             return found
         why = "; ".join(reasons)

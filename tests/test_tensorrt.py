@@ -410,6 +410,17 @@ def test_double_tensorrt_runtime_imports_neither_torch_nor_onnx(export_copy):
     assert out.stdout.strip().endswith("heavy="), out.stdout
 
 
+def test_double_engine_tuned_for_another_batch_is_used_not_rebuilt(export_copy):
+    """build-engine --batch-opt 8: the runtime loads those engines (opt is a tuning choice, not a
+    compatibility condition) instead of rebuilding for opt 1 or refusing them."""
+    api = fake_api()
+    build_engines(read_manifest(export_copy), "fp32", batch_opt=8, api=api)
+    backend = TensorRTBackend(read_manifest(export_copy), rebuild=False, api=api)
+    assert len(api.trt.builds) == 3  # nothing rebuilt
+    assert backend.files["ee"] == next(r.file for r in read_manifest(export_copy).derived.tensorrt_engines if r.stage == "ee")
+    backend.close()
+
+
 def test_double_read_only_directory_simulated(export_copy, monkeypatch):
     """The same check where the tests run as root (who may write anywhere): os.access is made to
     answer "not writable" for the export directory, a stand-in for a read-only mount."""
