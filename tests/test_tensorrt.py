@@ -144,8 +144,8 @@ def test_cli_engine_export_without_tensorrt_names_what_is_missing(random_ckpt, t
 
 
 def test_cli_build_engine(export_copy):
-    """build-engine --format onnx derives the fp16 and crop graphs anywhere; --format engine without
-    TensorRT names what is missing; an option build-engine does not take is a usage error."""
+    """build-engine --format onnx derives the fp16 and crop graphs anywhere; an option build-engine
+    does not take is a usage error."""
     from typer.testing import CliRunner
 
     from sacvit_edge.cli import app
@@ -156,9 +156,17 @@ def test_cli_build_engine(export_copy):
     assert m.derived.graphs["fp16"] == ("ee.fp16.onnx", "sac.fp16.onnx") and m.derived.crop == "crop.onnx"
     res = CliRunner().invoke(app, ["build-engine", str(export_copy), "--format", "onnx", "--workspace", "2"])
     assert res.exit_code == 2 and "does not take --workspace" in res.output
-    if not usable:
-        res = CliRunner().invoke(app, ["build-engine", str(export_copy)])
-        assert res.exit_code != 0 and "tensorrt" in res.output and "pip install" in res.output
+
+
+@pytest.mark.skipif(usable, reason="TensorRT is usable here; the missing-TensorRT message cannot be seen")
+def test_cli_build_engine_without_tensorrt_names_what_is_missing(export_copy):
+    from typer.testing import CliRunner
+
+    from sacvit_edge.cli import app
+
+    res = CliRunner().invoke(app, ["build-engine", str(export_copy)])
+    assert res.exit_code != 0 and "tensorrt" in res.output and "pip install" in res.output
+    assert not list(export_copy.glob("*.engine"))
 
 
 def test_concurrent_builders_do_not_clobber_each_other(export_copy):
@@ -419,6 +427,39 @@ def test_double_engine_tuned_for_another_batch_is_used_not_rebuilt(export_copy):
     assert len(api.trt.builds) == 3  # nothing rebuilt
     assert backend.files["ee"] == next(r.file for r in read_manifest(export_copy).derived.tensorrt_engines if r.stage == "ee")
     backend.close()
+
+
+def test_damaged_derived_section_names_the_field(export_copy, tmp_path):
+    """The manifest's derived section (fp16 graphs, crop graph, engine records) is validated like the
+    rest: a damaged entry is an ExportError naming the field and the file, never a KeyError."""
+    import json
+    import re
+
+    from sacvit_edge.errors import ExportError
+    from sacvit_edge.export.graphs import ensure_fp16_graphs
+
+    build_engines(ensure_fp16_graphs(read_manifest(export_copy)), "fp16", api=fake_api())
+    cases = [
+        (lambda d: d["tensorrt_engines"][0].update(file="other.engine"), "derived.tensorrt_engines[0].file"),
+        (lambda d: d["tensorrt_engines"][1].pop("gpu"), "derived.tensorrt_engines[1].gpu"),
+        (lambda d: d["tensorrt_engines"][2].update(stage="decoder"), "stage 'decoder'"),
+        (lambda d: d.update(tensorrt_engines={"ee": "x"}), "derived.tensorrt_engines must be a list"),
+        (lambda d: d["graphs"].update(int8={"ee": "ee.onnx", "sac": "sac.onnx"}), "derived.graphs.int8"),
+        (lambda d: d["graphs"]["fp16"].pop("sac"), "derived.graphs.fp16.sac"),
+        (lambda d: d.update(crop="../crop.onnx"), "derived.crop"),
+    ]
+    for i, (edit, field) in enumerate(cases):
+        d = shutil.copytree(export_copy, tmp_path / f"m{i}")
+        data = json.loads((d / "manifest.json").read_text())
+        edit(data["derived"])
+        (d / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ExportError, match=re.escape(field)) as info:
+            read_manifest(d)
+        assert str(d / "manifest.json") in str(info.value)
+    engine = next(export_copy.glob("sac.fp16.*.engine"))  # a listed engine replaced: its hash says so
+    engine.write_bytes(engine.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ExportError, match="contents do not match the manifest"):
+        read_manifest(export_copy)
 
 
 def test_double_read_only_directory_simulated(export_copy, monkeypatch):
