@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sacvit_edge.atomic import publish_export, staging_dir
+from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export, remove_temporary, staging_dir, work_dir
 from sacvit_edge.classifier import EdgeClassifier
 from sacvit_edge.datasets import DEFAULT_MAX_BAD_SHARE, LabelledSource
 from sacvit_edge.errors import ConfigError, ExportError
@@ -76,11 +75,13 @@ def _precision_entry(manifest: Manifest, precision: str, files: tuple[str, str],
             "curve": curve, "deadline": deadline_report(records, eta, latency, budgets) if budgets else []}
 
 
-def write_calibration(src: Path, dst: Path, calibration: dict, extra_files: dict[str, Path] | None = None) -> Manifest:
+def write_calibration(src: Path, dst: Path, calibration: dict, extra_files: dict[str, Path] | None = None, *,
+                      force: bool = False) -> Manifest:
     """Publish src's export plus calibration.json (and extra engine files) at dst, atomically.
 
     The directory is assembled beside dst and swapped in (dst may be src: in place). The
-    manifest's content is unchanged; only its `files` gain the new files' hashes.
+    manifest's content is unchanged; only its `files` gain the new files' hashes. The caller
+    holds dst's DirectoryLock.
     """
     manifest = read_manifest(src)
     raw = json.loads((src / MANIFEST).read_text())
@@ -96,11 +97,18 @@ def write_calibration(src: Path, dst: Path, calibration: dict, extra_files: dict
         for name in (*(extra_files or {}), CALIBRATION_FILE):
             files[name] = sha256_file(tmp / name)
         raw["files"] = files
-        publish_export(tmp, dst, raw)
+        publish_export(tmp, dst, raw, sources=(src,), force=force, in_place=_same(src, dst))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary(tmp)
         raise
     return read_manifest(dst)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def _json_default(value: Any) -> Any:
@@ -114,22 +122,42 @@ def _json_default(value: Any) -> Any:
 def calibrate_export(directory: str | Path, source: LabelledSource, request: Request, *, out: str | Path | None = None,
                      batch: int = 32, backend: str = "onnxruntime", threads: int | None = None, int8: bool = False,
                      apply_k_range: bool = False, coverage: float = 0.999, deadline_budgets: tuple[float, ...] = (),
-                     timing_reps: int = 7, max_bad_share: float = DEFAULT_MAX_BAD_SHARE,
+                     timing_reps: int = 7, max_bad_share: float = DEFAULT_MAX_BAD_SHARE, force: bool = False,
                      on_step: Callable[[str], None] | None = None,
                      on_batch: Callable[[int, int], None] | None = None) -> CalibrationResult:
     """Calibrate an export directory on `source`; see the module doc. Writes into `out` (a
-    copy) or, by default, into the directory itself."""
+    copy; replaced only if it is empty or an export directory, see atomic.check_replaceable)
+    or, by default, into the directory itself. Another process writing the same directory is
+    waited for, then this one reads what it wrote."""
     src = Path(directory)
     dst = Path(out) if out is not None else src
     step = on_step or (lambda msg: log.info(msg))
-    if batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"--batch {batch} must be >= 1")
+    if isinstance(timing_reps, bool) or not isinstance(timing_reps, int) or timing_reps < 1:
+        raise ConfigError(f"--timing-reps {timing_reps} must be >= 1")
     if not 0.5 <= coverage < 1.0:
         raise ConfigError(f"coverage {coverage} must be in [0.5, 1)")
     if int8:
         from sacvit_edge.extras import require_extra
 
         require_extra("export", "calibrate --int8 (ONNX Runtime's quantiser reads the graphs with onnx)")
+    check_replaceable(dst, sources=(src,), force=force, in_place=_same(src, dst))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{dst}: cannot create its parent directory ({exc.strerror or exc})") from exc
+    with DirectoryLock(dst, on_wait=step):
+        return _calibrate_locked(src, dst, source, request, batch=batch, backend=backend, threads=threads, int8=int8,
+                                 apply_k_range=apply_k_range, coverage=coverage, deadline_budgets=deadline_budgets,
+                                 timing_reps=timing_reps, max_bad_share=max_bad_share, force=force, step=step,
+                                 on_batch=on_batch)
+
+
+def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Request, *, batch: int, backend: str,
+                      threads: int | None, int8: bool, apply_k_range: bool, coverage: float,
+                      deadline_budgets: tuple[float, ...], timing_reps: int, max_bad_share: float, force: bool,
+                      step: Callable[[str], None], on_batch: Callable[[int, int], None] | None) -> CalibrationResult:
     manifest = read_manifest(src)
     if manifest.config.arch != "sacvit":
         raise ExportError(f"{src}: a {manifest.config.arch} export has no exit threshold to calibrate")
@@ -171,13 +199,10 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         from sacvit_edge.export.bundle import export_checkpoint
 
         step(f"re-exporting with k in [{k['k_min']}, {k['k_max']}] (was {list(manifest.k_range)})")
-        with_ckpt = staging_dir(dst)
-        try:
+        with work_dir(dst, "tmp") as with_ckpt:
             shutil.copyfile(src / "model.pt", with_ckpt / "model.pt")
             export_checkpoint(with_ckpt / "model.pt", dst, opset=manifest.opset or 17, batch_max=manifest.batch_range[1],
-                              k_min=k["k_min"], k_max=k["k_max"])
-        finally:
-            shutil.rmtree(with_ckpt, ignore_errors=True)
+                              k_min=k["k_min"], k_max=k["k_max"], force=force, locked=True)
         src, manifest = dst, read_manifest(dst)
         k["applied"] = True
         got, latency, env, recorder = run_pass(src, record_sac=64 if int8 else 0)
@@ -221,15 +246,13 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         from .int8 import make_int8_engines
 
         assert recorder is not None
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.int8-", dir=dst.parent) as work_dir:
-            work = Path(work_dir)
+        with work_dir(dst, "int8") as work:
             files = make_int8_engines(src / manifest.engine_files()[0], src / manifest.engine_files()[1], work,
                                       got.sample, recorder.sac_feeds, on_step=step)
             extra = {"ee.int8.onnx": files["ee"], "sac.int8.onnx": files["sac"]}
             fp32_eta = report["precisions"]["fp32"]["eta"]
             report["precisions"]["int8"] = {"ee_file": "ee.int8.onnx", "sac_file": "sac.int8.onnx", "eta": fp32_eta}
-            write_calibration(src, dst, report, extra)  # provisional: the int8 engines must load to be calibrated
+            write_calibration(src, dst, report, extra, force=force)  # provisional: the int8 engines must load to be calibrated
         got8, latency8, _, _ = run_pass(dst, "int8")
         entry = _precision_entry(read_manifest(dst), "int8", ("ee.int8.onnx", "sac.int8.onnx"), got8.records, latency8,
                                  batch, request, deadline_budgets)
@@ -237,7 +260,7 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
         entry["fp32_nodes"] = {"ee": files["ee_fp32_nodes"], "sac": files["sac_fp32_nodes"]}
         report["precisions"]["int8"] = entry
         src, extra = dst, {}
-    final = write_calibration(src, dst, report, extra)
+    final = write_calibration(src, dst, report, extra, force=force)
     return CalibrationResult(directory=final.directory, report=report,
                              curves={p: e["curve"] for p, e in report["precisions"].items() if "curve" in e},
                              chosen={p: e["chosen"] for p, e in report["precisions"].items() if "chosen" in e},

@@ -19,7 +19,8 @@ in fp32: the exit decision reads the EE head's confidence.
 from __future__ import annotations
 
 import logging
-import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -79,6 +80,31 @@ class RecordingBackend:
         self.inner.release(ee)
 
 
+_PRE_PROCESS = """
+import sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+try:
+    quant_pre_process(sys.argv[1], sys.argv[2], skip_symbolic_shape=False)
+except Exception as exc:  # symbolic shape inference gives up on some dynamic graphs
+    print(f"symbolic shape inference failed ({exc}); pre-processing without it", file=sys.stderr)
+    quant_pre_process(sys.argv[1], sys.argv[2], skip_symbolic_shape=True)
+"""
+
+
+def _pre_process(src: Path, dst: Path, work: Path) -> None:
+    """ONNX Runtime's quantisation pre-processing, in a child process whose working directory is
+    `work`: when its symbolic shape inference fails it writes sym_shape_infer_temp.onnx and a
+    UUID-named .data file into the working directory, and changing this process's directory
+    would break every other thread's relative paths."""
+    proc = subprocess.run([sys.executable, "-c", _PRE_PROCESS, str(src.resolve()), str(dst.resolve())], cwd=work,
+                          capture_output=True, text=True)
+    for line in proc.stderr.splitlines():
+        if "symbolic shape inference failed" in line:
+            log.info("%s: %s", src.name, line)
+    if proc.returncode != 0 or not dst.is_file():
+        raise ExportError(f"{src}: ONNX Runtime's quantisation pre-processing failed: {proc.stderr.strip()[-800:]}")
+
+
 def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude_heads: bool = True,
                    extra_exclude: tuple[str, ...] = (), op_types: tuple[str, ...] | None = QUANTIZED_OPS) -> list[str]:
     """Quantise one ONNX graph to Q/DQ int8 at `dst`, keeping its metadata; returns the nodes
@@ -87,20 +113,10 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exc
     require_extra("export", "INT8 quantisation (onnx)")
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
-        cwd = os.getcwd()
-        os.chdir(work)  # a failed symbolic inference drops sym_shape_infer_temp.onnx in the cwd: keep it here
-        try:
-            try:
-                quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=False)
-            except Exception as exc:  # noqa: BLE001 - symbolic shape inference gives up on some dynamic graphs
-                log.info("symbolic shape inference failed on %s (%s); pre-processing without it", src.name, exc)
-                quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=True)
-        finally:
-            os.chdir(cwd)
+        _pre_process(src, pre, Path(work))
         model = onnx.load(str(pre))
         exclude = [*(head_nodes(model) if exclude_heads else []), *extra_exclude]
         quantize_static(str(pre), str(dst), ListReader(feeds), quant_format=QuantFormat.QDQ,

@@ -9,11 +9,13 @@ engine is refused before it runs).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from sacvit_edge.extras import require_extra
 
@@ -24,7 +26,7 @@ import torch  # noqa: E402
 
 from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
-from sacvit_edge.atomic import publish_export, staging_dir  # noqa: E402
+from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export, remove_temporary, staging_dir  # noqa: E402
 from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
                                   MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, content_digest, read_manifest,
                                   sha256_file)
@@ -56,8 +58,9 @@ def _cost_section(model, k_lo: int, k_hi: int) -> dict:
 
 def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, opset: int = 17,
                       batch_max: int = 64, k_min: int | None = None, k_max: int | None = None,
-                      exporter: Exporter = "torchscript", overwrite: bool = True,
-                      include_checkpoint: bool = True) -> Manifest:
+                      exporter: Exporter = "torchscript", overwrite: bool = True, force: bool = False,
+                      include_checkpoint: bool = True, on_wait: Callable[[str], None] | None = None,
+                      locked: bool = False) -> Manifest:
     """Export model.pt into an engine directory; returns its manifest.
 
     The directory is assembled in a temporary sibling and renamed into place, so an
@@ -65,12 +68,18 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
 
     Args:
         checkpoint: path of model.pt, or a loaded Checkpoint.
-        out_dir: directory to create (replaced if it exists and overwrite is True).
+        out_dir: directory to create. An existing one is replaced (if overwrite is True) only when
+            it is empty or an export directory this project wrote (atomic.check_replaceable);
+            files a user put into it are kept.
+        force: also replace a damaged export (a directory of nothing but this project's files).
         opset: ONNX opset (17 by default; see torch2onnx for why).
         batch_max: largest batch the engines are declared (and, for TensorRT, built) for.
         k_min, k_max: override the checkpoint's clamp of the target count.
         include_checkpoint: copy model.pt into the directory (the PyTorch reference backend runs
             from it); without it the directory holds only what ONNX Runtime / TensorRT need.
+        on_wait: told when another process is writing out_dir and this one waits for it.
+        locked: the caller already holds out_dir's DirectoryLock (calibrate --apply-k-range
+            re-exports into the directory it is calibrating).
     Raises:
         ExportError, CheckpointError, ConfigError.
     """
@@ -94,12 +103,19 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} exists; pass overwrite=True to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory; choose another --out")
+    check_replaceable(out_dir, sources=(ckpt.path,), force=force)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent that is a file, no permission, a name too long
         raise ExportError(f"{out_dir}: cannot create the export's parent directory ({exc.strerror or exc})") from exc
+    with contextlib.nullcontext() if locked else DirectoryLock(out_dir, on_wait):
+        return _export(ckpt, model, cfg, out_dir, opset=opset, batch_max=batch_max, exporter=exporter, force=force,
+                             include_checkpoint=include_checkpoint)
+
+
+def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_max: int, exporter: Exporter,
+            force: bool, include_checkpoint: bool) -> Manifest:
+    lo, hi = cfg.target_range() if cfg.arch == "sacvit" else (0, 0)
     d = cfg.embed_dim
     n = cfg.num_coarse
     manifest: dict = {
@@ -134,9 +150,9 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
             shutil.copyfile(ckpt.path, tmp / CHECKPOINT_FILE)  # the PyTorch reference backend runs from it
         manifest["files"] = {name: sha256_file(tmp / name)
                              for name in (*ENGINE_FILES, *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
-        publish_export(tmp, out_dir, manifest)
+        publish_export(tmp, out_dir, manifest, sources=(ckpt.path,), force=force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary(tmp)
         raise
     log.info("exported %s -> %s (k in [%d, %d])", ckpt.path, out_dir, lo, hi)
     return read_manifest(out_dir)

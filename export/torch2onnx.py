@@ -22,7 +22,7 @@ ONNX Runtime and TensorRT 10/11 both fuse, and every node here is in TensorRT's 
 operator list. The dynamo exporter emits opset >= 18 graphs with local functions and
 symbolic-shape guards that older TensorRT parsers (JetPack 6 ships TensorRT 10.3) handle less
 reliably; it is still available with ``exporter="dynamo"``. Attention is exported in explicit
-matmul/softmax form (model.fused_attention(False)), see timm's note on SDPA export.
+matmul/softmax form (model.fused_attention(False, module)), see timm's note on SDPA export.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class SACStage(nn.Module):
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic: dict[str, dict[int, str]], opset: int, exporter: Exporter) -> None:
-    with torch.no_grad(), fused_attention(False), warnings.catch_warnings():
+    with torch.no_grad(), fused_attention(False, module), warnings.catch_warnings():
         # Tracing warns about the shape-dependent Python branches of forward_sac; they are
         # static for every export (the non-target cluster is never empty when k < n).
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -9,6 +9,7 @@ per calling thread (PyTorch's current stream), synchronised by the copies back t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from sacvit_edge.errors import BackendError
 from sacvit_edge.tokens import SacGroup, crop_target_patches
 
 from .base import SAC_FEEDS, BackendBase, EEResult, cpu_name
+
+log = logging.getLogger(__name__)
 
 
 class TorchBackend(BackendBase):
@@ -29,9 +32,12 @@ class TorchBackend(BackendBase):
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("backend 'pytorch-cuda': no CUDA GPU is visible to PyTorch")
-        if threads:
-            torch.set_num_threads(threads)
-        self.threads = threads or torch.get_num_threads()
+        if threads and threads != torch.get_num_threads():
+            # torch's intra-op pool is the process's: the application sets it (the CLI does, for
+            # --threads), never a backend constructor behind the other models' backs
+            log.warning("backend 'pytorch': threads=%d asked, torch uses %d; call torch.set_num_threads(%d) in your "
+                        "application to change it", threads, torch.get_num_threads(), threads)
+        self.threads = torch.get_num_threads()
         self.model = load_checkpoint(checkpoint).model.to(device).eval()
         if not isinstance(self.model, SACViT):
             raise BackendError(f"{checkpoint} is a {self.model.cfg.arch} model, not SAC-ViT")

@@ -14,6 +14,7 @@ A checkpoint is a plain dict of primitives and tensors, loadable with weights_on
 from __future__ import annotations
 
 import io
+import json
 import math
 import pickle
 import zipfile
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, OutputError
 from .model import VisionTransformer, build_model
 
 FORMAT = "sacvit-edge-checkpoint"
@@ -224,3 +225,33 @@ def _input_spec(inp: Any, cfg: ModelConfig, where: str) -> tuple[int, tuple[floa
             raise CheckpointError(f"{where}: input.{key} must be {cfg.in_chans} {what}, got {v!r:.80}")
         out.append(tuple(float(x) for x in v))
     return size, out[0], out[1]
+
+
+def check_checkpoint_output(path: str | Path, option: str = "--out") -> Path:
+    """A checkpoint path to be written: an existing file is replaced only when it is a sacvit-edge
+    checkpoint (and its training log beside it only when it is one), never another file."""
+    from .outputs import probe_folder
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise OutputError(f"{option} {path}: is a directory; give a checkpoint file name (model.pt)")
+        exists = path.exists()
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: not usable ({exc.strerror or exc})") from exc
+    if exists:
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            raise OutputError(f"{option} {path}: exists and is not a sacvit-edge checkpoint; sacvit-edge replaces only "
+                              "its own checkpoints, choose another path") from None
+    log = path.with_suffix(".log.jsonl")
+    if log.exists():
+        first = log.open(errors="replace").readline() if log.is_file() else "not a file"
+        try:
+            json.loads(first)
+        except ValueError:
+            raise OutputError(f"{option} {path}: its training log {log} exists and is not one (JSON lines); move it "
+                              "away or choose another path") from None
+    probe_folder(path.parent, f"{option} {path}")
+    return path

@@ -14,12 +14,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .atomic import DirectoryLock
 from .clustering import Split, select_targets
 from .errors import BackendError, ConfigError, ExportError, ImageError
 from .gate import Eta, deadline_gate, describe_eta, gate, validate_deadline, validate_eta
@@ -136,15 +138,6 @@ def _check_threads(threads: object) -> int | None:
     return threads
 
 
-def _lock_file(handle) -> None:
-    """Block until this process holds an exclusive lock on the open file (POSIX; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SACVIT_EDGE_CACHE", Path.home() / ".cache" / "sacvit-edge"))
 
@@ -199,6 +192,10 @@ class EdgeClassifier:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
         deadline = validate_deadline(deadline_ms)
+        if backend_options is not None and not (isinstance(backend_options, Mapping)
+                                                and all(isinstance(k, str) for k in backend_options)):
+            raise ConfigError(f"backend_options={backend_options!r}: expected a dict of option names to values, "
+                              "e.g. {'slots': 2}")
         try:
             self.color = check_color(color)
             self.resize = check_resize(resize)
@@ -275,12 +272,10 @@ class EdgeClassifier:
         target = cache_dir / f"{sha256_file(checkpoint)[:16]}-m{MANIFEST_VERSION}-{__version__}"
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(cache_dir / f".{target.name}.lock", "a")
         except OSError as exc:
             raise ConfigError(f"cache_dir {cache_dir}: cannot be created or written ({exc.strerror or exc}); "
                               "pass another cache_dir or set SACVIT_EDGE_CACHE") from exc
-        with lock:
-            _lock_file(lock)
+        with DirectoryLock(target, on_wait=log.info):
             try:
                 return read_manifest(target).directory
             except ExportError:
@@ -294,7 +289,8 @@ class EdgeClassifier:
                 log.warning("exporting %s once into the cache %s (set SACVIT_EDGE_CACHE or cache_dir to move it; "
                             "delete the folder to clear it; `sacvit-edge export` makes a directory to ship)",
                             checkpoint, target)
-                return export_checkpoint(checkpoint, target).directory
+                # force: a damaged cache entry (nothing but this project's files) is remade
+                return export_checkpoint(checkpoint, target, force=True, locked=True).directory
 
     # ---- inference ----------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageInput], color: str | None = None, resize: str | None = None,
@@ -503,6 +499,7 @@ class EdgeClassifier:
         during a run); see scripts/stream_bench.py for when that wins. FrameStream.monitor has
         rolling latency (frame read -> result), fps and exit rate.
         """
+        check_frame_source(frames)
         if drop not in ("none", "oldest"):
             raise ConfigError(f"drop={drop!r}: expected 'none' or 'oldest'")
         if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
@@ -541,6 +538,20 @@ class EdgeClassifier:
 
     def __repr__(self) -> str:
         return f"EdgeClassifier({self.manifest.directory}, backend={self.backend_name!r}, eta={describe_eta(self.eta)})"
+
+
+def check_frame_source(frames: object) -> None:
+    """Refuse what stream() would misread: one frame (an array's rows would become frames), a
+    path or string (its characters), or anything that is not iterable."""
+    if isinstance(frames, np.ndarray) and frames.ndim != 4:
+        raise ConfigError(f"frames: one array of shape {frames.shape} is one frame, not a stream; wrap it in a list "
+                          "([frame]) or call predict(frame). A stack of frames is an (N, H, W, C) array")
+    if isinstance(frames, (str, bytes, Path)) or hasattr(frames, "getpixel"):
+        raise ConfigError(f"frames={frames!r:.80}: one image, not a stream; wrap it in a list or call predict(). "
+                          "For a video file use sacvit_edge.video.open_frames(path)")
+    if not isinstance(frames, Iterable):
+        raise ConfigError(f"frames={frames!r:.80}: expected an iterable of frames (a list, a generator, "
+                          f"video.open_frames(...)), got {type(frames).__name__}")
 
 
 class LatencyMonitor:

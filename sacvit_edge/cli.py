@@ -18,6 +18,7 @@ from rich.table import Table
 from .bench import DEFAULT_ETAS
 from .errors import BackendError, ConfigError, SacvitError
 from .gate import describe_eta
+from .outputs import check_output_dir, check_report_file, write_into, write_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Deploy SAC-ViT classifiers on edge hardware.\n\nExit codes: 0 ok, 1 internal error (a bug), "
@@ -56,7 +57,10 @@ def exit_code_for(exc: BaseException) -> int:
 def _fail(exc: BaseException) -> None:
     code = exit_code_for(exc)
     if code == EXIT_INTERNAL:
-        logging.getLogger(__name__).debug("internal error", exc_info=exc)
+        if logging.getLogger().isEnabledFor(logging.INFO):  # --verbose: the traceback to report
+            from rich.traceback import Traceback
+
+            err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
         err.print(f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(str(exc)[:500])} "
                   "(a bug in sacvit-edge: rerun with --verbose for the traceback and report it)")
     else:
@@ -89,11 +93,38 @@ def _eta(value: Optional[str], option: str = "--eta") -> Optional[float]:
 
 
 ETA_HELP = "exit threshold in [0, 1], or 'never' (every image to the SAC stage)"
+FORCE_HELP = "also replace a damaged export directory (one holding nothing but sacvit-edge's own files)"
+
+
+def _check_positive(**options: Optional[int]) -> None:
+    """Counts that must be >= 1 when given: a usage error naming the option, before any work."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 1")
+
+
+def _torch_threads(threads: Optional[int], backend: str) -> None:
+    """--threads for the PyTorch backends: torch's pool is the process's, so the CLI sets it."""
+    if threads and backend.startswith("pytorch"):
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed} must be an integer in [0, 2**32)")
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log library messages", metavar="")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    from PIL import Image
+
+    # load_image refuses images above max_pixels itself; Pillow's warning before that is noise here
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @app.command()
@@ -126,12 +157,15 @@ def train(
         from .extras import require_extra
 
         require_extra("train", "sacvit-edge train")
-        from .checkpoint import load_init_state
+        from .checkpoint import check_checkpoint_output, load_init_state
         from .config import preset as get_preset
         from .data import ImageFolder, fashion_split
         from .datasets import stratified_split
         from .train import TrainConfig, train as run_train
 
+        _check_seed(seed)
+        _check_positive(batch_size=batch_size, limit=limit, eval_limit=eval_limit)
+        check_checkpoint_output(out)  # never replace a file that is not one of our checkpoints
         init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
         overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer,
                                                      cluster_space=cluster_space, gca_start_block=gca_start_block,
@@ -220,6 +254,11 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
                           "`sacvit-edge calibrate EXPORT_DIR --latency-budget-ms ...`")
     if out is not None and in_place:
         raise ConfigError("-o and --in-place exclude each other")
+    _check_seed(seed)
+    if out is not None:
+        from .checkpoint import check_checkpoint_output
+
+        check_checkpoint_output(out)
     ck = load_checkpoint(model_path)
     if not isinstance(ck.model, SACViT):
         raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
@@ -261,6 +300,9 @@ def eval_cmd(
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
     with _handled():
         eta_value = _eta(eta)
+        _check_seed(seed)
+        if json_out is not None:
+            check_report_file(json_out, "--json")
         where = str(data) if data is not None else f"cluttered Fashion-MNIST {split}"
         if model_path.is_dir():
             from .calibration.collect import collect
@@ -299,7 +341,7 @@ def eval_cmd(
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
         if json_out is not None:
-            json_out.write_text(json.dumps(res, indent=2))
+            write_report(json_out, json.dumps(res, indent=2), "--json")
             console.print(f"wrote {json_out}")
 
 
@@ -323,10 +365,13 @@ def calibrate(
     seed: Annotated[int, typer.Option()] = 0,
     timing_reps: Annotated[int, typer.Option(help="timed calls per stage measurement (median)")] = 7,
     max_bad_share: Annotated[float, typer.Option(help="fail when more than this share of the images is unreadable")] = 0.01,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP, metavar="")] = False,
 ) -> None:
     """Choose eta (and the token range, INT8 engines) from your data on this device; written into the export."""
     with _handled():
         request = _request(max_drop, gflops_budget, latency_budget_ms)
+        _check_seed(seed)
+        _check_positive(batch=batch, timing_reps=timing_reps)
         try:
             budgets = tuple(float(b) for b in deadline_ms.split(",")) if deadline_ms else ()
         except ValueError:
@@ -341,18 +386,22 @@ def calibrate(
             return
         if in_place:
             raise ConfigError("--in-place is for model.pt; an export directory is calibrated in place unless -o is given")
+        from .atomic import check_replaceable
         from .calibration.calibrate import calibrate_export
         from .datasets import open_source
         from .manifest import read_manifest
 
         manifest = read_manifest(source)
+        if out is not None:  # before the pass: a bad -o costs nothing
+            check_replaceable(out, sources=(source,), force=force, in_place=out.resolve() == source.resolve())
         src = open_source(data, "calibration", manifest.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
+        _torch_threads(threads, backend)
         with _progress() as progress:
             task = progress.add_task("calibrate", total=len(src), info="")
             result = calibrate_export(source, src, request, out=out, batch=batch, backend=backend, threads=threads,
                                       int8=int8, apply_k_range=apply_k_range, coverage=coverage,
                                       deadline_budgets=budgets, timing_reps=timing_reps, max_bad_share=max_bad_share,
-                                      on_step=lambda msg: progress.update(task, completed=0, info=msg),
+                                      force=force, on_step=lambda msg: progress.update(task, completed=0, info=msg),
                                       on_batch=lambda d, n: progress.update(task, completed=d, total=n))
     _print_calibration(result, batch)
 
@@ -433,6 +482,9 @@ def profile(
     if batch < 1 or iters < 1 or warmup < 0:
         _fail(ConfigError(f"need --batch >= 1, --iters >= 1, --warmup >= 0 (got {batch}, {iters}, {warmup})"))
     with _handled():
+        if json_out is not None:
+            check_report_file(json_out, "--json")
+        _torch_threads(threads, backend)
         clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads)
         batches = load_image_batches(images, clf, batch)
         with _progress() as progress:
@@ -456,7 +508,8 @@ def profile(
             summary.add_row(k, str(rep.environment[k]))
     console.print(summary)
     if json_out:
-        json_out.write_text(json.dumps(rep.to_dict(), indent=2, default=str))
+        with _handled():
+            write_report(json_out, json.dumps(rep.to_dict(), indent=2, default=str), "--json")
         console.print(f"wrote {json_out}")
 
 
@@ -480,6 +533,8 @@ def bench(
         from .extras import require_extra
 
         require_extra("bench", "sacvit-edge bench")
+        _check_positive(eval_images=eval_images, speed_images=speed_images, latency_iters=latency_iters, batch=batch)
+        check_output_dir(out, "--out")
         from .bench.report import markdown, write_reports
         from .bench.run import BenchConfig, run_bench
 
@@ -540,6 +595,7 @@ def export(
     batch_opt: Annotated[Optional[int], typer.Option(help="engine: the batch TensorRT tunes for (default 1, the camera case)")] = None,
     fp16_mode: Annotated[Optional[str], typer.Option(help="engine fp16: graph (strongly typed fp16 graph, default) or flag (BuilderFlag.FP16, TensorRT 10 only)")] = None,
     with_checkpoint: Annotated[bool, typer.Option(help="copy model.pt into the export (the pytorch backend runs from it)", metavar="")] = True,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP, metavar="")] = False,
 ) -> None:
     """Export a trained SAC-ViT: ee.onnx + sac.onnx with a manifest, and for --format engine the
     TensorRT engines built for the GPU here."""
@@ -552,6 +608,11 @@ def export(
                                               "fp16-mode": fp16_mode})
         if exporter not in (None, "torchscript", "dynamo"):
             raise ConfigError(f"--exporter {exporter!r}: choose 'torchscript' or 'dynamo'")
+        _check_positive(batch_max=batch_max, batch_opt=batch_opt)
+        if opset is not None and opset < 17:
+            raise ConfigError(f"--opset {opset}: LayerNormalization needs opset >= 17")
+        if workspace is not None and not 0 < workspace < float("inf"):
+            raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
         if precision == "int8":  # engine + int8: the graphs need data; say how before exporting anything
             from .export.formats import INT8_HOW
 
@@ -560,21 +621,26 @@ def export(
             _check_engine_build_possible()
     out = out or Path("exports") / model_path.stem
     with _handled():
+        from .atomic import check_replaceable
         from .extras import require_extra
 
+        check_replaceable(out, sources=(model_path,), force=force)  # before loading anything
         require_extra("export", "sacvit-edge export")
         from .export.bundle import export_checkpoint
 
-        with err.status(f"exporting {model_path} -> {out}"):
-            m = export_checkpoint(model_path, out, opset=opset or 17, batch_max=batch_max or 64, k_min=k_min, k_max=k_max,
-                                  exporter=exporter or "torchscript", include_checkpoint=with_checkpoint)  # type: ignore[arg-type]
+        with err.status(f"exporting {model_path} -> {out}") as status:
+            m = export_checkpoint(model_path, out, opset=17 if opset is None else opset,
+                                  batch_max=64 if batch_max is None else batch_max, k_min=k_min, k_max=k_max,
+                                  exporter=exporter or "torchscript", include_checkpoint=with_checkpoint, force=force,
+                                  on_wait=lambda msg: status.update(escape(msg)))  # type: ignore[arg-type]
         if precision == "fp16":
             from .export.graphs import ensure_fp16_graphs
 
             with err.status("deriving the fp16 graphs"):
                 m = ensure_fp16_graphs(m)
         if fmt.name == "engine":
-            m = _build_engines(m, precision, workspace or 1.0, batch_opt or 1, fp16_mode or "graph")
+            m = _build_engines(m, precision, 1.0 if workspace is None else workspace, 1 if batch_opt is None else batch_opt,
+                               fp16_mode or "graph")
     table = Table("file", "what", title=f"exported {model_path}")
     table.add_row("ee.onnx", f"EE stage, batch {m.batch_range[0]}..{m.batch_range[1]}")
     table.add_row("sac.onnx", f"SAC stage, k {m.k_range[0]}..{m.k_range[1]} targets")
@@ -639,6 +705,9 @@ def build_engine(
         fmt = get_format(format)
         check_export_options(fmt, precision, {"workspace": workspace, "batch-opt": batch_opt, "fp16-mode": fp16_mode},
                              command="build-engine")
+        _check_positive(batch_opt=batch_opt)
+        if workspace is not None and not 0 < workspace < float("inf"):
+            raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
         m = read_manifest(directory)
         if fmt.name == "onnx":
             from .export.graphs import ensure_crop_graph, ensure_fp16_graphs
@@ -648,7 +717,8 @@ def build_engine(
                 m = ensure_fp16_graphs(m)
         else:
             _check_engine_build_possible()
-            m = _build_engines(m, precision, workspace or 1.0, batch_opt or 1, fp16_mode or "graph")
+            m = _build_engines(m, precision, 1.0 if workspace is None else workspace, 1 if batch_opt is None else batch_opt,
+                               fp16_mode or "graph")
     table = Table("file", "what", title=f"{directory}")
     for p in m.precisions:
         table.add_row(", ".join(m.engine_files(p)), f"{p} graphs")
@@ -677,28 +747,47 @@ def _predict_frames(source: Path, stream_source, eta, backend: str, as_json: boo
     from .images import draw_prediction
     from .video import open_frames
 
+    from .video import VideoEndedEarly, check_camera, check_max_frames
+
     rows = []
+    ended_early: VideoEndedEarly | None = None
     with _handled():
+        live = isinstance(stream_source, int)
+        if live:
+            check_camera(stream_source)
+        check_max_frames(max_frames)
+        if save_overlay is not None:
+            check_output_dir(save_overlay, "--save-overlay")
         clf = EdgeClassifier(source, backend=backend, eta=_eta(eta), resize=resize, color="bgr")
         frames = open_frames(stream_source, max_frames)
-        live = isinstance(stream_source, int)
         s = clf.stream(frames, drop="oldest" if live else "none", max_inflight=1 if live else 2)
-        if save_overlay is not None:
-            save_overlay.mkdir(parents=True, exist_ok=True)
-        for i, frame, p in s:
-            rows.append({"frame": i, "label": p.label, "confidence": p.confidence, "exited_early": p.exited_early,
-                         "num_target_tokens": p.num_target_tokens, "target_boxes": p.target_boxes})
-            if save_overlay is not None:
-                draw_prediction(frame, p, color="bgr").save(save_overlay / f"frame_{i:06d}.png")
+        try:
+            for i, frame, p in s:
+                rows.append({"frame": i, "label": p.label, "confidence": p.confidence, "exited_early": p.exited_early,
+                             "num_target_tokens": p.num_target_tokens, "target_boxes": p.target_boxes})
+                if save_overlay is not None:
+                    write_into(save_overlay, f"frame_{i:06d}.png", draw_prediction(frame, p, color="bgr").save,
+                               "--save-overlay")
+        except VideoEndedEarly as exc:  # the frames read are still reported, then exit 3
+            ended_early = exc
         summary = {**s.monitor.snapshot(), "dropped": s.dropped}
     if as_json:
         console.print_json(json.dumps({"backend": clf.backend_name, "eta": describe_eta(clf.eta), "summary": summary,
-                                       "frames": rows}))
-        return
+                                       "ended_early": str(ended_early) if ended_early else None, "frames": rows}))
+    else:
+        _frames_table(stream_source, clf, rows, summary)
+    if ended_early is not None:
+        err.print(f"[red]error:[/red] {escape(str(ended_early))}; {len(rows)} frame(s) classified")
+        raise typer.Exit(EXIT_INPUT)
+
+
+def _frames_table(stream_source, clf, rows: list[dict], summary: dict) -> None:
     table = Table("frame", "label", "confidence", "exited early", "target tokens",
                   title=f"{stream_source}: backend {clf.backend_name}, eta {describe_eta(clf.eta)}")
-    shown = rows if len(rows) <= 50 else rows[:25] + rows[-25:]
-    for r in shown:
+    hidden = max(0, len(rows) - 50)  # the first and last 25 frames; --json lists every one
+    for n, r in enumerate(rows if not hidden else rows[:25] + rows[-25:]):
+        if hidden and n == 25:
+            table.add_row("...", f"{hidden} frames not shown (--json lists all)", "", "", "")
         table.add_row(str(r["frame"]), r["label"], f"{r['confidence']:.3f}", "yes" if r["exited_early"] else "no",
                       str(r["num_target_tokens"]))
     console.print(table)
@@ -713,7 +802,11 @@ def _expand_images(paths: list[Path]) -> list[Path]:
 
     out: list[Path] = []
     for p in paths:
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a name too long: that file's own error row, the others still classified
+            is_dir = False
+        if is_dir:
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise ImageError(f"{p}: a directory with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -759,6 +852,9 @@ def predict(
 
     if sum(x is not None and x != [] for x in (images, video, camera)) != 1:
         _fail(ConfigError("give image files or directories, or --video FILE, or --camera N (one of them)"))
+    if save_overlay is not None:
+        with _handled():
+            check_output_dir(save_overlay, "--save-overlay")
     if video is not None or camera is not None:
         _predict_frames(source, video if video is not None else camera, eta, backend, as_json, resize, save_overlay,
                         max_frames)
@@ -788,10 +884,10 @@ def predict(
         with _handled():
             from .images import draw_prediction
 
-            save_overlay.mkdir(parents=True, exist_ok=True)
             for i, (f, p) in enumerate(zip(images, results)):
                 if not isinstance(p, ImageError):
-                    draw_prediction(f, p).save(save_overlay / f"{i:04d}_{Path(f).stem}.png")
+                    write_into(save_overlay, f"{i:04d}_{Path(f).stem[:100]}.png", draw_prediction(f, p).save,
+                               "--save-overlay")
     if as_json:
         rows = [{"file": str(f), "error": str(p)} if isinstance(p, ImageError) else
                 {"file": str(f), "class_id": p.class_id, "label": p.label, "confidence": p.confidence,

@@ -218,7 +218,7 @@ def labelled_dataset(data: str | Path | None, split: str, class_names=None, size
     `--data DIR` matched to the model's classes by name, else the built-in named split."""
     from .datasets import check_builtin_classes, check_options, sample_of
 
-    check_options(limit, max_bad_share)
+    check_options(limit, max_bad_share, seed)
     if data is not None:
         return sample_of(ImageFolder(data, size, class_names, max_bad_share), limit, seed)
     ds = fashion_split(split, seed=seed, limit=limit)

@@ -113,6 +113,11 @@ class ImageFolderSource:
             for p in sorted((self.root / name).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
         if not self.samples:
             raise DataError(f"--data {self.root}: holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        counts = np.bincount([label for _, label in self.samples], minlength=len(self.classes))
+        empty = [name for name, label in zip(found, index) if counts[label] == 0]
+        if empty:  # a class the model would never be checked on: an error, like a missing folder
+            raise DataError(f"--data {self.root}: class folder(s) {empty} hold no image files "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}); every class needs images")
         self.labels = np.array([c for _, c in self.samples], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -178,7 +183,7 @@ def open_source(data: str | Path | None, split: str, class_names: Sequence[str] 
     """`--data DIR` as an ImageFolder matched to `class_names`, else the built-in `split`."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
-    check_options(limit, max_bad_share)
+    check_options(limit, max_bad_share, seed)
     if data is not None:
         return sample_of(ImageFolderSource(data, class_names, max_bad_share), limit, seed)
     source = BuiltinSource(split, seed=seed, limit=limit)
@@ -186,9 +191,11 @@ def open_source(data: str | Path | None, split: str, class_names: Sequence[str] 
     return source
 
 
-def check_options(limit: int | None, max_bad_share: float) -> None:
+def check_options(limit: int | None, max_bad_share: float, seed: int = 0) -> None:
     from .errors import ConfigError
 
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed!r} must be an integer in [0, 2**32)")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit {limit!r} must be a positive number of images")
     if not 0.0 <= max_bad_share <= 1.0:  # also false for NaN

@@ -33,3 +33,8 @@ class BackendError(SacvitError):
 
 class EngineBuildError(ExportError):
     """TensorRT could not parse the ONNX graphs or build an engine from them."""
+
+
+class OutputError(SacvitError):
+    """An output path (an overlay folder, a JSON report, a checkpoint) cannot be written, or
+    writing there would replace a file sacvit-edge did not write."""

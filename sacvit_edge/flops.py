@@ -17,21 +17,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from .model import SACViT, VisionTransformer, fused_attention
 
 
-def _count(fn, *args) -> float:
-    with torch.no_grad(), fused_attention(False), FlopCounterMode(display=False) as counter:
+def _count(module: torch.nn.Module, fn, *args) -> float:
+    with torch.no_grad(), fused_attention(False, module), FlopCounterMode(display=False) as counter:
         fn(*args)
     return counter.get_total_flops() / 2 / 1e9
 
 
 def deit_gflops(model: VisionTransformer) -> float:
     cfg = model.cfg
-    return _count(model.__class__.forward if not isinstance(model, SACViT) else VisionTransformer.forward,
+    return _count(model, model.__class__.forward if not isinstance(model, SACViT) else VisionTransformer.forward,
                   model, torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size))
 
 
 def ee_gflops(model: SACViT) -> float:
     cfg = model.cfg
-    return _count(model.forward_ee, torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size))
+    return _count(model, model.forward_ee, torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size))
 
 
 def sac_gflops(model: SACViT, k: int) -> float:
@@ -40,7 +40,7 @@ def sac_gflops(model: SACViT, k: int) -> float:
     n, d = cfg.num_coarse, cfg.embed_dim
     order = torch.arange(n).unsqueeze(0)
     patches = torch.zeros(1, 4 * k, cfg.in_chans * cfg.patch_size**2)
-    return _count(model.forward_sac, patches, order[:, :k], order[:, k:], torch.zeros(1, n, d), torch.zeros(1, n, d))
+    return _count(model, model.forward_sac, patches, order[:, :k], order[:, k:], torch.zeros(1, n, d), torch.zeros(1, n, d))
 
 
 class CostModel:

@@ -56,14 +56,23 @@ def describe_eta(eta: float) -> str:
     return NEVER_EXIT if math.isinf(eta) else f"{eta:.3f}"
 
 
+MAX_DEADLINE_MS = 3_600_000.0  # a per-frame budget beyond an hour is a unit mistake, never a deadline
+
+
 def validate_deadline(deadline_ms: Any, name: str = "deadline_ms") -> float | None:
     """None (no deadline) or a positive, finite number of milliseconds."""
     if deadline_ms is None:
         return None
-    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(float(deadline_ms)) or float(deadline_ms) <= 0:
-        raise ConfigError(f"{name}={deadline_ms!r} must be a positive number of milliseconds (or None)")
-    return float(deadline_ms)
+    problem = f"{name}={deadline_ms!r:.40} must be a positive number of milliseconds up to {MAX_DEADLINE_MS:.0f} (one hour), or None"
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float, np.floating, np.integer)):
+        raise ConfigError(problem)
+    try:
+        value = float(deadline_ms)
+    except OverflowError:
+        raise ConfigError(problem) from None
+    if not math.isfinite(value) or not 0 < value <= MAX_DEADLINE_MS:
+        raise ConfigError(problem)
+    return value
 
 
 def deadline_gate(counts: np.ndarray, elapsed_ms: float, deadline_ms: float, sac_ms) -> np.ndarray:

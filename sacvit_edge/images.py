@@ -14,7 +14,6 @@ are decoded at reduced size (Pillow's draft mode) when the model needs far fewer
 from __future__ import annotations
 
 import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
@@ -28,9 +27,8 @@ from .errors import ImageError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's decompression-bomb warning threshold
-# Pillow warns between 1x and 2x its threshold; load_image refuses such images itself (max_pixels),
-# so the warning would only be noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns between 1x and 2x its threshold; load_image then refuses such images itself
+# (max_pixels). The library leaves the process's warning filters alone: the CLI silences it.
 
 
 def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:

@@ -29,28 +29,31 @@ from .tokens import build_sac_group, crop_target_patches
 
 log = logging.getLogger(__name__)
 
-_FUSED_ATTENTION = True
-
-
 @contextlib.contextmanager
-def fused_attention(enabled: bool) -> Iterator[None]:
-    """Switch between F.scaled_dot_product_attention and explicit matmul/softmax.
+def fused_attention(enabled: bool, module: nn.Module) -> Iterator[None]:
+    """Switch `module`'s attention layers between F.scaled_dot_product_attention and the
+    explicit matmul/softmax form, for the duration of the block (that module only: other
+    models and threads are unaffected).
 
     The explicit form is used for ONNX export (it maps to MatMul/Softmax, which every
     ONNX Runtime and TensorRT version parses identically) and for FLOP counting.
     """
-    global _FUSED_ATTENTION
-    previous, _FUSED_ATTENTION = _FUSED_ATTENTION, enabled
+    layers = [m for m in module.modules() if isinstance(m, Attention)]
+    previous = [m.fused for m in layers]
+    for m in layers:
+        m.fused = enabled
     try:
         yield
     finally:
-        _FUSED_ATTENTION = previous
+        for m, was in zip(layers, previous):
+            m.fused = was
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None,
+           fused: bool = True) -> torch.Tensor:
     """Softmax attention. q (B,h,Lq,d), k/v (B,h,Lk,d), keep (B,Lk) bool key mask or None."""
     mask = None if keep is None else keep[:, None, None, :]  # (B,1,1,Lk)
-    if _FUSED_ATTENTION:
+    if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B,h,Lq,Lk)
     if mask is not None:
@@ -85,6 +88,7 @@ class Attention(nn.Module):
         self.num_heads = cfg.num_heads
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.fused = True  # F.scaled_dot_product_attention; False: explicit form (see fused_attention)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, c = x.shape
@@ -98,7 +102,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Full attention over all tokens (DeiT, CF-ViT / LF-ViT SAC stage)."""
         q, k, v = self._qkv(x)
-        return self._out(attend(q, k, v, keep))
+        return self._out(attend(q, k, v, keep, self.fused))
 
     def forward_with_cls_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full attention, plus CLS->patch attention averaged over heads, (B, N-1).
@@ -109,7 +113,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         cls_scores = (q[:, :, :1] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B,h,1,N)
         cls_attn = cls_scores.softmax(-1)[:, :, 0, 1:].mean(1)  # (B, N-1)
-        return self._out(attend(q, k, v)), cls_attn
+        return self._out(attend(q, k, v, fused=self.fused)), cls_attn
 
     def forward_clusters(
         self,
@@ -131,14 +135,14 @@ class Attention(nn.Module):
         """
         q, k, v = self._qkv(x)  # (B, h, L, d)
         t_end = 1 + num_targets
-        outs = [attend(q[:, :, :1], k, v, keep)]  # CLS -> everything
+        outs = [attend(q[:, :, :1], k, v, keep, self.fused)]  # CLS -> everything
         outs.append(attend(q[:, :, 1:t_end], k[:, :, :t_end], v[:, :, :t_end],
-                           None if keep is None else keep[:, :t_end]))
+                           None if keep is None else keep[:, :t_end], self.fused))
         if x.shape[1] > t_end:
             kn = torch.cat([k[:, :, :1], k[:, :, t_end:]], 2)
             vn = torch.cat([v[:, :, :1], v[:, :, t_end:]], 2)
             keep_n = None if keep is None else torch.cat([keep[:, :1], keep[:, t_end:]], 1)
-            outs.append(attend(q[:, :, t_end:], kn, vn, keep_n))
+            outs.append(attend(q[:, :, t_end:], kn, vn, keep_n, self.fused))
         return self._out(torch.cat(outs, 2))
 
 

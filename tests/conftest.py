@@ -59,3 +59,44 @@ def random_export(tmp_path_factory, random_ckpt) -> Path:
     from sacvit_edge.export.bundle import export_checkpoint
 
     return export_checkpoint(random_ckpt, tmp_path_factory.mktemp("export") / "random").directory
+
+
+def _repository_status() -> str | None:
+    """`git status` of this checkout (None outside one): what the suite must leave unchanged."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    import os
+
+    session.config._sacvit_git_status = _repository_status()
+    session.config._sacvit_cwd = (os.getcwd(), sorted(os.listdir(os.getcwd())))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test, the library, the CLI or a script wrote into the repository or
+    the working directory (generated files must never reach git)."""
+    import os
+
+    before = getattr(session.config, "_sacvit_git_status", None)
+    after = _repository_status()
+    cwd, listing = getattr(session.config, "_sacvit_cwd", (None, None))
+    problems = []
+    if before is not None and after is not None and after != before:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))
+        if new:
+            problems.append(f"the test run changed the repository: {new[:10]}")
+    if cwd is not None and os.path.isdir(cwd):
+        added = sorted(set(os.listdir(cwd)) - set(listing))
+        if added:
+            problems.append(f"the test run wrote into the working directory {cwd}: {added[:10]}")
+    if problems:
+        print("\n" + "\n".join(problems))
+        session.exitstatus = 1

@@ -17,7 +17,7 @@ from PIL import Image
 from sacvit_edge.errors import ImageError
 from sacvit_edge.images import load_image, preprocess
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"\xff\xd8\xff\xe0", b"II*\x00", b"RIFF", b"P6\n"]
 
 

@@ -33,7 +33,7 @@ def test_cluster_attention_equals_masked_full_attention(fused):
     model = build_model(preset("tiny_112"))
     attn = model.blocks[0].attn
     x = torch.randn(3, 1 + 4 * 7 + 42, 64)
-    with fused_attention(fused):
+    with fused_attention(fused, attn):
         got = attn.forward_clusters(x, 4 * 7)
     ref = masked_full_attention(attn, x, 4 * 7)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
@@ -49,7 +49,7 @@ def test_cluster_attention_costs_fewer_flops():
     x = torch.randn(1, 1 + 40 + 39, 64)
 
     def count(fn):
-        with fused_attention(False), FlopCounterMode(display=False) as c:
+        with fused_attention(False, attn), FlopCounterMode(display=False) as c:
             fn()
         return c.get_total_flops()
 
