@@ -34,8 +34,6 @@ from sacvit_edge.extras import MissingExtraError
 
 log = logging.getLogger(__name__)
 
-CROP_INPUTS = ["image", "ee_final", "ee_hidden", "rows", "target_idx"]
-CROP_OUTPUTS = ["target_patches", "group_final", "group_hidden"]
 # ops whose range or accumulation fp16 does not hold well enough for the exit gate and the
 # clustering scores; ONNX Runtime's converter inserts the casts around them
 FP16_KEEP_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp", "Log",
@@ -73,11 +71,6 @@ def _set_metadata(model, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, str(value)
-
-
-def metadata_of(path: Path) -> dict[str, str]:
-    onnx = _onnx()
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def crop_graph(path: Path, *, in_chans: int, img_size: int, patch_size: int, num_coarse: int, embed_dim: int,
@@ -224,47 +217,3 @@ def ensure_fp16_graphs(manifest):
 
     add_derived_files(manifest.directory, made, record)
     return read_manifest(manifest.directory)
-
-
-def compare_precisions(directory, source, precision: str = "fp16", batch: int = 256, progress=None) -> dict:
-    """Agreement of a reduced-precision graph pair with fp32 on ONNX Runtime (CPU), over a labelled
-    source: top-1 agreement of the whole pipeline (at the fp32 eta and with no exit), the largest
-    |logit difference| of the EE head and of the SAC head (the SAC head compared on the fp32 run's
-    token selection, so the difference is the arithmetic's, not a different split's), and both
-    accuracies."""
-    from sacvit_edge.classifier import EdgeClassifier
-    from sacvit_edge.clustering import select_targets
-    from sacvit_edge.tokens import build_sac_group, plan_sac_groups
-
-    ref = EdgeClassifier(directory, backend="onnxruntime")
-    low = EdgeClassifier(directory, backend="onnxruntime", precision=precision, eta=ref.eta)
-    cfg = ref.config
-    n = same_eta = same_never = right_ref = right_low = 0
-    ee_diff = sac_diff = 0.0
-    for items, labels in source.items(batch):
-        x = ref.preprocess(items)
-        a, b = ref.run(x), low.run(x)
-        same_eta += int((a.probs.argmax(1) == b.probs.argmax(1)).sum())
-        right_ref += int((a.probs.argmax(1) == labels).sum())
-        right_low += int((b.probs.argmax(1) == labels).sum())
-        ea, eb = ref.backend.run_ee(x), low.backend.run_ee(x)
-        ee_diff = max(ee_diff, float(np.abs(ea.logits - eb.logits).max()))
-        split = select_targets(ea.gca, cfg)
-        rows_all = np.arange(len(x))
-        pred_a = np.empty(len(x), np.int64)
-        pred_b = np.empty(len(x), np.int64)
-        for group, _, _ in plan_sac_groups(split.counts, cfg.num_coarse):
-            g = build_sac_group(split.order[group], split.counts[group])
-            la, lb = ref.backend.run_sac(ea, rows_all[group], g), low.backend.run_sac(eb, rows_all[group], g)
-            sac_diff = max(sac_diff, float(np.abs(la - lb).max()))
-            pred_a[group], pred_b[group] = la.argmax(1), lb.argmax(1)
-        same_never += int((pred_a == pred_b).sum())
-        n += len(x)
-        if progress is not None:
-            progress(len(x))
-    ref.close()
-    low.close()
-    return {"precision": precision, "images": n, "eta": ref.eta,
-            "same_top1_at_eta": same_eta / n, "same_top1_never_exit": same_never / n,
-            "max_abs_logit_diff_ee": ee_diff, "max_abs_logit_diff_sac": sac_diff,
-            "top1_fp32": right_ref / n, f"top1_{precision}": right_low / n}

@@ -27,106 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 from sacvit_edge.errors import EngineBuildError
+# the engine contract the backend checks at load (keys, headers, recipes, profiles) lives with it
+from sacvit_edge.runtimes.trt import (FP16_MODES, STAGES, TRT_DOCS, BuildRecipe, EngineKey, build_recipe,  # noqa: F401
+                                      load_api, profile_shapes, python_logger, write_engine)
 
 log = logging.getLogger(__name__)
-
-STAGES = ("ee", "crop", "sac")
-FP16_MODES = ("graph", "flag")
-TRT_DOCS = "https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x.html"
-
-
-@dataclass(frozen=True)
-class BuildRecipe:
-    """How one TensorRT version builds one precision.
-
-    Attributes:
-        major: TensorRT major version.
-        strongly_typed: create the network with the STRONGLY_TYPED flag (types from the graph).
-        network_flags: NetworkDefinitionCreationFlag names to set (empty: create_network(0)).
-        builder_flags: BuilderFlag names to set.
-        graph_precision: which graph pair to parse (fp32, fp16 or int8).
-    """
-
-    major: int
-    strongly_typed: bool
-    network_flags: tuple[str, ...]
-    builder_flags: tuple[str, ...]
-    graph_precision: str
-
-    def to_dict(self) -> dict:
-        return {"major": self.major, "strongly_typed": self.strongly_typed, "network_flags": list(self.network_flags),
-                "builder_flags": list(self.builder_flags), "graph_precision": self.graph_precision}
-
-
-def build_recipe(version: str, precision: str, fp16_mode: str = "graph") -> BuildRecipe:
-    """The network typing and builder flags for a TensorRT version and a precision (see module doc)."""
-    if fp16_mode not in FP16_MODES:
-        raise EngineBuildError(f"fp16_mode={fp16_mode!r}: expected one of {list(FP16_MODES)}")
-    try:
-        major = int(str(version).split(".")[0])
-    except ValueError as exc:
-        raise EngineBuildError(f"cannot read the TensorRT version {version!r}") from exc
-    if major < 10:
-        raise EngineBuildError(f"TensorRT {version} is too old: sacvit-edge needs TensorRT 10 or 11 "
-                               "(JetPack 6 ships 10.3; pip install 'sacvit-edge[tensorrt]' on a desktop GPU)")
-    if major >= 11:  # strong typing always on; precision flags removed (TRT_DOCS)
-        if fp16_mode == "flag" and precision == "fp16":
-            raise EngineBuildError(f"fp16_mode='flag' needs TensorRT 10: TensorRT {version} removed BuilderFlag.FP16 "
-                                   f"and builds strongly typed networks only ({TRT_DOCS}); use the fp16 graph "
-                                   "(fp16_mode='graph', the default)")
-        return BuildRecipe(major, True, (), (), precision)
-    if fp16_mode == "flag" and precision == "fp16":  # 10.x only: weak typing with the FP16 flag
-        return BuildRecipe(major, False, (), ("FP16",), "fp32")
-    return BuildRecipe(major, True, ("STRONGLY_TYPED",), (), precision)
-
-
-def profile_shapes(manifest, stage: str, batch_opt: int = 1) -> dict[str, tuple[tuple, tuple, tuple]]:
-    """(min, opt, max) shape of every input of a stage's engine: slots' buffers are sized from the
-    max. batch_opt defaults to 1, the camera case; k's opt is the middle of the range."""
-    cfg = manifest.config
-    b_lo, b_hi = manifest.batch_range
-    b_opt = max(b_lo, min(batch_opt, b_hi))
-    bs = (b_lo, b_opt, b_hi)
-    img = tuple((b, cfg.in_chans, cfg.img_size, cfg.img_size) for b in bs)
-    n, d = cfg.num_coarse, cfg.embed_dim
-    feat = tuple((b, n, d) for b in bs)
-    k_lo, k_hi = manifest.k_range
-    k_opt = (k_lo + k_hi) // 2
-    ks = (k_lo, k_opt, k_hi)
-    if stage == "ee":
-        return {"image": img}
-    if stage == "crop":
-        return {"image": img, "ee_final": feat, "ee_hidden": feat, "rows": tuple((b,) for b in bs),
-                "target_idx": tuple(zip(bs, ks))}
-    if stage != "sac":
-        raise EngineBuildError(f"unknown engine stage {stage!r}; expected one of {list(STAGES)}")
-    px = cfg.in_chans * cfg.patch_size**2
-    rest = (n - k_hi, n - k_opt, n - k_lo)  # a group padded from k_lo to k_hi keeps n - k_lo non-targets
-    return {"target_patches": tuple((b, 4 * k, px) for b, k in zip(bs, ks)),
-            "target_idx": tuple(zip(bs, ks)), "target_keep": tuple(zip(bs, ks)),
-            "nontarget_idx": tuple(zip(bs, rest)), "nontarget_keep": tuple(zip(bs, rest)),
-            "ee_final": feat, "ee_hidden": feat}
-
-
-def _python_logger(trt):
-    """A trt.ILogger that sends TensorRT's messages to Python logging (logger sacvit_edge.tensorrt)."""
-    trt_log = logging.getLogger("sacvit_edge.tensorrt")
-    levels = {trt.Logger.INTERNAL_ERROR: logging.CRITICAL, trt.Logger.ERROR: logging.ERROR,
-              trt.Logger.WARNING: logging.WARNING, trt.Logger.INFO: logging.INFO, trt.Logger.VERBOSE: logging.DEBUG}
-
-    class PythonLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:  # noqa: A003 - TensorRT's method name
-            level = levels.get(severity, logging.INFO)
-            if level >= logging.ERROR:
-                self.errors.append(str(msg))
-            trt_log.log(level, "%s", msg)
-
-    return PythonLogger()
-
 
 def _progress_monitor(trt, progress: Callable[[str, int, int], None]):
     """A trt.IProgressMonitor (TensorRT >= 10) feeding progress(phase, step, steps); None before."""
@@ -155,7 +60,7 @@ def _progress_monitor(trt, progress: Callable[[str, int, int], None]):
 def build_plan(trt, onnx_path: Path, shapes: dict, recipe: BuildRecipe, workspace_gib: float,
                progress: Callable[[str, int, int], None] | None = None) -> bytes:
     """Parse one ONNX graph and build a serialized plan with one optimisation profile."""
-    logger = _python_logger(trt)
+    logger = python_logger(trt)
     builder = trt.Builder(logger)
     flags = 0
     for name in recipe.network_flags:
@@ -201,7 +106,6 @@ def build_engines(manifest, precision: str = "fp32", *, workspace_gib: float = 1
     """
     from sacvit_edge.atomic import add_derived_files, scratch_file, writable_dir
     from sacvit_edge.manifest import PRECISIONS, read_manifest
-    from sacvit_edge.runtimes.trt import EngineKey, load_api, write_engine
 
     if precision not in PRECISIONS:
         raise EngineBuildError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")

@@ -41,14 +41,14 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from sacvit_edge.errors import ExportError  # noqa: E402
+from sacvit_edge.engine_io import STAGES, dynamic_axes  # noqa: E402
 from sacvit_edge.model import SACViT, fused_attention  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-EE_INPUTS = ["image"]
-EE_OUTPUTS = ["ee_logits", "gca", "ee_final", "ee_hidden"]
-SAC_INPUTS = ["target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep"]
-SAC_OUTPUTS = ["sac_logits"]
+# the names, in order, are the engine I/O contract's (sacvit_edge.engine_io)
+EE_INPUTS, EE_OUTPUTS = STAGES["ee"].input_names, STAGES["ee"].output_names
+SAC_INPUTS, SAC_OUTPUTS = STAGES["sac"].input_names, STAGES["sac"].output_names
 Exporter = Literal["torchscript", "dynamo"]
 
 
@@ -125,19 +125,13 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
         ee = model.forward_ee(image)
     order = torch.arange(cfg.num_coarse).repeat(2, 1)
     ee_path, sac_path = out_dir / "ee.onnx", out_dir / "sac.onnx"
-    batch = {0: "batch"}
     try:
-        _export(EEStage(model), (image,), ee_path, EE_INPUTS, EE_OUTPUTS,
-                {name: batch for name in EE_INPUTS + EE_OUTPUTS}, opset, exporter)
+        _export(EEStage(model), (image,), ee_path, EE_INPUTS, EE_OUTPUTS, dynamic_axes("ee"), opset, exporter)
         patches = model.crop_targets(image, order[:, :example_k])
         keep_t = torch.ones(2, example_k, dtype=torch.bool)
         keep_n = torch.ones(2, cfg.num_coarse - example_k, dtype=torch.bool)
         _export(SACStage(model), (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden, keep_t, keep_n),
-                sac_path, SAC_INPUTS, SAC_OUTPUTS,
-                {"target_patches": {0: "batch", 1: "four_k"}, "target_idx": {0: "batch", 1: "k"},
-                 "nontarget_idx": {0: "batch", 1: "n_rest"}, "ee_final": batch, "ee_hidden": batch,
-                 "target_keep": {0: "batch", 1: "k"}, "nontarget_keep": {0: "batch", 1: "n_rest"},
-                 "sac_logits": batch}, opset, exporter)
+                sac_path, SAC_INPUTS, SAC_OUTPUTS, dynamic_axes("sac"), opset, exporter)
         for path, stage in ((ee_path, "ee"), (sac_path, "sac")):
             add_metadata(path, {"sacvit_edge.stage": stage, **(metadata or {})})
             check_no_training_nodes(path)

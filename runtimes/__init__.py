@@ -55,7 +55,7 @@ def available_backends() -> list[str]:
 
 
 def open_backend(name: str, manifest, threads: int | None = None, precision: str = "fp32",
-                 options: dict | None = None) -> Backend:
+                 options: dict | None = None, engine_builder=None) -> Backend:
     """Open the named backend on an export directory's engines.
 
     Args:
@@ -63,6 +63,8 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         manifest: sacvit_edge.manifest.Manifest of the directory.
         precision: "fp32", "fp16" (derived graphs) or "int8" (the Q/DQ graphs calibration made).
         options: backend-specific keyword arguments (only the TensorRT backend takes any).
+        engine_builder: what builds TensorRT engines a directory lacks (see TensorRTBackend's
+            builder); None: they are refused with the command that builds them.
     Raises:
         BackendError: unknown name, or the backend cannot run here (message says why).
     """
@@ -103,7 +105,7 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         from .trt import TensorRTBackend
 
         try:
-            return TensorRTBackend.from_manifest(manifest, precision=precision, **(options or {}))
+            return TensorRTBackend.from_manifest(manifest, precision=precision, builder=engine_builder, **(options or {}))
         except TypeError as exc:  # an unknown option name
             raise BackendError(f"backend 'tensorrt': {exc}") from None
     raise BackendError(f"unknown backend {name!r}; choose 'auto' or one of {list(BACKENDS)}")

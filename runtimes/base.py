@@ -2,7 +2,7 @@
 
 Lifecycle after Polygraphy's runners: construct (loads the engines once), `run_ee` /
 `run_sac` infer, `release` hands back what one batch held, `close()` frees everything; usable
-as a context manager. Names are those of export/torch2onnx.py.
+as a context manager. Tensor names, dtypes and shapes are sacvit_edge.engine_io's.
 
 Where the data live is the backend's business. `run_ee` returns the EE logits and the
 clustering scores (gca) on the host (the exit gate and the split run there) and keeps the rest
@@ -15,14 +15,15 @@ backends. So the orchestrator never moves features and never knows which backend
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from sacvit_edge.errors import BackendError
+from sacvit_edge.engine_io import SAC_FEEDS  # noqa: F401 - the SAC graph's inputs, in order (the contract)
 from sacvit_edge.tokens import SacGroup, crop_target_patches
-
-SAC_FEEDS = ("target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep", "nontarget_keep")
 
 
 @dataclass
@@ -76,9 +77,22 @@ class Backend(Protocol):
 
 
 class BackendBase:
-    """Shared context-manager plumbing."""
+    """The lifecycle every backend shares (Polygraphy's runners: activate on construction, infer,
+    deactivate on close): usable as a context manager, and after close() every inference call is
+    the project's BackendError naming the backend, never an AttributeError from a freed session.
+    Subclasses write run_ee / run_sac / run_sac_feeds / close as usual; __init_subclass__ wraps
+    them once, here."""
 
     name = "base"
+    closed = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in ("run_ee", "run_sac", "run_sac_feeds"):
+            if method in cls.__dict__:
+                setattr(cls, method, _when_open(cls.__dict__[method]))
+        if "close" in cls.__dict__:
+            setattr(cls, "close", _closing(cls.__dict__["close"]))
 
     def __enter__(self):
         return self
@@ -91,6 +105,27 @@ class BackendBase:
 
     def close(self) -> None:  # pragma: no cover - overridden where there is something to free
         pass
+
+
+def _when_open(method):
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if self.closed:
+            raise BackendError(f"the {self.name} backend is closed (close() was called); open a new one")
+        return method(self, *args, **kwargs)
+
+    return checked
+
+
+def _closing(method):
+    @functools.wraps(method)
+    def close(self, *args, **kwargs) -> None:
+        if self.closed:
+            return  # closing twice is harmless
+        self.closed = True
+        method(self, *args, **kwargs)
+
+    return close
 
 
 def patch_size_of(image_shape: tuple[int, ...], num_coarse: int) -> int:

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sacvit_edge.engine_io import STAGES, check_engine, dimensions
 from sacvit_edge.errors import BackendError
 
 from .base import EEResult, HostBackend, cpu_name
 
 log = logging.getLogger(__name__)
 
-EE_OUTPUTS = ("ee_logits", "gca", "ee_final", "ee_hidden")
+EE_OUTPUTS = STAGES["ee"].output_names
 
 
 class OpenVinoBackend(HostBackend):
@@ -50,6 +51,8 @@ class OpenVinoBackend(HostBackend):
             self.compiled = {k: core.compile_model(m, "CPU", config) for k, m in self.models.items()}
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f"OpenVINO cannot load the engines {ee_path}, {sac_path}: {exc}") from exc
+        for stage, path in (("ee", ee_path), ("sac", sac_path)):
+            check_engine(stage, str(path), self.declared(self.models[stage]))
         self._local = threading.local()
 
     @classmethod
@@ -60,7 +63,17 @@ class OpenVinoBackend(HostBackend):
             problems = manifest.engine_problems(stage, backend.metadata(model))
             if problems:
                 raise BackendError(f"{manifest.path(files[stage])}: {'; '.join(problems)}; re-export")
+            check_engine(stage, str(manifest.path(files[stage])), backend.declared(model), dimensions(manifest.config))
         return backend
+
+    @staticmethod
+    def declared(model) -> dict:
+        """The model's tensors as engine_io.check_engine reads them: name -> (is input, dtype, shape)."""
+        def one(port, is_input: bool):
+            shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            return port.get_any_name(), (is_input, port.get_element_type().to_dtype(), shape)
+
+        return dict([one(p, True) for p in model.inputs] + [one(p, False) for p in model.outputs])
 
     @staticmethod
     def metadata(model) -> dict[str, str]:

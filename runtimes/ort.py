@@ -7,11 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from sacvit_edge.engine_io import STAGES, check_engine, dimensions
 from sacvit_edge.errors import BackendError
 
 from .base import EEResult, HostBackend, cpu_name
 
 log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
+               "tensor(bool)": np.dtype(np.bool_), "tensor(float16)": np.dtype(np.float16),
+               "tensor(int32)": np.dtype(np.int32)}
+_EE_OUTPUTS = STAGES["ee"].output_names  # ee_logits, gca, ee_final, ee_hidden
 
 
 def session_options(threads: int | None = None, spinning: bool = False):
@@ -107,7 +113,7 @@ class OrtBackend(HostBackend):
             self.sac = ort.InferenceSession(str(sac_path), opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BackendError(f"ONNX Runtime cannot load the engines {ee_path}, {sac_path}: {exc}") from exc
-        self._ee_out = [o.name for o in self.ee.get_outputs()]
+        self.paths = {"ee": str(ee_path), "sac": str(sac_path)}
         self._check_io()
         # batch-1 calls (camera frames) run on batch-1 twins of the sessions: see Batch1Sessions
         # (thread count: batch1_threads, which calibrate measures per device, else the same as the rest)
@@ -128,32 +134,19 @@ class OrtBackend(HostBackend):
             problems = manifest.engine_problems(stage, meta)
             if problems:
                 raise BackendError(f"{manifest.path(files[stage])}: {'; '.join(problems)}; re-export")
-        cfg = manifest.config
-        want = {("ee", "image"): [None, cfg.in_chans, cfg.img_size, cfg.img_size],
-                ("sac", "target_patches"): [None, None, cfg.in_chans * cfg.patch_size**2],
-                ("sac", "ee_final"): [None, cfg.num_coarse, cfg.embed_dim]}
-        for (stage, name), dims in want.items():
-            sess = backend.ee if stage == "ee" else backend.sac
-            got = next(i.shape for i in sess.get_inputs() if i.name == name)
-            if len(got) != len(dims) or any(w is not None and g != w for g, w in zip(got, dims)):
-                raise BackendError(f"{manifest.path(files[stage])}: input {name!r} has shape {got}, "
-                                   f"the manifest's model needs {dims} (None: dynamic); re-export")
+        backend._check_io(dimensions(manifest.config))
         return backend
 
-    def _check_io(self) -> None:
-        want_ee = {"image"}, {"ee_logits", "gca", "ee_final", "ee_hidden"}
-        want_sac = {"target_patches", "target_idx", "nontarget_idx", "ee_final", "ee_hidden", "target_keep",
-                    "nontarget_keep"}, {"sac_logits"}
-        for sess, (ins, outs), label in ((self.ee, want_ee, "ee"), (self.sac, want_sac, "sac")):
-            got_in = {i.name for i in sess.get_inputs()}
-            got_out = {o.name for o in sess.get_outputs()}
-            if got_in != ins or got_out != outs:
-                raise BackendError(f"{label} engine has inputs {sorted(got_in)} / outputs {sorted(got_out)}, "
-                                   f"expected {sorted(ins)} / {sorted(outs)}: not a sacvit-edge {label} engine")
+    def _check_io(self, dims: dict[str, int] | None = None) -> None:
+        """Both sessions' declared tensors against the engine I/O contract (engine_io)."""
+        for stage, sess in (("ee", self.ee), ("sac", self.sac)):
+            declared = {a.name: (True, _ORT_DTYPES.get(a.type, np.dtype("V")), a.shape) for a in sess.get_inputs()}
+            declared.update({a.name: (False, _ORT_DTYPES.get(a.type, np.dtype("V")), a.shape) for a in sess.get_outputs()})
+            check_engine(stage, self.paths[stage], declared, dims)
 
     def run_ee(self, image: np.ndarray) -> EEResult:
         sess = self.ee1.get() if self.ee1 is not None and image.shape[0] == 1 else self.ee
-        logits, gca, final, hidden = sess.run(["ee_logits", "gca", "ee_final", "ee_hidden"], {"image": image})
+        logits, gca, final, hidden = sess.run(_EE_OUTPUTS, {"image": image})
         return EEResult(logits=logits, gca=gca, final=final, hidden=hidden, image=image)
 
     def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

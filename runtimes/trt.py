@@ -29,11 +29,13 @@ import queue
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from sacvit_edge.errors import BackendError, ExportError
+from sacvit_edge.engine_io import STAGES as CONTRACT
+from sacvit_edge.engine_io import check_engine
+from sacvit_edge.errors import BackendError, EngineBuildError, ExportError
 
 from .base import BackendBase, EEResult
 
@@ -41,22 +43,120 @@ log = logging.getLogger(__name__)
 
 _MAGIC = b"SACVTRT2"
 STAGES = ("ee", "crop", "sac")
-F32, I64, BOOL = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.bool_)
-# every engine's I/O: name -> (is_input, dtype); checked against get_tensor_mode / get_tensor_dtype
+# every engine's I/O: name -> (is_input, dtype), from the engine I/O contract (engine_io)
 ENGINE_IO: dict[str, dict[str, tuple[bool, np.dtype]]] = {
-    "ee": {"image": (True, F32), "ee_logits": (False, F32), "gca": (False, F32), "ee_final": (False, F32),
-           "ee_hidden": (False, F32)},
-    "crop": {"image": (True, F32), "ee_final": (True, F32), "ee_hidden": (True, F32), "rows": (True, I64),
-             "target_idx": (True, I64), "target_patches": (False, F32), "group_final": (False, F32),
-             "group_hidden": (False, F32)},
-    "sac": {"target_patches": (True, F32), "target_idx": (True, I64), "nontarget_idx": (True, I64),
-            "ee_final": (True, F32), "ee_hidden": (True, F32), "target_keep": (True, BOOL),
-            "nontarget_keep": (True, BOOL), "sac_logits": (False, F32)},
-}
+    stage: {name: (is_input, spec.dtype) for name, (is_input, spec) in CONTRACT[stage].tensors().items()}
+    for stage in STAGES}
 # engine tensor -> slot buffer: the crop engine's outputs are the sac engine's feature inputs
 BUFFER_OF = {"sac": {"ee_final": "group_final", "ee_hidden": "group_hidden"}}
 HOST_UP = ("image", "rows", "target_idx", "nontarget_idx", "target_keep", "nontarget_keep")
 HOST_DOWN = ("ee_logits", "gca", "sac_logits")
+
+
+FP16_MODES = ("graph", "flag")
+TRT_DOCS = "https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x.html"
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    """How one TensorRT version builds one precision.
+
+    Attributes:
+        major: TensorRT major version.
+        strongly_typed: create the network with the STRONGLY_TYPED flag (types from the graph).
+        network_flags: NetworkDefinitionCreationFlag names to set (empty: create_network(0)).
+        builder_flags: BuilderFlag names to set.
+        graph_precision: which graph pair to parse (fp32, fp16 or int8).
+    """
+
+    major: int
+    strongly_typed: bool
+    network_flags: tuple[str, ...]
+    builder_flags: tuple[str, ...]
+    graph_precision: str
+
+    def to_dict(self) -> dict:
+        return {"major": self.major, "strongly_typed": self.strongly_typed, "network_flags": list(self.network_flags),
+                "builder_flags": list(self.builder_flags), "graph_precision": self.graph_precision}
+
+
+def build_recipe(version: str, precision: str, fp16_mode: str = "graph") -> BuildRecipe:
+    """The network typing and builder flags for a TensorRT version and a precision (see module doc)."""
+    if fp16_mode not in FP16_MODES:
+        raise EngineBuildError(f"fp16_mode={fp16_mode!r}: expected one of {list(FP16_MODES)}")
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError as exc:
+        raise EngineBuildError(f"cannot read the TensorRT version {version!r}") from exc
+    if major < 10:
+        raise EngineBuildError(f"TensorRT {version} is too old: sacvit-edge needs TensorRT 10 or 11 "
+                               "(JetPack 6 ships 10.3; pip install 'sacvit-edge[tensorrt]' on a desktop GPU)")
+    if major >= 11:  # strong typing always on; precision flags removed (TRT_DOCS)
+        if fp16_mode == "flag" and precision == "fp16":
+            raise EngineBuildError(f"fp16_mode='flag' needs TensorRT 10: TensorRT {version} removed BuilderFlag.FP16 "
+                                   f"and builds strongly typed networks only ({TRT_DOCS}); use the fp16 graph "
+                                   "(fp16_mode='graph', the default)")
+        return BuildRecipe(major, True, (), (), precision)
+    if fp16_mode == "flag" and precision == "fp16":  # 10.x only: weak typing with the FP16 flag
+        return BuildRecipe(major, False, (), ("FP16",), "fp32")
+    return BuildRecipe(major, True, ("STRONGLY_TYPED",), (), precision)
+
+
+def profile_shapes(manifest, stage: str, batch_opt: int = 1) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """(min, opt, max) shape of every input of a stage's engine: slots' buffers are sized from the
+    max. batch_opt defaults to 1, the camera case; k's opt is the middle of the range."""
+    cfg = manifest.config
+    b_lo, b_hi = manifest.batch_range
+    b_opt = max(b_lo, min(batch_opt, b_hi))
+    bs = (b_lo, b_opt, b_hi)
+    img = tuple((b, cfg.in_chans, cfg.img_size, cfg.img_size) for b in bs)
+    n, d = cfg.num_coarse, cfg.embed_dim
+    feat = tuple((b, n, d) for b in bs)
+    k_lo, k_hi = manifest.k_range
+    k_opt = (k_lo + k_hi) // 2
+    ks = (k_lo, k_opt, k_hi)
+    if stage == "ee":
+        return {"image": img}
+    if stage == "crop":
+        return {"image": img, "ee_final": feat, "ee_hidden": feat, "rows": tuple((b,) for b in bs),
+                "target_idx": tuple(zip(bs, ks))}
+    if stage != "sac":
+        raise EngineBuildError(f"unknown engine stage {stage!r}; expected one of {list(STAGES)}")
+    px = cfg.in_chans * cfg.patch_size**2
+    rest = (n - k_hi, n - k_opt, n - k_lo)  # a group padded from k_lo to k_hi keeps n - k_lo non-targets
+    return {"target_patches": tuple((b, 4 * k, px) for b, k in zip(bs, ks)),
+            "target_idx": tuple(zip(bs, ks)), "target_keep": tuple(zip(bs, ks)),
+            "nontarget_idx": tuple(zip(bs, rest)), "nontarget_keep": tuple(zip(bs, rest)),
+            "ee_final": feat, "ee_hidden": feat}
+
+
+def python_logger(trt):
+    """A trt.ILogger that sends TensorRT's messages to Python logging (logger sacvit_edge.tensorrt)."""
+    trt_log = logging.getLogger("sacvit_edge.tensorrt")
+    levels = {trt.Logger.INTERNAL_ERROR: logging.CRITICAL, trt.Logger.ERROR: logging.ERROR,
+              trt.Logger.WARNING: logging.WARNING, trt.Logger.INFO: logging.INFO, trt.Logger.VERBOSE: logging.DEBUG}
+
+    class PythonLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:  # noqa: A003 - TensorRT's method name
+            level = levels.get(severity, logging.INFO)
+            if level >= logging.ERROR:
+                self.errors.append(str(msg))
+            trt_log.log(level, "%s", msg)
+
+    return PythonLogger()
+
+
+
+def _np_dtype(trt, dtype) -> np.dtype:
+    """TensorRT's dtype as NumPy's; one trt.nptype does not map is reported, not raised."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        return np.dtype("V")
 
 
 @dataclass
@@ -300,26 +400,30 @@ class TensorRTBackend(BackendBase):
             directory writable (False: refuse them with the reason).
         fp16_mode: "graph" (strongly typed fp16 graph, TensorRT 10 and 11) or "flag" (10 only).
         api: TensorRT and CUDA (default: the installed ones; tests pass the test double).
+        builder: builds the engines a directory lacks, called as builder(manifest, precision,
+            workspace_gib=, fp16_mode=, api=) -> manifest: export.tensorrt.build_engines, which
+            EdgeClassifier passes (building is the export layer's; the backend only loads).
+            None: missing engines are refused with the command that builds them.
     """
 
     name = "tensorrt"
 
     def __init__(self, manifest, precision: str = "fp32", slots: int = 2, cuda_graph: bool = False,
-                 rebuild: bool = True, fp16_mode: str = "graph", workspace_gib: float = 1.0, api: TrtApi | None = None) -> None:
+                 rebuild: bool = True, fp16_mode: str = "graph", workspace_gib: float = 1.0, api: TrtApi | None = None,
+                 builder: Callable[..., Any] | None = None) -> None:
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 64:
             raise BackendError(f"slots={slots!r} must be an integer in [1, 64]")
         self.api = api or load_api()
         self.trt, self.cuda = self.api.trt, self.api.cuda
         self.manifest, self.precision, self.cuda_graph = manifest, precision, bool(cuda_graph)
         self.gpu = self.cuda.properties()
-        from sacvit_edge.export.tensorrt import _python_logger
-
-        self._logger = _python_logger(self.trt)
+        self._logger = python_logger(self.trt)
         self.runtime = self.trt.Runtime(self._logger)  # kept alive as long as its engines
         self.engines: dict[str, Any] = {}
         self.pool: SlotPool | None = None
         self._profiles: dict[tuple[str, str], tuple[tuple, tuple]] = {}  # (stage, input) -> (min, max)
-        self.files = self._engine_files(rebuild, fp16_mode, workspace_gib)
+        self.builder = builder
+        self.files = self._engine_files(rebuild and builder is not None, fp16_mode, workspace_gib)
         for stage in STAGES:
             self.engines[stage] = self._deserialize(stage, self.manifest.path(self.files[stage]))
         self.max_shapes = {stage: self._check_io(stage) for stage in STAGES}
@@ -340,8 +444,6 @@ class TensorRTBackend(BackendBase):
     # -- engines ----------------------------------------------------------------------------
     def _engine_files(self, rebuild: bool, fp16_mode: str, workspace_gib: float) -> dict[str, str]:
         """The engine file of each stage built for this machine, building them where allowed."""
-        from sacvit_edge.export.tensorrt import build_engines, build_recipe, profile_shapes
-
         manifest = self.manifest
         recipe = build_recipe(self.trt.__version__, self.precision, fp16_mode)
         found, reasons = {}, []
@@ -382,8 +484,8 @@ class TensorRTBackend(BackendBase):
         log.warning("%s: building TensorRT engines here (%s); this takes minutes once, and "
                     "`sacvit-edge build-engine` does it ahead", manifest.directory, why)
         try:
-            self.manifest = build_engines(manifest, self.precision, workspace_gib=workspace_gib, fp16_mode=fp16_mode,
-                                          api=self.api)
+            self.manifest = self.builder(manifest, self.precision, workspace_gib=workspace_gib, fp16_mode=fp16_mode,
+                                         api=self.api)
         except ExportError as exc:  # read-only directory, missing graphs: say both problems
             raise BackendError(f"{why}; and they cannot be rebuilt here: {exc}") from exc
         return self._engine_files(False, fp16_mode, workspace_gib)
@@ -404,16 +506,12 @@ class TensorRTBackend(BackendBase):
     def _check_io(self, stage: str) -> dict[str, tuple[int, ...]]:
         """Names, directions and dtypes of the engine's I/O against ENGINE_IO; the profile maxima."""
         trt, engine = self.trt, self.engines[stage]
-        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        if names != set(ENGINE_IO[stage]):
-            raise BackendError(f"{stage} engine has tensors {sorted(names)}, expected {sorted(ENGINE_IO[stage])}")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        check_engine(stage, f"{stage} engine {self.files.get(stage, '')}".strip(), {
+            name: (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, _np_dtype(trt, engine.get_tensor_dtype(name)),
+                   None) for name in names})
         maxima = {}
         for name, (is_input, dtype) in ENGINE_IO[stage].items():
-            if (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT) != is_input:
-                raise BackendError(f"{stage} engine: {name} should be an {'input' if is_input else 'output'}")
-            got = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            if got != dtype:
-                raise BackendError(f"{stage} engine: {name} is {got}, the pipeline feeds {dtype}; rebuild the engine")
             if is_input:
                 lo, _, hi = engine.get_tensor_profile_shape(name, 0)
                 maxima[name] = tuple(hi)

@@ -17,7 +17,7 @@ from .errors import (BackendError, CheckpointError, ConfigError, DataError, Expo
 from .extras import MissingExtraError
 from .gate import NEVER_EXIT
 
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classifier import EdgeClassifier, Prediction

@@ -238,9 +238,14 @@ def remove_leftovers(out_dir: Path) -> None:
         prefix = tmp_prefix(out_dir, kind)
         for path in out_dir.parent.glob(f"{glob_escape(prefix)}*"):
             pid = path.name[len(prefix):].split("-", 1)[0]
-            if path.is_dir() and not path.is_symlink() and (path / MARKER).is_file() and _dead(pid):
+            if not path.is_dir() or path.is_symlink() or not _dead(pid):
+                continue
+            if (path / MARKER).is_file():
                 log.info("removing %s, left by an interrupted run", path)
                 shutil.rmtree(path, ignore_errors=True)
+            else:  # killed between creating it and marking it: only an empty one is removed
+                with contextlib.suppress(OSError):
+                    path.rmdir()
     if out_dir.is_dir() and not out_dir.is_symlink():
         remove_stale_scratch(out_dir)
 
@@ -293,11 +298,13 @@ def move_into_place(tmp: Path, out_dir: Path) -> None:
     """Publish tmp as out_dir. An existing directory (which check_replaceable allowed) is swapped
     out in one atomic step, so a reader or a killed writer never sees no export there; files the
     user put into it move across, and its mode is kept."""
+    # tmp keeps its marker until it is published: killed before that, the next writer removes it;
+    # killed just after, the marker left in the live export is removed by the next writer too
     try:
-        (tmp / MARKER).unlink(missing_ok=True)
         if not out_dir.exists():
             try:
                 tmp.rename(out_dir)
+                (out_dir / MARKER).unlink(missing_ok=True)
                 return
             except OSError:
                 if not out_dir.is_dir():  # not "someone else published first"
@@ -306,11 +313,13 @@ def move_into_place(tmp: Path, out_dir: Path) -> None:
         _carry_user_files(out_dir, tmp)
         (out_dir / MARKER).write_text(str(os.getpid()))  # the old export is ours to remove once swapped out
         if _exchange(tmp, out_dir):
+            (out_dir / MARKER).unlink(missing_ok=True)
             remove_temporary(tmp)  # tmp now holds the previous export
             return
         old = out_dir.with_name(f"{tmp_prefix(out_dir)}{os.getpid()}-old")  # portable fallback: two renames
         out_dir.rename(old)
         tmp.rename(out_dir)
+        (out_dir / MARKER).unlink(missing_ok=True)
         remove_temporary(old)
     except OSError as exc:
         raise ExportError(f"{out_dir}: cannot move the finished export into place ({exc.strerror or exc})") from exc

@@ -138,6 +138,15 @@ def _check_threads(threads: object) -> int | None:
     return threads
 
 
+def _build_tensorrt_engines(manifest, precision: str, **options):
+    """TensorRT engines a directory lacks, built on this GPU when the backend asks (rebuild=True).
+    Building is the export layer's: one of the two places EdgeClassifier reaches up into it
+    (with the cache export of a model.pt), both for an optional extra (.importlinter)."""
+    from sacvit_edge.export.tensorrt import build_engines
+
+    return build_engines(manifest, precision, **options)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SACVIT_EDGE_CACHE", Path.home() / ".cache" / "sacvit-edge"))
 
@@ -148,8 +157,8 @@ class EdgeClassifier:
     Args:
         path: an export directory, or a model.pt (exported on first use into a cache keyed by
             the checkpoint's fingerprint).
-        backend: "auto" (TensorRT when usable, else ONNX Runtime), "onnxruntime", "tensorrt",
-            "pytorch" or "pytorch-cuda".
+        backend: "auto" (TensorRT when usable, else ONNX Runtime), "onnxruntime", "openvino",
+            "tensorrt", "pytorch" or "pytorch-cuda".
         eta: exit threshold in [0, 1], or NEVER_EXIT ("never"); default: the one stored at export.
         threads: CPU threads for CPU backends (default: the backend's own, one per physical
             core); at most the CPUs this process may use.
@@ -184,7 +193,7 @@ class EdgeClassifier:
                  deadline_ms: float | None = None, backend_options: dict | None = None) -> None:
         from sacvit_edge.runtimes import open_backend
 
-        self.backend = None  # set last: close() and __del__ work on a half-built classifier
+        self.backend = None  # set last: close() works on a half-built classifier
         if not isinstance(path, (str, Path)) or str(path) == "":
             raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
         if eta is not None:
@@ -234,7 +243,7 @@ class EdgeClassifier:
         self.group_overhead_tokens = float(group_overhead_tokens)
         self.k_range = self.manifest.k_range
         self.backend = open_backend(backend, self.manifest, threads=threads, precision=precision,
-                                    options=backend_options)
+                                    options=backend_options, engine_builder=_build_tensorrt_engines)
         self.backend_name = self.backend.name
         log.info("EdgeClassifier on %s (%s), eta=%s", self.backend_name, self.backend.device(), describe_eta(self.eta))
 
@@ -265,7 +274,7 @@ class EdgeClassifier:
     def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
         """The cached export of a checkpoint, made once. Several processes may fill the cache at
         once: a lock file serialises them, and the later ones find the first one's export."""
-        from sacvit_edge import __version__
+        from sacvit_edge.version import __version__
         from sacvit_edge.manifest import sha256_file
 
         # keyed by the weights AND the export format, so an upgrade never reuses stale engines

@@ -242,16 +242,12 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
     from .extras import require_extra
 
     require_extra("train", f"sacvit-edge {what} on a checkpoint")
-    from .calibration.sweep import choose
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import labelled_dataset
-    from .flops import CostModel
     from .model import SACViT
-    from .train import predict_dataset
+    from .train import check_checkpoint_request, choose_eta
 
-    if request.kind == "latency_budget_ms":
-        raise ConfigError("a latency budget is measured on the deployment engines: export first, then "
-                          "`sacvit-edge calibrate EXPORT_DIR --latency-budget-ms ...`")
+    check_checkpoint_request(request)
     if out is not None and in_place:
         raise ConfigError("-o and --in-place exclude each other")
     _check_seed(seed)
@@ -265,11 +261,11 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
     ds = labelled_dataset(data, split, ck.class_names, ck.size, seed, limit)
     with _progress() as progress:
         task = progress.add_task(f"{what} (pytorch)", total=len(ds), info="")
-        records = predict_dataset(ck.model, ds, on_batch=lambda d, n: progress.update(task, completed=d, total=n))
-    curve = records.curve(CostModel(ck.model))
-    chosen = choose(curve, request)
+        curve, chosen = choose_eta(ck.model, ds, request,
+                                   on_batch=lambda d, n: progress.update(task, completed=d, total=n))
+    images = len(ds)
     console.print(_curve_table(curve, chosen, f"{model_path} on {data or f'cluttered Fashion-MNIST {split}'}: "
-                                              f"{len(records.labels)} images"))
+                                              f"{images} images"))
     lo, hi = chosen["top1_ci95"]
     console.print(f"chosen eta = {chosen['eta']} ({request.describe()}): top-1 {chosen['top1']:.2f} % "
                   f"(95 % interval {lo:.1f}-{hi:.1f}), exit rate {chosen['exit_rate']:.3f}")
@@ -279,7 +275,7 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
         return
     eta = 1.0 if chosen["eta"] == "never" else float(chosen["eta"])
     training = dict(ck.training, eta_tuning={"request": request.describe(), "data": str(data or split),
-                                             "images": int(len(records.labels)), "eta": eta})
+                                             "images": int(images), "eta": eta})
     save_checkpoint(target, ck.model, ck.class_names, ck.mean, ck.std, eta=eta, training=training)
     console.print(f"wrote eta {eta} into {target}")
 

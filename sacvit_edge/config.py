@@ -215,7 +215,7 @@ PRESETS: dict[str, ModelConfig] = {
 # Peer methods, expressed as option sets over the same model (for like-for-like comparison).
 # "cf" and "lf" are what the official code computes (ChenMnZ/CF-ViT deit/models_deit.py
 # CFVisionTransformer; edgeai1/LF-ViT LFVisionTransformer and utils.block_information), checked
-# against the official CF-ViT by tests/test_cfvit_golden.py. Differences that remain by design:
+# against the official CF-ViT and LF-ViT by tests/test_peer_golden.py. Differences that remain by design:
 # the project has a separate EE head (the official models share one head; map it onto both),
 # and a DeiT-S-depth model's GCA blocks 3..depth-1 equal the official 3..11 only at depth 12.
 _OFFICIAL_PEER = dict(attention="full", reuse_layer=0, coarse_resample="bilinear_align_corners",

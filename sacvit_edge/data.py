@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import DEFAULT_MAX_BAD_SHARE, BadImages, ImageFolderSource
+from .folders import DEFAULT_MAX_BAD_SHARE, BadImages, ImageFolderSource
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class ClutteredFashionMNIST:
 def fashion_split(split: str, seed: int = 0, limit: int | None = None) -> ClutteredFashionMNIST:
     """A named split of the built-in data (see sacvit_edge.datasets): `train` = official train
     items 0..54999, `calibration` = items 55000..59999 drawn with layout seed + 1, `test`."""
-    from .datasets import CALIBRATION_ITEMS, SPLITS
+    from .folders import CALIBRATION_ITEMS, SPLITS
 
     n_train = 60000 - CALIBRATION_ITEMS
     if split == "train":
@@ -216,7 +216,7 @@ def labelled_dataset(data: str | Path | None, split: str, class_names=None, size
                      limit: int | None = None, max_bad_share: float = DEFAULT_MAX_BAD_SHARE):
     """The torch-side twin of datasets.open_source (PyTorch evaluation of a checkpoint):
     `--data DIR` matched to the model's classes by name, else the built-in named split."""
-    from .datasets import check_builtin_classes, check_options, sample_of
+    from .folders import check_builtin_classes, check_options, sample_of
 
     check_options(limit, max_bad_share, seed)
     if data is not None:

@@ -147,7 +147,7 @@ def environment(backend_info: dict[str, Any]) -> dict[str, Any]:
     only when the run already loaded it (a PyTorch or TensorRT backend)."""
     import sys
 
-    from . import __version__
+    from .version import __version__
     from .runtimes.base import cpu_name
 
     env = {"sacvit_edge": __version__, "python": platform.python_version(), "platform": platform.platform(),

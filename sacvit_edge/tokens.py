@@ -1,9 +1,8 @@
 """The SAC-input builder: target crops, index lists and keep masks of one SAC engine call.
 
 Used by every path that runs the SAC stage (EdgeClassifier on any backend, training, export
-checks), so that they build identical inputs.
-
-Crop of target regions from the full-resolution image, for NumPy (host) and torch (training).
+checks), so that they build identical inputs; the crop serves NumPy (host) and torch (training
+and the PyTorch backends) alike.
 
 Coarse token (i, j) covers pixels [2p*i, 2p*(i+1)) x [2p*j, 2p*(j+1)); its region is cut into
 2x2 fine patches (2i+a, 2j+b), a, b in {0, 1}, each flattened in (C, p, p) order, the layout

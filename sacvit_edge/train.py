@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
 from .config import ModelConfig
+from .errors import ConfigError, OutputError
 from .calibration.sweep import ExitRecords, Request, choose
 from .flops import CostModel
 from .gate import NEVER_EXIT, validate_eta
@@ -118,6 +119,15 @@ def setup_distributed() -> bool:
     return True
 
 
+def _is_training_log(path: Path) -> bool:
+    try:
+        with path.open(errors="replace") as f:
+            first = f.readline()
+        return not first.strip() or isinstance(json.loads(first), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
           init_state: dict[str, torch.Tensor] | None = None, eval_dataset=None,
           on_step: Callable[[int, int, float], None] | None = None,
@@ -166,7 +176,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     history: list[dict[str, Any]] = []
     log_path = out_path.with_suffix(".log.jsonl")
     if rank == 0 and log_path.exists():
-        log_path.unlink()
+        if not _is_training_log(log_path):
+            raise OutputError(f"{log_path}: exists and is not a training log (JSON lines); move it away or choose "
+                              "another checkpoint path")
+        log_path.unlink()  # the previous run's log of this checkpoint
     step, epoch, t0 = 0, 0, time.time()
     while step < total:
         net.train()
@@ -213,7 +226,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     return TrainResult(checkpoint=out_path, history=history)
 
 
-DatasetPredictions = ExitRecords  # one pass's records; the sweep over eta is calibration.sweep's
 
 
 @torch.no_grad()
@@ -281,18 +293,19 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
     return result
 
 
-def tune_eta(model: SACViT, dataset, tolerance: float = 0.25, batch_size: int = 256,
-             etas: np.ndarray | None = None) -> tuple[float, list[dict[str, Any]]]:
-    """The smallest exit threshold whose early-exit accuracy is within `tolerance` points of the
-    SAC head's own accuracy (never exiting), on `dataset` (use held-out data, not the test
-    split). The checkpoint-level form of `sacvit-edge calibrate --max-drop`: the same sweep and
-    the same choice (calibration.sweep), run through PyTorch.
+def check_checkpoint_request(request: Request) -> None:
+    """What a checkpoint can be calibrated for (GFLOPs are computed; latency is measured on engines)."""
+    if request.kind == "latency_budget_ms":
+        raise ConfigError("a latency budget is measured on the deployment engines: export first, then "
+                          "`sacvit-edge calibrate EXPORT_DIR --latency-budget-ms ...`")
 
-    Returns the chosen eta and the sweep (eta, top1, exit_rate, ...), without the "never" point.
-    """
-    grid = tuple(float(e) for e in (np.round(np.arange(0.30, 1.0001, 0.01), 2) if etas is None else etas))
-    preds = predict_dataset(model, dataset, batch_size=batch_size)
-    curve = preds.curve(etas=(*grid, NEVER_EXIT))
-    chosen = choose(curve, Request("max_drop", tolerance))
-    rows = [p for p in curve if p["eta"] != NEVER_EXIT]
-    return (1.0 if chosen["eta"] == NEVER_EXIT else float(chosen["eta"])), rows
+
+def choose_eta(model: SACViT, dataset, request: Request,
+               on_batch: Callable[[int, int], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The checkpoint-level calibration (`sacvit-edge calibrate model.pt` / `tune-eta`): one
+    PyTorch pass over held-out `dataset`, then the sweep and the choice every command uses
+    (calibration.sweep: eta in steps of 0.005 and "never", cost in GFLOPs). Returns (curve, chosen)."""
+    check_checkpoint_request(request)
+    records = predict_dataset(model, dataset, on_batch=on_batch)
+    curve = records.curve(CostModel(model))
+    return curve, choose(curve, request)

@@ -21,7 +21,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sacvit_edge.datasets import BuiltinSource
-from sacvit_edge.export.graphs import FP16_KEEP_FP32_OPS, compare_precisions, ensure_fp16_graphs
+from sacvit_edge.calibration.precision import compare_precisions
+from sacvit_edge.export.graphs import FP16_KEEP_FP32_OPS, ensure_fp16_graphs
 from sacvit_edge.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""EdgeClassifier.stream against the plain predict loop, batch 1, in one run (issue 13).
+"""EdgeClassifier.stream against the plain predict loop, batch 1, in one run.
 
     .venv/bin/python scripts/stream_bench.py [--frames 300] [--json results/stream_bench.json]
 

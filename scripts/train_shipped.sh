@@ -16,7 +16,7 @@ $S train --init checkpoints/deit_tiny_112_pre.pt -o $STAGE/sacvit_tiny_112.pt --
 $S train --init $STAGE/sacvit_tiny_112.pt -o checkpoints/sacvit_tiny_112.pt --epochs 3 --lr 3e-4 \
   --warmup-share 0 --warmup-steps 50 --threads 1
 # 4. its default exit threshold, chosen on held-out canvases (last 5,000 train items, another layout seed)
-$S tune-eta checkpoints/sacvit_tiny_112.pt --tolerance 0.25
+$S tune-eta checkpoints/sacvit_tiny_112.pt --tolerance 0.25 --in-place
 # 5. the baseline gets the same 2 + 3 extra epochs at the same learning rates: equal training budget
 $S train --arch deit --init checkpoints/deit_tiny_112_pre.pt -o $STAGE/deit_tiny_112.pt --epochs 2 --lr 5e-4 \
   --warmup-steps 50 --threads 1

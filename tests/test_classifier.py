@@ -43,19 +43,23 @@ def clf(random_export, eta):
 
 
 def test_prediction_fields(clf, canvases):
-    p = clf.predict(canvases[0][0])
-    assert isinstance(p, Prediction) and clf.backend_name == "onnxruntime"
-    assert 0 <= p.class_id < 10 and p.label == clf.class_names[p.class_id]
-    assert len(p.topk) == 5 and p.topk[0][0] == p.class_id and p.topk[0][2] == pytest.approx(p.confidence)
-    assert all(p.topk[i][2] >= p.topk[i + 1][2] for i in range(4))
-    assert set(p.timings) == {"preprocess", "ee", "host", "sac", "total"} and p.batch_size == 1
-    assert p.timings["total"] >= p.timings["preprocess"] + p.timings["ee"] + p.timings["sac"]
-    if p.exited_early:
-        assert p.target_mask is None and p.num_target_tokens == 0
-    else:
-        assert p.target_mask.shape == (7, 7) and p.target_mask.sum() == p.num_target_tokens
+    preds = [clf.predict(img) for img in canvases[0]]
+    assert {p.exited_early for p in preds} == {True, False}, "the fixture must show both kinds of prediction"
+    for p in preds:
+        assert isinstance(p, Prediction) and clf.backend_name == "onnxruntime"
+        assert 0 <= p.class_id < 10 and p.label == clf.class_names[p.class_id]
+        assert len(p.topk) == 5 and p.topk[0][0] == p.class_id and p.topk[0][2] == pytest.approx(p.confidence)
+        assert all(p.topk[i][2] >= p.topk[i + 1][2] for i in range(4))
+        assert set(p.timings) == {"preprocess", "ee", "host", "sac", "total"} and p.batch_size == 1
+        assert p.timings["total"] >= p.timings["preprocess"] + p.timings["ee"] + p.timings["sac"]
+        if p.exited_early:
+            assert p.target_mask is None and p.num_target_tokens == 0 and p.target_boxes == []
+            assert p.confidence >= clf.eta
+        else:
+            assert p.target_mask.shape == (7, 7) and p.target_mask.sum() == p.num_target_tokens > 0
+            assert clf.k_range[0] <= p.num_target_tokens <= clf.k_range[1] and p.target_boxes
     with pytest.raises(dataclasses.FrozenInstanceError):
-        p.class_id = 3  # type: ignore[misc]
+        preds[0].class_id = 3  # type: ignore[misc]
 
 
 def test_batch_equals_one_at_a_time_with_mixed_counts(clf, canvases):
@@ -211,7 +215,7 @@ def test_bad_directories_and_backends(tmp_path, random_export, random_ckpt):
     import hashlib
     data["files"]["ee.onnx"] = hashlib.sha256((d / "ee.onnx").read_bytes()).hexdigest()
     (d / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(BackendError, match="not a sacvit-edge ee engine"):
+    with pytest.raises(BackendError, match="not the ee engine"):
         EdgeClassifier(d, backend="onnxruntime")
     with pytest.raises(BackendError, match="unknown backend"):
         EdgeClassifier(random_export, backend="tpu")

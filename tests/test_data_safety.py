@@ -247,6 +247,7 @@ def test_leftovers_of_killed_runs_are_removed_and_only_they(in_tmp, random_ckpt)
         (d / "ee.int8.onnx").write_bytes(b"x")
     not_ours = in_tmp / f".exp.int8-{DEAD_PID}-user"  # same pattern, no marker: a user's
     not_ours.mkdir()
+    (not_ours / "mine.txt").write_text("mine")
     alive = in_tmp / f".exp.tmp-{os.getpid()}-ef56"  # a live writer's
     alive.mkdir()
     (alive / MARKER).write_text(str(os.getpid()))
@@ -254,7 +255,7 @@ def test_leftovers_of_killed_runs_are_removed_and_only_they(in_tmp, random_ckpt)
     scratch.write_bytes(b"x")
     export_checkpoint(random_ckpt, out)
     assert not any(d.exists() for d in ours) and not scratch.exists()
-    assert not_ours.is_dir() and alive.is_dir()
+    assert (not_ours / "mine.txt").read_text() == "mine" and alive.is_dir()
 
 
 # ---- refused before any work ---------------------------------------------------------------------

@@ -43,3 +43,12 @@ def test_int8_calibration_and_fp16_derivation_leave_the_working_directory_empty(
     names = {p.name for p in export.iterdir()}
     assert {"ee.int8.onnx", "sac.int8.onnx", "ee.fp16.onnx", "calibration.json"} <= names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "data", "exp"]  # no temporaries beside it
+
+
+def test_import_layers_hold():
+    """The import-linter contracts (.importlinter: layers, a torch-free deployment path,
+    independent backends, no cycles counting imports inside functions) hold. CI runs this."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "lint_imports.py")], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "4 kept, 0 broken" in proc.stdout, proc.stdout[-2000:]

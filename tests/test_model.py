@@ -70,6 +70,8 @@ def test_padded_batch_equals_per_image():
     with torch.no_grad():
         out = model(img)
         ee = model.forward_ee(img)
+        counts = out.split.counts.tolist()
+        assert len(set(counts)) > 1, f"the batch must mix target counts for padding to be exercised: {counts}"
         for b in range(4):
             k = int(out.split.counts[b])
             order = torch.from_numpy(out.split.order[b:b + 1])

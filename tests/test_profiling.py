@@ -61,23 +61,34 @@ def test_latency_stats():
 
 
 def test_profile_report(random_export):
+    from sacvit_edge.gate import NEVER_EXIT, validate_eta
+
+    never = validate_eta(NEVER_EXIT)
     clf = EdgeClassifier(random_export, backend="onnxruntime", eta=0.5)
     batches = load_image_batches(None, clf, batch=4, count=16)
     assert len(batches) == 4 and batches[0].shape == (4, 3, 112, 112)
-    rep = profile(clf, batches, ProfileConfig(batch=4, warmup=1, iters=6))
-    d = rep.to_dict()
-    json.dumps(d, default=str)
-    assert d["latency_ms"]["count"] == 6 and d["config"]["batch"] == 4
-    assert set(d["stages_ms"]) == {"ee", "host", "sac"}
-    for st in d["stages_ms"].values():
-        assert st["count"] == 6 and st["min"] >= 0
-    assert 0 <= d["exit_rate"] <= 1 and d["throughput_ips"] > 0
-    g = d["gflops"]
-    assert g["ee"] <= g["executed"] <= g["deit_full_resolution"] * 2
-    if d["exit_rate"] == 1:
-        assert g["executed"] == pytest.approx(g["ee"])
+    cost = clf.manifest.cost
+    reports = {}
+    for eta in (0.0, never):  # every image exits / none does: both sides of the cost arithmetic
+        rep = profile(clf, batches, ProfileConfig(batch=4, warmup=1, iters=6, eta=eta))
+        d = rep.to_dict()
+        json.dumps(d, default=str)
+        assert d["latency_ms"]["count"] == 6 and d["config"]["batch"] == 4
+        assert set(d["stages_ms"]) == {"ee", "host", "sac"}
+        for st in d["stages_ms"].values():
+            assert st["count"] == 6 and st["min"] >= 0
+        assert d["throughput_ips"] > 0
+        reports[eta] = d
+    exit_all, exit_none = reports[0.0], reports[never]
+    assert exit_all["exit_rate"] == 1.0 and exit_all["mean_target_tokens"] == 0.0
+    assert exit_all["gflops"]["executed"] == pytest.approx(cost.ee)
+    assert exit_none["exit_rate"] == 0.0 and exit_none["mean_target_tokens"] >= clf.k_range[0]
+    assert exit_none["gflops"]["executed"] > cost.ee + min(cost.sac.values()) * 0.99
+    assert exit_none["stages_ms"]["sac"]["mean"] > exit_all["stages_ms"]["sac"]["mean"]
+    d = exit_none
     assert d["environment"]["backend"] == "onnxruntime" and d["environment"]["threads"] == "onnxruntime default"
-    assert d["power"]["available"] in (True, False)
+    power = d["power"]  # no Jetson here: unavailable, with the reason (a Jetson reports samples instead)
+    assert power["available"] is False and "tegrastats" in power["reason"]
 
 
 class SlowSacBackend:

@@ -216,7 +216,8 @@ def test_device_crop_graph_equals_the_numpy_crop(export_copy):
 def test_fp16_graph_agrees_with_fp32_on_the_test_split(shipped_export, tmp_path):
     """ONNX Runtime (CPU) on the fp16 graphs vs fp32, the whole built-in test split (10,000)."""
     from sacvit_edge.datasets import BuiltinSource
-    from sacvit_edge.export.graphs import compare_precisions, ensure_fp16_graphs
+    from sacvit_edge.calibration.precision import compare_precisions
+    from sacvit_edge.export.graphs import ensure_fp16_graphs
 
     d = shutil.copytree(shipped_export, tmp_path / "e")
     m = ensure_fp16_graphs(read_manifest(d))
@@ -297,7 +298,7 @@ def test_double_batch1_cuda_graph_replays(export_copy, double, canvases):
 
 
 def test_double_out_of_profile_shape_is_named(export_copy, double):
-    backend = TensorRTBackend(read_manifest(export_copy), api=double)
+    backend = TensorRTBackend(read_manifest(export_copy), api=double, builder=build_engines)
     too_big = np.zeros((65, 3, 112, 112), np.float32)
     with pytest.raises(BackendError, match=r"image of shape \(65, 3, 112, 112\).*profile allows \(1, 3, 112, 112\) \.\. \(64, 3, 112, 112\)"):
         backend.run_ee(too_big)
@@ -369,7 +370,7 @@ def test_double_engine_built_elsewhere_is_refused_or_rebuilt(export_copy, monkey
     with pytest.raises(BackendError, match=r"built with TensorRT 10.3.0, this is 11.1.0; built on Orin \(sm 8.7\), "
                                            r"this GPU is NVIDIA H100 \(sm 9.0\)"):
         TensorRTBackend(m, rebuild=False, api=here)
-    backend = TensorRTBackend(m, rebuild=True, api=here)  # rebuilt under its own key, beside the others
+    backend = TensorRTBackend(m, rebuild=True, api=here, builder=build_engines)  # rebuilt under its own key, beside the others
     backend.close()
     records = read_manifest(export_copy).derived.tensorrt_engines
     assert sorted((r.stage, r.gpu) for r in records) == sorted(
@@ -382,7 +383,7 @@ def test_double_read_only_directory_is_a_clear_error(export_copy):
     os.chmod(export_copy, 0o555)
     try:
         with pytest.raises(BackendError, match="read-only"):
-            TensorRTBackend(m, api=fake_api())
+            TensorRTBackend(m, api=fake_api(), builder=build_engines)
     finally:
         os.chmod(export_copy, 0o755)
 
@@ -470,7 +471,7 @@ def test_double_read_only_directory_simulated(export_copy, monkeypatch):
     real = os.access
     monkeypatch.setattr(atomic.os, "access", lambda p, mode: False if str(p) == str(export_copy) else real(p, mode))
     with pytest.raises(BackendError, match=r"read-only, cannot add TensorRT engines there|read-only, cannot add crop.onnx"):
-        TensorRTBackend(read_manifest(export_copy), api=fake_api())
+        TensorRTBackend(read_manifest(export_copy), api=fake_api(), builder=build_engines)
     assert not list(export_copy.glob("*.engine"))
 
 

@@ -63,24 +63,27 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert ck.training["history"][0]["step"] == 2  # 64 items / 2 ranks / 16 per batch
 
 
-def test_tune_eta_picks_smallest_eta_within_tolerance(shipped_sac):
-    """On the shipped model, where early exits at a low eta cost accuracy: the choice is within
-    tolerance of the SAC head (computed here independently) and every smaller eta is not."""
-    from sacvit_edge.train import tune_eta
+def test_checkpoint_calibration_picks_the_cheapest_eta_within_tolerance(shipped_sac):
+    """train.choose_eta, what `calibrate model.pt` and `tune-eta` run: on the shipped model, where
+    early exits at a low eta cost accuracy, the choice is within tolerance of never exiting (the
+    SAC head's accuracy, computed here independently) and every cheaper point is not."""
+    from sacvit_edge.calibration.sweep import Request
+    from sacvit_edge.train import choose_eta
 
     model = load_checkpoint(shipped_sac).model
     val = ClutteredFashionMNIST("train", offset=59744, limit=256, seed=1)
     assert len(val) == 256 and int(val.labels[0]) == int(load_fashion_mnist_labels()[59744])
     sac_top1 = evaluate(model, val, eta=NEVER_EXIT, flops=False)["top1"]
     tolerance = 0.5
-    eta, rows = tune_eta(model, val, tolerance=tolerance)
-    exits = [r["exit_rate"] for r in rows]
+    curve, chosen = choose_eta(model, val, Request("max_drop", tolerance))
+    points = [p for p in curve if p["eta"] != NEVER_EXIT]
+    assert [p["eta"] for p in points] == sorted(p["eta"] for p in points) and len(points) == 201  # steps of 0.005
+    exits = [p["exit_rate"] for p in points]
     assert all(a >= b for a, b in zip(exits, exits[1:]))  # higher eta, fewer exits
-    chosen = next(r for r in rows if r["eta"] == eta)
-    assert chosen["top1"] >= sac_top1 - tolerance
-    smaller = [r for r in rows if r["eta"] < eta]
-    assert smaller, "fixture must make the smallest etas cost accuracy"
-    assert all(r["top1"] < sac_top1 - tolerance for r in smaller)
+    assert chosen["top1"] >= sac_top1 - tolerance - 1e-9
+    cheaper = [p for p in points if p["gflops"] < chosen["gflops"] - 1e-12]
+    assert cheaper, "fixture must make the cheapest etas cost accuracy"
+    assert all(p["top1"] < sac_top1 - tolerance for p in cheaper)
 
 
 def load_fashion_mnist_labels():

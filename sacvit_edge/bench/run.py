@@ -46,7 +46,6 @@ from sacvit_edge.model import build_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-METHODS = ("deit", "sac", "cf", "lf")
 
 
 @dataclass
