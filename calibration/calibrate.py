@@ -166,12 +166,17 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
     warnings: list[str] = []
 
     def run_pass(path: Path, precision: str = "fp32", record_sac: int = 0):
-        clf = EdgeClassifier(path, backend=backend, threads=threads, precision=precision)
-        recorder = None
-        if record_sac:
+        recorders: list = []
+
+        def record(opened):  # the SAC inputs the fp32 classifier really feeds: INT8 calibration data
             from .int8 import RecordingBackend
 
-            clf.backend = recorder = RecordingBackend(clf.backend, limit=record_sac)
+            recorders.append(RecordingBackend(opened, limit=record_sac))
+            return recorders[-1]
+
+        clf = EdgeClassifier(path, backend=backend, threads=threads, precision=precision,
+                             backend_wrapper=record if record_sac else None)
+        recorder = recorders[0] if recorders else None
         step(f"pass over {len(source)} images ({precision}, {clf.backend_name})")
         got = collect(clf, source, batch, max_bad_share, on_batch=on_batch)
         step(f"timing the stages ({precision}) at batch 1 and {batch}")

@@ -131,7 +131,7 @@ class DirectoryLock:
     def __init__(self, directory: Path, on_wait: Callable[[str], None] | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory.parent / f".{self.directory.name}.lock"
-        self.on_wait = on_wait or log.warning
+        self.on_wait = on_wait  # told too (a progress line); the log always says it
         self._fd: int | None = None
 
     def acquire(self, timeout: float | None = None) -> None:
@@ -154,7 +154,10 @@ class DirectoryLock:
                     raise ExportError(f"{self.directory}: another process (pid {holder}) is writing it; try again when "
                                       "it has finished") from None
                 if not said:
-                    self.on_wait(f"waiting for process {holder}, which is writing {self.directory}")
+                    message = f"waiting for process {holder}, which is writing {self.directory}"
+                    log.warning("%s", message)
+                    if self.on_wait is not None:
+                        self.on_wait(message)
                     said = True
                 os.close(fd)
                 time.sleep(0.05)

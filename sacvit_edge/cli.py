@@ -24,7 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Deploy SAC-ViT classifiers on edge hardware.\n\nExit codes: 0 ok, 1 internal error (a bug), "
                        "2 usage (a bad option), 3 bad input (an image, checkpoint or export; or some inputs failed), "
                        "4 environment (a missing extra, backend or GPU).")
-console = Console()
+# in a log or CI (not a terminal) rich would cut tables at 80 columns: give them room instead
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -549,28 +550,36 @@ def bench(
 @app.command("tune-eta")
 def tune_eta_cmd(
     model_path: Annotated[Path, typer.Argument(help="SAC-ViT model.pt")],
-    tolerance: Annotated[float, typer.Option(help="accuracy points the early exit may cost vs the SAC head")] = 0.25,
+    max_drop: Annotated[float, typer.Option("--max-drop", "--tolerance", help="accuracy points the early exit may cost vs never exiting (--tolerance: its earlier name)")] = 0.25,
     data: Annotated[Optional[Path], typer.Option(help=DATA_HELP + " (its calibration split)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the tuned checkpoint here")] = None,
     in_place: Annotated[bool, typer.Option(help="rewrite MODEL_PATH's eta", metavar="")] = False,
     limit: Annotated[Optional[int], typer.Option(help="use N images")] = None,
     seed: Annotated[int, typer.Option(help="layout seed (the calibration split is drawn with seed + 1)")] = 0,
 ) -> None:
-    """Choose a checkpoint's default eta on held-out images (calibrate --max-drop on a model.pt)."""
+    """Choose a checkpoint's default eta on held-out images: an alias of `calibrate MODEL.pt
+    --max-drop P` (the same computation, train.choose_eta; 0.25 points by default here)."""
     with _handled():
-        _checkpoint_calibration(model_path, data, _request(tolerance, None, None), "calibration", seed, limit, out,
+        _checkpoint_calibration(model_path, data, _request(max_drop, None, None), "calibration", seed, limit, out,
                                 in_place, "tune-eta")
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+def _checkout_root() -> Optional[Path]:
+    """The repository checkout this package runs from (an editable install), or None when it is
+    installed (site-packages holds no checkpoints: the wheel carries the bundled export)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "checkpoints").is_dir() else None
+
+
+CHECKOUT = _checkout_root()
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_EXPORT = ASSETS / "sacvit_tiny_112"  # the shipped checkpoint, exported (ships in the wheel)
 
 
 def bundled_checkpoint() -> Path:
     """The shipped SAC-ViT checkpoint (repository checkout only: the wheel ships its export)."""
-    candidate = REPO_ROOT / "checkpoints" / "sacvit_tiny_112.pt"
-    if candidate.is_file():
+    candidate = CHECKOUT / "checkpoints" / "sacvit_tiny_112.pt" if CHECKOUT is not None else None
+    if candidate is not None and candidate.is_file():
         return candidate
     raise SacvitError("the bundled checkpoint checkpoints/sacvit_tiny_112.pt is only in a repository checkout; "
                       f"the installed package carries its export, {BUNDLED_EXPORT}")
@@ -921,8 +930,8 @@ def demo(
     from .extras import has_extra
 
     with _handled():
-        checkpoint = REPO_ROOT / "checkpoints" / "sacvit_tiny_112.pt"
-        if checkpoint.is_file() and has_extra("export"):
+        checkpoint = CHECKOUT / "checkpoints" / "sacvit_tiny_112.pt" if CHECKOUT is not None else None
+        if checkpoint is not None and checkpoint.is_file() and has_extra("export"):
             from .export.bundle import export_checkpoint
 
             with err.status(f"exporting {checkpoint.name}"):
@@ -930,7 +939,7 @@ def demo(
             source, how = out, f"exported {checkpoint} -> {out} (ee.onnx, sac.onnx, manifest.json)"
         else:
             source, how = BUNDLED_EXPORT, f"using the bundled export {BUNDLED_EXPORT} (no export: " + (
-                "torch/onnx are not installed)" if checkpoint.is_file() else "not in a checkout)")
+                "torch/onnx are not installed)" if checkpoint is not None and checkpoint.is_file() else "not in a checkout)")
         clf = EdgeClassifier(source, backend=backend)
         samples = sorted((ASSETS / "samples").glob("*.png"))
         if not samples:

@@ -35,10 +35,10 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
-Split = Literal["train", "test"]
+OfficialSplit = Literal["train", "test"]  # the official Fashion-MNIST files (clustering.Split is another idea)
 
 
-def load_fashion_mnist(split: Split, root: Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: OfficialSplit, root: Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
     """Official Fashion-MNIST split as (N, 28, 28) uint8 images and (N,) int64 labels."""
     if split not in _FILES:
         raise DataError(f"unknown split {split!r}; expected 'train' or 'test'")
@@ -91,7 +91,7 @@ class ClutteredFashionMNIST:
 
     classes = FASHION_CLASSES
 
-    def __init__(self, split: Split = "train", seed: int = 0, limit: int | None = None,
+    def __init__(self, split: OfficialSplit = "train", seed: int = 0, limit: int | None = None,
                  spec: CanvasSpec = CanvasSpec(), root: Path = FASHION_MNIST_DIR, offset: int = 0) -> None:
         self.split, self.seed, self.spec = split, seed, spec
         images, labels = load_fashion_mnist(split, root)

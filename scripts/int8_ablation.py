@@ -48,8 +48,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="int8-ablation-"))
     base = export_checkpoint(REPO / "checkpoints" / "sacvit_tiny_112.pt", work / "fp32").directory
     manifest = read_manifest(base)
-    clf = EdgeClassifier(base, backend="onnxruntime")
-    clf.backend = rec = RecordingBackend(clf.backend, limit=64)
+    clf = EdgeClassifier(base, backend="onnxruntime", backend_wrapper=lambda opened: RecordingBackend(opened, limit=64))
+    rec = clf.backend  # the RecordingBackend: the SAC inputs the fp32 classifier really feeds
     cal = collect(clf, open_source(None, "calibration", limit=args.cal_images), 32)
     test = open_source(None, "test", limit=args.test_images)
     fp32 = EdgeClassifier(base, backend="onnxruntime")

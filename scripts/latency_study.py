@@ -271,11 +271,15 @@ def main() -> None:
                 ee_o = ort_optimized(d / "ee.onnx", work / f"{geo}_ee_opt.onnx", c.num_heads, c.embed_dim)
                 sac_o = ort_optimized(d / "sac.onnx", work / f"{geo}_sac_opt.onnx", c.num_heads, c.embed_dim)
                 deit_o = ort_optimized(deit_onnx, work / f"{geo}_deit_opt.onnx", c.num_heads, c.embed_dim)
-                clf.backend = OrtBackend(ee_o, sac_o)
+                clf.close()
+                clf = EdgeClassifier(d, backend="onnxruntime",
+                                     backend_wrapper=lambda opened: (opened.close(), OrtBackend(ee_o, sac_o))[1])
                 deit = OrtSingle(deit_o, spinning=True)
             elif variant == "openvino":
                 try:
-                    clf.backend = OvBackend(d / "ee.onnx", d / "sac.onnx")
+                    clf.close()
+                    clf = EdgeClassifier(d, backend="onnxruntime", backend_wrapper=lambda opened: (
+                        opened.close(), OvBackend(d / "ee.onnx", d / "sac.onnx"))[1])
                     deit = OvSingle(deit_onnx)
                 except ImportError:
                     log.info("openvino not installed: skipped")

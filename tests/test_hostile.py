@@ -102,8 +102,7 @@ class NanBackend:
 
 
 def test_never_a_nan_confidence(random_export):
-    clf = EdgeClassifier(random_export, backend="onnxruntime", eta="never")
-    clf.backend = NanBackend(clf.backend)
+    clf = EdgeClassifier(random_export, backend="onnxruntime", eta="never", backend_wrapper=NanBackend)
     with pytest.raises(BackendError, match="NaN or inf logits"):
         clf.predict(SAMPLE)
 

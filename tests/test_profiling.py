@@ -115,7 +115,7 @@ def test_profile_attributes_time_to_the_stage_that_spent_it(random_export):
     clf = EdgeClassifier(random_export, backend="onnxruntime", eta=NEVER_EXIT)
     batches = load_image_batches(None, clf, batch=1, count=4)
     fast = profile(clf, batches, ProfileConfig(batch=1, warmup=1, iters=4)).stages_ms
-    clf.backend = SlowSacBackend(clf.backend)
+    clf = EdgeClassifier(random_export, backend="onnxruntime", eta=NEVER_EXIT, backend_wrapper=SlowSacBackend)
     rep = profile(clf, batches, ProfileConfig(batch=1, warmup=1, iters=4))
     slow = rep.stages_ms
     assert slow["sac"]["min"] >= 30 and slow["sac"]["mean"] >= fast["sac"]["mean"] + 25

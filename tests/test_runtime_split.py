@@ -151,7 +151,7 @@ def test_one_gate_in_the_sdk(random_export, monkeypatch):
     the opposite of the threshold, every consumer follows the spy. A second gate written anywhere
     (`>= eta`, `> eta`, a max-probability test of its own) would ignore the spy and fail here."""
     import sacvit_edge.calibration.sweep as sweep
-    import sacvit_edge.classifier as classifier
+    import sacvit_edge.pipeline as pipeline
     from sacvit_edge import gate as gate_module
 
     calls = []
@@ -167,7 +167,7 @@ def test_one_gate_in_the_sdk(random_export, monkeypatch):
     eta = float(np.median(top))  # half the images exit
     real = clf.run(x, eta=eta).exited
     assert 0 < real.sum() < len(real), "the batch must split for this test to mean anything"
-    monkeypatch.setattr(classifier, "gate", opposite)
+    monkeypatch.setattr(pipeline, "gate", opposite)
     assert clf.run(x, eta=eta).exited.tolist() == (~real).tolist()
     probs = np.random.default_rng(0).dirichlet(np.ones(10) * 0.3, size=50).astype(np.float32)
     records = sweep.ExitRecords(labels=np.zeros(50, np.int64), ee_probs=probs, sac_pred=np.zeros(50, np.int64),
