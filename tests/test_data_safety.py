@@ -400,3 +400,16 @@ def test_report_and_checkpoint_outputs_never_replace_other_files(in_tmp, random_
         from sacvit_edge.outputs import check_report_file
 
         check_report_file(in_tmp, "--json")
+
+
+@pytest.mark.parametrize("command", ["export", "overlay", "json", "bench"])
+def test_too_long_output_paths_are_named_errors(in_tmp, random_ckpt, command):
+    long = in_tmp / ("y" * 300)
+    args = {"export": ["export", str(random_ckpt), "-o", str(long)],
+            "overlay": ["predict", str(BUNDLED), str(SAMPLES[0]), "--save-overlay", str(long)],
+            "json": ["profile", str(BUNDLED), "--iters", "1", "--warmup", "0", "--json", str(long) + ".json"],
+            "bench": ["bench", "-o", str(long)]}[command]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 3, r.output
+    assert "File name too long" in r.output and "internal error" not in r.output
+    assert sorted(p.name for p in in_tmp.iterdir()) == []
