@@ -918,7 +918,7 @@ def predict(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="where to export the bundled model")] = Path("exports/sacvit_tiny_112"),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="where to export the bundled model (default: sacvit-edge's cache folder, never the working directory)")] = None,
     backend: Annotated[str, typer.Option(help="backend to run")] = "onnxruntime",
 ) -> None:
     """The main job on the bundled default: export the shipped checkpoint, classify the samples.
@@ -932,8 +932,10 @@ def demo(
     with _handled():
         checkpoint = CHECKOUT / "checkpoints" / "sacvit_tiny_112.pt" if CHECKOUT is not None else None
         if checkpoint is not None and checkpoint.is_file() and has_extra("export"):
+            from .classifier import default_cache_dir
             from .export.bundle import export_checkpoint
 
+            out = out if out is not None else default_cache_dir() / "demo" / "sacvit_tiny_112"
             with err.status(f"exporting {checkpoint.name}"):
                 export_checkpoint(checkpoint, out)
             source, how = out, f"exported {checkpoint} -> {out} (ee.onnx, sac.onnx, manifest.json)"

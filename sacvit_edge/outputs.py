@@ -19,20 +19,34 @@ def _reason(exc: BaseException) -> str:
 
 
 def probe_folder(folder: Path, what: str) -> None:
-    """Create `folder` if missing and a probe file in it: the one reliable test that files can be
-    written there (root ignores permission bits, so os.access() is not enough)."""
+    """Whether files can be written into `folder` (or, when it does not exist yet, created there),
+    creating nothing that stays: a probe file is made in the nearest folder that exists (root
+    ignores permission bits, so os.access() is not enough), and the missing part of the path must
+    not run through a file."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".sacvit-edge-probe-", dir=folder)
+        existing = folder
+        while not existing.exists():
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputError(f"{what}: cannot write into {folder} ({existing} is not a directory)")
+        fd, probe = tempfile.mkstemp(prefix=".sacvit-edge-probe-", dir=existing)
         os.close(fd)
         os.unlink(probe)
-    except OSError as exc:  # read-only, a parent that is a file, a name too long
+        if existing != folder:  # a name too long is only found by the file system: ask it
+            os.stat(folder)
+    except FileNotFoundError:
+        return
+    except OutputError:
+        raise
+    except OSError as exc:  # read-only, a name too long, no permission
         raise OutputError(f"{what}: cannot write into {folder} ({_reason(exc)})") from exc
 
 
 def check_output_dir(path: Path, option: str) -> Path:
-    """A folder files will be written into (created if missing): it must be a directory, and a
-    probe file must be creatable there (root ignores permission bits, so access() is not enough)."""
+    """A folder files will be written into (write_into creates it): it must be a directory, or
+    creatable, and writable. Nothing is created here."""
     try:
         if path.exists() and not path.is_dir():
             raise OutputError(f"{option} {path}: exists and is not a directory")
@@ -46,6 +60,7 @@ def write_into(directory: Path, name: str, write, option: str) -> Path:
     """Call write(path) for directory/name, a failure being the project's error naming the path."""
     path = directory / name
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         write(path)
     except OSError as exc:
         raise OutputError(f"{option}: cannot write {path} ({_reason(exc)})") from exc

@@ -13,6 +13,12 @@ from sacvit_edge.data import FASHION_CLASSES
 from sacvit_edge.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
+
+# hypothesis keeps a cache (.hypothesis/) in the working directory: keep it out of the checkout
+import os as _os  # noqa: E402
+import tempfile as _tempfile  # noqa: E402
+
+_os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", _tempfile.mkdtemp(prefix="sacvit-edge-hypothesis-"))
 SHIPPED_SAC = REPO / "checkpoints" / "sacvit_tiny_112.pt"
 SHIPPED_DEIT = REPO / "checkpoints" / "deit_tiny_112.pt"
 
