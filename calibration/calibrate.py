@@ -72,7 +72,38 @@ def _precision_entry(manifest: Manifest, precision: str, files: tuple[str, str],
     return {"ee_file": files[0], "sac_file": files[1], "eta": chosen["eta"], "chosen": chosen,
             "latency": latency.to_dict(), "latency_batch": batch,
             "top1_ee": records.top1(records.ee_pred), "top1_sac": records.top1(records.sac_pred),
-            "curve": curve, "deadline": deadline_report(records, eta, latency, budgets) if budgets else []}
+            "curve": curve, "deadline": deadline_report(records, eta, latency, budgets) if budgets else [],
+            "deadline_floor": deadline_floor(latency, manifest.k_range)}
+
+
+def precision_advice(fp32: dict, int8: dict, request: Request) -> dict:
+    """int8 against fp32 on this device, each at its own calibrated eta: which is faster, by how
+    much, what it costs in accuracy, and which to run (int8 only where it is faster and loses no
+    more than the request allows: --max-drop, else 0.5 points). EdgeClassifier(precision="auto")
+    follows the recommendation."""
+    f, i = fp32["chosen"], int8["chosen"]
+    ms_f, ms_i = float(f.get("latency_ms", math.nan)), float(i.get("latency_ms", math.nan))
+    drop = float(f["top1"]) - float(i["top1"])
+    allowed = request.value if request.kind == "max_drop" else 0.5
+    speed = ms_f / ms_i if ms_i > 0 else math.nan
+    faster = speed > 1.0
+    recommended = "int8" if faster and drop <= allowed else "fp32"
+    how = f"{speed:.2f}x faster" if faster else f"{1 / speed:.2f}x slower" if speed > 0 else "not timed"
+    why = (f"int8 is {how} than fp32 on this device ({ms_i:.3f} vs {ms_f:.3f} ms per image) and "
+           f"{abs(drop):.2f} points {'less' if drop >= 0 else 'more'} accurate: use {recommended}"
+           + ("" if recommended == "int8" else (" (int8 is slower here)" if not faster else
+                                                f" (int8 loses more than {allowed:g} points)")))
+    return {"fp32_ms": ms_f, "int8_ms": ms_i, "int8_speedup": speed, "top1_fp32": float(f["top1"]),
+            "top1_int8": float(i["top1"]), "top1_drop": drop, "allowed_drop": allowed, "recommended": recommended,
+            "why": why}
+
+
+def deadline_floor(latency: LatencyTable, k_range: tuple[int, int]) -> dict[str, float]:
+    """What deadlines can do at batch 1: below `any_sac_ms` every image bound for the SAC stage
+    keeps its EE answer (EE and the split alone take `ee_host_ms`); from `all_sac_ms` none does."""
+    ee_host = latency.ee_ms(1) + latency.host_ms(1)
+    return {"ee_host_ms": ee_host, "any_sac_ms": ee_host + latency.sac_ms(1, k_range[0]),
+            "all_sac_ms": ee_host + latency.sac_ms(1, k_range[1])}
 
 
 def write_calibration(src: Path, dst: Path, calibration: dict, extra_files: dict[str, Path] | None = None, *,
@@ -241,10 +272,12 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
         "precisions": {"fp32": fp32_entry},
     }
     if manifest.calibration is not None and not int8:  # keep an earlier int8 calibration unless it is redone now
-        earlier = json.loads((manifest.directory / CALIBRATION_FILE).read_text())["precisions"]
+        earlier_report = json.loads((manifest.directory / CALIBRATION_FILE).read_text())
+        earlier = earlier_report["precisions"]
         for name, old in manifest.calibration.precisions.items():
-            if name != "fp32":
-                report["precisions"][name] = earlier[name]
+            if name != "fp32":  # marked: its chosen point answers the earlier request, not this one
+                report["precisions"][name] = {**earlier[name], "kept_from": earlier_report.get("request", {}).get(
+                    "description", "an earlier calibration")}
                 warnings.append(f"kept the earlier {name} calibration (eta {describe_eta(old.eta)}); rerun with --int8 to redo it")
     extra: dict[str, Path] = {}
     if int8:
@@ -264,6 +297,9 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
         entry["at_fp32_eta"] = got8.records.point(fp32_eta, manifest.cost, latency8, batch)
         entry["fp32_nodes"] = {"ee": files["ee_fp32_nodes"], "sac": files["sac_fp32_nodes"]}
         report["precisions"]["int8"] = entry
+        report["precision_advice"] = advice = precision_advice(report["precisions"]["fp32"], entry, request)
+        if advice["recommended"] == "fp32":
+            warnings.append(advice["why"])
         src, extra = dst, {}
     final = write_calibration(src, dst, report, extra, force=force)
     return CalibrationResult(directory=final.directory, report=report,

@@ -102,8 +102,8 @@ class EdgeClassifier:
         self.pipeline: Pipeline | None = None  # set last: close() works on a half-built classifier
         if not isinstance(path, (str, Path)) or str(path) == "":
             raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
+        if precision not in (*PRECISIONS, "auto"):
+            raise ConfigError(f"precision={precision!r}: expected one of {[*PRECISIONS, 'auto']}")
         if backend_options is not None and not (isinstance(backend_options, Mapping)
                                                 and all(isinstance(k, str) for k in backend_options)):
             raise ConfigError(f"backend_options={backend_options!r}: expected a dict of option names to values, "
@@ -128,6 +128,8 @@ class EdgeClassifier:
         if self.config.arch != "sacvit":
             raise ExportError(f"{path}: exported from a {self.config.arch} model, not SAC-ViT")
         self.class_names = self.manifest.class_names
+        if precision == "auto":  # what `calibrate --int8` measured as best on this device, else fp32
+            precision = self.manifest.recommended_precision()
         self.precision = precision
         self.manifest.engine_files(precision)  # a ConfigError when the directory has no such engines
         self.options = PipelineOptions.checked(

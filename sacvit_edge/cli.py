@@ -293,6 +293,7 @@ def eval_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     max_bad_share: Annotated[float, typer.Option(help="fail when more than this share of the images is unreadable")] = 0.01,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results to this JSON file")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
 ) -> None:
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
     with _handled():
@@ -306,7 +307,8 @@ def eval_cmd(
             from .classifier import EdgeClassifier
             from .datasets import open_source
 
-            clf = EdgeClassifier(model_path, backend=backend, precision=precision)
+            _torch_threads(threads, backend)
+            clf = EdgeClassifier(model_path, backend=backend, precision=precision, threads=threads)
             source = open_source(data, split, clf.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
             with _progress() as progress:
                 task = progress.add_task(f"eval on {clf.backend_name}", total=len(source), info="")
@@ -409,16 +411,25 @@ def _print_calibration(result, batch: int) -> None:
         if "curve" in entry:
             console.print(_curve_table(entry["curve"], entry["chosen"],
                                        f"{name}: sweep on {rep['dataset']['images']} images (latency per image at batch {batch})"))
-    summary = Table("", "eta", "top-1", "95% CI", "exits", "GFLOPs", f"ms/img@{batch}", "EE/SAC",
+    summary = Table("", "eta", "top-1", "95% CI", "exits", "GFLOPs", f"ms/img@{batch}", "EE/SAC", "meets the request",
                     title=rep["request"]["description"])
+    request = rep["request"]
     for name, entry in rep["precisions"].items():
         c = entry.get("chosen")
         if c is None:
             continue
+        key = {"gflops_budget": "gflops", "latency_budget_ms": "latency_ms"}.get(request["kind"])
+        meets = "yes" if key is None or c.get(key, float("inf")) <= request["value"] else "NO"
+        if "kept_from" in entry:  # chosen for an earlier request: say so, never list it as this one's answer
+            meets = f"{'NO, ' if meets == 'NO' else ''}kept from: {entry['kept_from']}"
         summary.add_row(name, str(c["eta"]), f"{c['top1']:.2f}", f"{c['top1_ci95'][0]:.1f}-{c['top1_ci95'][1]:.1f}",
                         f"{c['exit_rate']:.3f}", f"{c.get('gflops', 0):.4f}", f"{c.get('latency_ms', 0):.3f}",
-                        f"{entry['top1_ee']:.1f}/{entry['top1_sac']:.1f}")
+                        f"{entry['top1_ee']:.1f}/{entry['top1_sac']:.1f}", meets)
     console.print(summary)
+    advice = rep.get("precision_advice")
+    if advice:
+        console.print(f"int8 vs fp32 here: {advice['why']} (calibration.json precision_advice; "
+                      "EdgeClassifier(precision='auto') follows it)")
     if "int8" in rep["precisions"] and "at_fp32_eta" in rep["precisions"]["int8"]:
         a = rep["precisions"]["int8"]["at_fp32_eta"]
         console.print(f"int8 at the fp32 eta {a['eta']}: top-1 {a['top1']:.2f} %, exit rate {a['exit_rate']:.3f}")
@@ -438,6 +449,11 @@ def _print_calibration(result, batch: int) -> None:
         for r in rows:
             t.add_row(f"{r['deadline_ms']:g}", f"{r['top1']:.2f}", f"{r['deadline_exit_rate']:.3f}", f"{r['top1_without_deadline']:.2f}")
         console.print(t)
+        floor = rep["precisions"]["fp32"].get("deadline_floor")
+        if floor:
+            console.print(f"deadlines below {floor['any_sac_ms']:.2f} ms give every image its EE answer (EE and the "
+                          f"split alone take {floor['ee_host_ms']:.2f} ms); from {floor['all_sac_ms']:.2f} ms no image "
+                          "is cut (batch 1, this device)")
     for w in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     png = _calibration_plot(result)
@@ -467,6 +483,7 @@ def profile(
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8, or auto (what calibration recommends here)")] = "fp32",
 ) -> None:
     """Latency / throughput / per-stage split / GFLOPs / power of EdgeClassifier on this device."""
     from .classifier import EdgeClassifier
@@ -482,7 +499,7 @@ def profile(
         if json_out is not None:
             check_report_file(json_out, "--json")
         _torch_threads(threads, backend)
-        clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads)
+        clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads, precision=precision)
         batches = load_image_batches(images, clf, batch)
         with _progress() as progress:
             task = progress.add_task("profile", total=iters, info=clf.backend_name)

@@ -335,6 +335,13 @@ class Manifest:
                else f"`sacvit-edge calibrate {self.directory} --int8`")
         raise ConfigError(f"{self.directory}: no {precision} graphs (has {self.precisions}); make them with {how}")
 
+    def recommended_precision(self) -> str:
+        """The precision `calibrate --int8` recommends for this device (faster, and within the
+        allowed accuracy drop), else fp32."""
+        advice = self.calibration.report.get("precision_advice") if self.calibration is not None else None
+        rec = advice.get("recommended") if isinstance(advice, dict) else None
+        return rec if rec in self.precisions else "fp32"
+
     def default_eta(self, precision: str = "fp32") -> float:
         """The calibrated eta of a precision where there is one, else the checkpoint's."""
         if self.calibration is not None and precision in self.calibration.precisions:

@@ -216,6 +216,9 @@ def test_calibrate_writes_a_checked_calibration(calibrated, shipped_export):
     deadline = {r["deadline_ms"]: r for r in report["precisions"]["fp32"]["deadline"]}
     assert deadline[1e4]["deadline_exit_rate"] == 0.0 and deadline[1e4]["top1"] == deadline[1e4]["top1_without_deadline"]
     assert deadline[0.01]["deadline_exit_rate"] == pytest.approx(1 - chosen["exit_rate"])
+    floor = report["precisions"]["fp32"]["deadline_floor"]  # the lowest deadline that lets any SAC stage run
+    assert 0 < floor["ee_host_ms"] < floor["any_sac_ms"] <= floor["all_sac_ms"]
+    assert 0.01 < floor["any_sac_ms"] and floor["all_sac_ms"] < 1e4  # the two budgets above lie either side
 
 
 def test_edited_or_foreign_calibration_is_refused(calibrated, random_export, tmp_path):
@@ -303,6 +306,19 @@ def test_int8_engines_are_calibrated_on_their_own(shipped_export, user_folder, t
     agree = np.mean([a.class_id == b.class_id for a, b in zip(fp32, got)])
     assert agree >= 0.9, agree
     assert read_manifest(out).engine_files("int8") == ("ee.int8.onnx", "sac.int8.onnx")
+    # honest about int8: both measured here, the faster-and-accurate-enough one recommended and used by "auto"
+    advice = report["precision_advice"]
+    f, i = report["precisions"]["fp32"]["chosen"], entry["chosen"]
+    assert advice["fp32_ms"] == pytest.approx(f["latency_ms"]) and advice["int8_ms"] == pytest.approx(i["latency_ms"])
+    assert advice["top1_drop"] == pytest.approx(f["top1"] - i["top1"])
+    good = advice["int8_ms"] < advice["fp32_ms"] and advice["top1_drop"] <= 1.0
+    assert advice["recommended"] == ("int8" if good else "fp32") and advice["recommended"] in advice["why"]
+    assert EdgeClassifier(out, backend="onnxruntime", precision="auto").precision == advice["recommended"]
+    assert EdgeClassifier(shipped_export, backend="onnxruntime", precision="auto").precision == "fp32"
+    # a later fp32-only calibration keeps the int8 section, marked as the earlier request's answer
+    again = calibrate_export(out, src, Request("gflops_budget", 0.05), batch=8, timing_reps=1).report
+    assert again["precisions"]["int8"]["kept_from"] == report["request"]["description"]
+    assert "kept_from" not in again["precisions"]["fp32"]
 
 
 # ---- command line ---------------------------------------------------------------------------------
