@@ -28,10 +28,10 @@ from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint 
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
 from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export, remove_temporary, staging_dir  # noqa: E402
 from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
-                                  MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, content_digest, read_manifest,
-                                  sha256_file)
+                                  MANIFEST_VERSION, CostTable, Manifest, content_digest, manifest_content,
+                                  read_manifest, sha256_file)
 
-from .torch2onnx import EE_INPUTS, EE_OUTPUTS, SAC_INPUTS, SAC_OUTPUTS, Exporter, export_stages  # noqa: E402
+from .torch2onnx import Exporter, export_stages  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,12 @@ def _check_finite(ckpt: Checkpoint) -> None:
         raise ExportError(f"{ckpt.path}: input normalisation mean={ckpt.mean} std={ckpt.std} is not finite and positive")
 
 
-def _cost_section(model, k_lo: int, k_hi: int) -> dict:
+def _cost_table(model, k_lo: int, k_hi: int) -> CostTable:
     """GFLOPs the runtime reports without torch: EE, SAC at every k the engine accepts, full ViT."""
     from sacvit_edge.flops import CostModel
 
     cost = CostModel(model)
-    return {"gflops_ee": cost.ee, "gflops_sac": {str(k): cost.sac(k) for k in range(k_lo, k_hi + 1)},
-            "gflops_full_resolution": cost.full}
+    return CostTable(ee=cost.ee, sac={k: cost.sac(k) for k in range(k_lo, k_hi + 1)}, full=cost.full)
 
 
 def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, opset: int = 17,
@@ -116,29 +115,11 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
 def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_max: int, exporter: Exporter,
             force: bool, include_checkpoint: bool) -> Manifest:
     lo, hi = cfg.target_range() if cfg.arch == "sacvit" else (0, 0)
-    d = cfg.embed_dim
-    n = cfg.num_coarse
-    manifest: dict = {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "checkpoint_fingerprint": ckpt.fingerprint,
-        "class_names": ckpt.class_names,
-        "input": {"size": ckpt.size, "mean": list(ckpt.mean), "std": list(ckpt.std), "layout": "NCHW float32 RGB"},
-        "eta": ckpt.eta,
-        "model_config": cfg.to_dict(),
-        "clustering": {"selection": cfg.selection, "k_min": cfg.k_min, "k_max": cfg.k_max, "alpha": cfg.alpha,
-                       "window": cfg.window, "attention": cfg.attention, "reuse_layer": cfg.reuse_layer},
-        "engines": {
-            "ee": {"file": "ee.onnx", "inputs": EE_INPUTS, "outputs": EE_OUTPUTS, "batch_range": [1, batch_max],
-                   "shapes": {"ee_final": [None, n, d], "gca": [None, n]}},
-            "sac": {"file": "sac.onnx", "inputs": SAC_INPUTS, "outputs": SAC_OUTPUTS, "batch_range": [1, batch_max],
-                    "k_range": [lo, hi]},
-        },
-        "cost": _cost_section(model, lo, hi) if cfg.arch == "sacvit" else None,
-        "opset": opset,
-        "exporter": exporter,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-    }
+    cfg = cfg.replace(eta=ckpt.eta)  # the checkpoint's threshold, stored once: in model_config
+    manifest = manifest_content(fingerprint=ckpt.fingerprint, class_names=ckpt.class_names, mean=ckpt.mean,
+                                std=ckpt.std, config=cfg, batch_max=batch_max,
+                                cost=_cost_table(model, lo, hi) if cfg.arch == "sacvit" else None, opset=opset,
+                                exporter=exporter, versions={"torch": torch.__version__, "onnx": onnx.__version__})
     tmp = staging_dir(out_dir)
     try:
         # the engines carry the checkpoint fingerprint and the digest of the manifest's content, so an

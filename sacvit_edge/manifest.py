@@ -1,9 +1,11 @@
 """The export manifest: what an export directory holds and how to feed its engines.
 
 Torch-free on purpose: the deployment path (EdgeClassifier, the runtimes) reads manifests on
-devices that have only NumPy and an inference library. The exporter (`sacvit_edge.export`)
-writes the same structure. Every section is a frozen dataclass, validated when read: a missing
-or mistyped field is an ExportError naming the field and the file, never a KeyError.
+devices that have only NumPy and an inference library. `manifest_content` writes it (the
+exporter calls it) from the same fields `parse_manifest` reads back: format 4 stores each value
+once; format 3, which earlier versions wrote, is still read. Every section is a frozen
+dataclass, validated when read: a missing or mistyped field is an ExportError naming the field
+and the file, never a KeyError.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .config import ModelConfig
+from .engine_io import STAGES as ENGINE_IO
 from .errors import ConfigError, ExportError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sacvit-edge-export"
-MANIFEST_VERSION = 3  # 2: SAC engine takes target patches and keep masks; 3: engines carry the manifest digest
+MANIFEST_VERSION = 4  # 2: SAC engine takes target patches and keep masks; 3: engines carry the manifest digest;
+#                      4: written from this module's schema (manifest_content), every value stored once
+READABLE_VERSIONS = (3, 4)  # export directories users already have (format 3) still load
 ENGINE_FILES = ("ee.onnx", "sac.onnx")
 CHECKPOINT_FILE = "model.pt"
 CALIBRATION_FILE = "calibration.json"  # written by `sacvit-edge calibrate`; listed (hashed) in `files`
@@ -147,6 +152,10 @@ class CostTable:
     ee: float
     sac: dict[int, float]
     full: float
+
+    def to_dict(self) -> dict:
+        return {"gflops_ee": self.ee, "gflops_sac": {str(k): v for k, v in sorted(self.sac.items())},
+                "gflops_full_resolution": self.full}
 
     def expected(self, exited: Any, counts: Any) -> float:
         """Mean GFLOPs per image for per-image exit flags and target counts."""
@@ -374,28 +383,56 @@ def _engine(r: _Reader, stage: str) -> EngineSpec:
                       batch_range=e.range_("batch_range", 1), k_range=e.range_("k_range", 1) if stage == "sac" else None)
 
 
+def manifest_content(*, fingerprint: str, class_names: list[str], mean: tuple[float, ...], std: tuple[float, ...],
+                     config: ModelConfig, batch_max: int, cost: CostTable | None, opset: int, exporter: str,
+                     versions: dict[str, str]) -> dict:
+    """manifest.json's content (the exporter adds `files`), written from the same fields
+    parse_manifest reads back: the schema in one place. Each value is stored once: the exit
+    threshold, the input size and the target-count clamp live in model_config (the SAC engine's k
+    range is the config's target_range()); the engines' tensor names are engine_io's contract."""
+    return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "checkpoint_fingerprint": fingerprint,
+            "class_names": list(class_names), "input": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+            "model_config": config.to_dict(),
+            "engines": {"ee": {"file": ENGINE_FILES[0]}, "sac": {"file": ENGINE_FILES[1]}, "batch_max": int(batch_max)},
+            "cost": None if cost is None else cost.to_dict(), "opset": opset, "exporter": exporter,
+            "versions": dict(versions)}
+
+
+def _engine_v4(r: _Reader, stage: str, config: ModelConfig) -> EngineSpec:
+    e = r.section(stage)
+    file = e.get("file", lambda v: isinstance(v, str) and _plain_name(v), "a plain file name inside the directory")
+    batch_max = r.get("batch_max", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                      "a positive integer")
+    contract = ENGINE_IO[stage]
+    k_range = (config.target_range() if config.arch == "sacvit" else (0, 0)) if stage == "sac" else None
+    return EngineSpec(file=file, inputs=tuple(contract.input_names), outputs=tuple(contract.output_names),
+                      batch_range=(1, batch_max), k_range=k_range)
+
+
 def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Manifest:
-    """Validate a manifest's JSON content; every problem is an ExportError naming the field."""
+    """Validate a manifest's JSON content (format 4, or 3 as earlier versions wrote it); every
+    problem is an ExportError naming the field."""
     source = source or directory / MANIFEST
     r = _Reader(data, "", source)
     if data.get("format") != MANIFEST_FORMAT:
         raise ExportError(f"{source}: not a sacvit-edge export manifest")
     version = data.get("format_version")
-    if not isinstance(version, int) or version != MANIFEST_VERSION:
+    if not isinstance(version, int) or version not in READABLE_VERSIONS:
         age = "a newer" if isinstance(version, int) and version > MANIFEST_VERSION else "an older"
         raise ExportError(f"{source}: format version {version!r} was written by {age} sacvit-edge; this one reads "
-                          f"version {MANIFEST_VERSION}. Re-export the checkpoint with this version")
+                          f"versions {list(READABLE_VERSIONS)}. Re-export the checkpoint with this version")
     try:
         config = ModelConfig.from_dict(r.get("model_config", lambda v: isinstance(v, dict), "an object"))
     except (ConfigError, TypeError, ValueError) as exc:
         raise ExportError(f"{source}: invalid model_config: {exc}") from exc
     inp = r.section("input")
-    spec = InputSpec(size=inp.int_("size"), mean=inp.floats("mean", 3), std=inp.floats("std", 3, positive=True),  # type: ignore[arg-type]
+    size = inp.int_("size") if version == 3 else config.img_size
+    spec = InputSpec(size=size, mean=inp.floats("mean", 3), std=inp.floats("std", 3, positive=True),  # type: ignore[arg-type]
                      layout=str(inp.data.get("layout", "NCHW float32 RGB")))
     if spec.size != config.img_size:
         raise ExportError(f"{source}: input.size {spec.size} differs from model_config.img_size {config.img_size}")
     eng = r.section("engines")
-    engines = {stage: _engine(eng, stage) for stage in ("ee", "sac")}
+    engines = {stage: _engine(eng, stage) if version == 3 else _engine_v4(eng, stage, config) for stage in ("ee", "sac")}
     lo, hi = engines["sac"].k_range or (0, 0)
     if config.arch == "sacvit" and hi >= config.num_coarse:
         raise ExportError(f"{source}: engines.sac.k_range {[lo, hi]} leaves no non-target token of {config.num_coarse}")
@@ -405,9 +442,10 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     for spec_ in engines.values():  # every engine is covered by the integrity check
         if spec_.file not in files:
             raise ExportError(f"{source}: files lacks the hash of engine {spec_.file!r}; re-export the checkpoint")
-    eta = r.float_("eta")
+    eta = r.float_("eta") if version == 3 else config.eta
     if not 0.0 <= eta <= 1.0:
-        raise ExportError(f"{source}: manifest field 'eta' must be in [0, 1], got {eta}")
+        raise ExportError(f"{source}: manifest field '{'eta' if version == 3 else 'model_config.eta'}' must be in "
+                          f"[0, 1], got {eta}")
     class_names = r.strings("class_names")
     if len(set(class_names)) != len(class_names):
         raise ExportError(f"{source}: manifest field 'class_names' has duplicates")

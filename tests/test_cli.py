@@ -14,7 +14,10 @@ def test_export_and_predict(tmp_path, random_ckpt):
     r = runner.invoke(app, ["export", str(random_ckpt), "-o", str(out), "--k-min", "5", "--k-max", "20"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["engines"]["sac"]["k_range"] == [5, 20]
+    assert (manifest["model_config"]["k_min"], manifest["model_config"]["k_max"]) == (5, 20)  # stored once
+    from sacvit_edge.manifest import read_manifest
+
+    assert read_manifest(out).k_range == (5, 20)
     r = runner.invoke(app, ["predict", str(out), *map(str, SAMPLES[:3]), "--backend", "onnxruntime", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)

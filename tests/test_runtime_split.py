@@ -75,12 +75,13 @@ for args in (["export", {str(random_ckpt)!r}, "-o", {str(tmp_path / 'x')!r}], ["
 
 def test_manifest_missing_or_mistyped_nested_field_names_it(tmp_path, random_export):
     cases = [
-        (lambda m: m["engines"]["sac"].pop("k_range"), "engines.sac.k_range"),
-        (lambda m: m["engines"]["ee"].update(batch_range="1..64"), "engines.ee.batch_range"),
+        (lambda m: m["engines"].pop("batch_max"), "engines.batch_max"),
+        (lambda m: m["engines"].update(batch_max="1..64"), "engines.batch_max"),
+        (lambda m: m["engines"]["sac"].pop("file"), "engines.sac.file"),
         (lambda m: m["input"].update(std=[0.5, 0.0, 0.5]), "input.std"),
         (lambda m: m["input"].pop("mean"), "input.mean"),
-        (lambda m: m.update(eta="high"), "'eta'"),
-        (lambda m: m.update(eta=1.5), "'eta'"),
+        (lambda m: m["model_config"].update(eta="high"), "eta"),
+        (lambda m: m["model_config"].update(eta=1.5), "eta"),
         (lambda m: m["files"].pop("sac.onnx"), "hash of engine 'sac.onnx'"),
         (lambda m: m.update(class_names=["a"]), "class_names"),
         (lambda m: m.pop("engines"), "'engines'"),
