@@ -32,7 +32,7 @@ from sacvit_edge.gate import NEVER_EXIT, deadline_gate, describe_eta, validate_e
 from sacvit_edge.manifest import (CALIBRATION_FILE, CALIBRATION_FORMAT, CALIBRATION_VERSION, MANIFEST, LatencyTable,
                                   Manifest, read_manifest, sha256_file)
 
-from .collect import collect, measure_latency, timing_environment
+from .collect import collect, ee_floor_ms, measure_latency, timing_environment
 from .sweep import MIN_IMAGES, ExitRecords, Request, choose, token_range
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,13 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
     if batch > manifest.batch_range[1]:
         raise ConfigError(f"--batch {batch} exceeds the engines' batch_max {manifest.batch_range[1]}")
     warnings: list[str] = []
+    if request.kind == "latency_budget_ms":  # refuse what the EE stage alone already rules out, before the pass
+        with EdgeClassifier(src, backend=backend, threads=threads) as probe:
+            floor = ee_floor_ms(probe, batch)
+        if request.value < 0.8 * floor:  # 20 % slack: the full measurement decides the close calls
+            raise ConfigError(f"--latency-budget-ms {request.value:g} cannot be met: the EE stage alone takes "
+                              f"{floor:.3g} ms per image at --batch {batch} on this device (every image pays it); "
+                              "raise the budget or the batch")
 
     def run_pass(path: Path, precision: str = "fp32", record_sac: int = 0):
         recorders: list = []

@@ -115,6 +115,16 @@ def measure_latency(clf: EdgeClassifier, sample: np.ndarray, batch_sizes: tuple[
     return LatencyTable(ee=ee, host=host, sac=sac)
 
 
+def ee_floor_ms(clf: EdgeClassifier, batch: int, reps: int = 5) -> float:
+    """The EE stage's time per image at `batch` on this device, on a blank batch: no budget below
+    it can be met (every image pays at least the EE stage), so an unreachable --latency-budget-ms
+    is refused before the long pass."""
+    m = clf.manifest
+    x = np.zeros((batch, m.config.in_chans, m.size, m.size), np.float32)
+    exit_all = ImposedDecisions(exited=np.ones(batch, bool), counts=np.zeros(batch, np.int64))
+    return _median_ms(lambda: clf.run(x, imposed=exit_all).timings, "ee", reps) / batch
+
+
 def timing_environment(clf: EdgeClassifier) -> dict[str, Any]:
     return {**clf.backend.describe(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -335,6 +335,22 @@ def test_cli_calibrate_budget_below_ee_cost_names_the_lowest(calibrated, user_fo
     assert "lowest achievable is 0.01" in proc.stderr and not (tmp_path / "x").exists()
 
 
+def test_an_unreachable_latency_budget_is_refused_before_the_pass(calibrated, user_folder, tmp_path, monkeypatch):
+    """A budget below the EE stage's own time per image is refused from a quick timing, before the
+    pass over the data (which the spy counts)."""
+    import sacvit_edge.calibration.calibrate as calibrate_module
+    from sacvit_edge.calibration.calibrate import calibrate_export
+
+    out, _ = calibrated
+    passes = []
+    real = calibrate_module.collect
+    monkeypatch.setattr(calibrate_module, "collect", lambda *a, **k: passes.append(1) or real(*a, **k))
+    source = open_source(user_folder, "calibration", read_manifest(out).class_names)
+    with pytest.raises(ConfigError, match=r"--latency-budget-ms 1e-06 cannot be met: the EE stage alone takes"):
+        calibrate_export(out, source, Request("latency_budget_ms", 1e-6), out=tmp_path / "x", batch=4, timing_reps=1)
+    assert passes == [] and not (tmp_path / "x").exists()
+
+
 def test_cli_eval_on_an_export_directory_uses_the_calibrated_eta(calibrated, user_folder, tmp_path):
     out, report = calibrated
     js = tmp_path / "e.json"
