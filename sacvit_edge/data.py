@@ -189,6 +189,7 @@ class ImageFolder(ImageFolderSource):
                  max_bad_share: float = DEFAULT_MAX_BAD_SHARE) -> None:
         super().__init__(root, class_names, max_bad_share)
         self.size = size
+        self.known_bad: set[str] = set()  # unreadable files: reported in the first epoch, skipped after
 
     def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0,
                 world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -201,9 +202,12 @@ class ImageFolder(ImageFolderSource):
             imgs, labels = [], []
             for i in order[start:start + batch_size]:
                 path, label = self.samples[i]
+                if str(path) in self.known_bad:
+                    continue
                 try:
                     imgs.append(resize_uint8(load_image(path, target_size=self.size), self.size))
                 except ImageError as exc:
+                    self.known_bad.add(str(path))
                     bad.add(path, str(exc))
                     continue
                 labels.append(label)

@@ -40,7 +40,8 @@ class BadImages:
 
     def add(self, item: object, reason: str) -> None:
         self.files.append((str(item), reason))
-        log.warning("skipping unreadable image %s: %s", item, reason)
+        # the reason names the file already (ImageError messages start with it): say it once
+        log.warning("skipping unreadable image: %s", reason if str(item) in reason else f"{item}: {reason}")
         if len(self.files) > self.max_share * self.total:
             listed = "; ".join(f"{f}: {r}" for f, r in self.files[:5])
             raise DataError(f"{len(self.files)} of {self.total} images are unreadable, more than the allowed share "

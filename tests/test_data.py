@@ -59,3 +59,25 @@ def test_image_folder(tmp_path):
     assert x.shape == (4, 3, 112, 112) and x.dtype == torch.uint8 and y.tolist() == [0, 0, 0, 1]
     with pytest.raises(DataError):
         ImageFolder(tmp_path / "cat", 112)
+
+
+def test_an_unreadable_training_image_is_reported_once(tmp_path, caplog):
+    """The first epoch names the bad file (once per line); later epochs skip it without a word."""
+    import logging
+
+    from PIL import Image
+
+    from sacvit_edge.data import ImageFolder
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    folder = ImageFolder(tmp_path, 16, max_bad_share=0.5)
+    with caplog.at_level(logging.WARNING):
+        for epoch in range(3):
+            seen = sum(len(y) for _, y in folder.batches(4, epoch=epoch, shuffle=True))
+            assert seen == 6
+    lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].count("broken.png") == 1, lines
