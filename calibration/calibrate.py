@@ -28,11 +28,12 @@ from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export,
 from sacvit_edge.classifier import EdgeClassifier
 from sacvit_edge.datasets import DEFAULT_MAX_BAD_SHARE, LabelledSource
 from sacvit_edge.errors import ConfigError, ExportError
+from sacvit_edge.extras import require_extra
 from sacvit_edge.gate import NEVER_EXIT, deadline_gate, describe_eta, validate_eta
 from sacvit_edge.manifest import (CALIBRATION_FILE, CALIBRATION_FORMAT, CALIBRATION_VERSION, MANIFEST, LatencyTable,
                                   Manifest, read_manifest, sha256_file)
 
-from .collect import collect, ee_floor_ms, measure_latency, timing_environment
+from .collect import collect, ee_floor_ms, measure_latency, timing_environment, tune_batch1_threads
 from .sweep import MIN_IMAGES, ExitRecords, Request, choose, token_range
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,6 @@ def calibrate_export(directory: str | Path, source: LabelledSource, request: Req
     if not 0.5 <= coverage < 1.0:
         raise ConfigError(f"coverage {coverage} must be in [0.5, 1)")
     if int8:
-        from sacvit_edge.extras import require_extra
-
         require_extra("export", "calibrate --int8 (ONNX Runtime's quantiser reads the graphs with onnx)")
     check_replaceable(dst, sources=(src,), force=force, in_place=_same(src, dst))
     try:
@@ -234,8 +233,6 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
     k["engines_coverage"] = float(((counts >= lo) & (counts <= hi)).mean())
     k["clamped_low"], k["clamped_high"] = int((counts < lo).sum()), int((counts > hi).sum())
     if apply_k_range and (k["k_min"], k["k_max"]) != tuple(manifest.k_range):
-        from sacvit_edge.extras import require_extra
-
         require_extra("export", "calibrate --apply-k-range (re-export)")
         if not manifest.has_checkpoint:
             raise ExportError(f"{src}: --apply-k-range re-exports from model.pt, which this directory does not carry")
@@ -253,8 +250,6 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
     fp32_entry = _precision_entry(manifest, "fp32", manifest.engine_files("fp32"), got.records, latency, batch,
                                   request, deadline_budgets)
     if backend == "onnxruntime":
-        from .collect import tune_batch1_threads
-
         step("choosing ONNX Runtime's batch-1 thread count")
         rec = got.records
         exited = rec.exited(validate_eta(fp32_entry["eta"]))

@@ -6,7 +6,6 @@ extra), not torch, so `sacvit-edge build-engine` works on a Jetson that has no P
 crop.onnx is what the SAC-input builder's host half (tokens.crop_target_patches plus the row
 selection of the EE features) computes, as a graph a device backend runs where the image and
 the features already are:
-
     image (B,3,H,W), ee_final (B,n,D), ee_hidden (B,n,D), rows (G,), target_idx (G,k)
       -> target_patches (G,4k,C*p*p), group_final (G,n,D), group_hidden (G,n,D)
 
@@ -24,13 +23,17 @@ measures the agreement with fp32 on the test split).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from sacvit_edge.atomic import add_derived_files, scratch_file, writable_dir
 from sacvit_edge.errors import ExportError
 from sacvit_edge.extras import MissingExtraError
+from sacvit_edge.manifest import CROP_FILE, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY, read_manifest
+from sacvit_edge.tokens import crop_target_patches
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ FP16_KEEP_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum"
 
 
 def _onnx():
-    import importlib.util
-
     if importlib.util.find_spec("onnx") is None:
         raise MissingExtraError("deriving ONNX graphs (the device crop, fp16) needs onnx, which is not installed: "
                                 "pip install 'sacvit-edge[tensorrt]' (or [export])")
@@ -172,7 +173,6 @@ def _toposort(graph) -> None:
 def crop_reference(image: np.ndarray, final: np.ndarray, hidden: np.ndarray, rows: np.ndarray,
                    target_idx: np.ndarray, patch: int) -> dict[str, np.ndarray]:
     """What crop.onnx must compute, on the host (the SAC-input builder's NumPy half)."""
-    from sacvit_edge.tokens import crop_target_patches
 
     return {"target_patches": crop_target_patches(image[rows], target_idx, patch),
             "group_final": final[rows], "group_hidden": hidden[rows]}
@@ -180,8 +180,6 @@ def crop_reference(image: np.ndarray, final: np.ndarray, hidden: np.ndarray, row
 
 def ensure_crop_graph(manifest):
     """The export's crop.onnx, written (and recorded in its manifest) on first need."""
-    from sacvit_edge.atomic import add_derived_files, scratch_file, writable_dir
-    from sacvit_edge.manifest import CROP_FILE, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY, read_manifest
 
     if manifest.derived.crop is not None:
         return manifest
@@ -198,8 +196,6 @@ def ensure_crop_graph(manifest):
 def ensure_fp16_graphs(manifest):
     """The export's fp16 graphs (ee.fp16.onnx, sac.fp16.onnx), made from the fp32 ones and recorded
     in its manifest on first need."""
-    from sacvit_edge.atomic import add_derived_files, scratch_file, writable_dir
-    from sacvit_edge.manifest import read_manifest
 
     if "fp16" in manifest.derived.graphs:
         return manifest

@@ -13,8 +13,13 @@ import importlib.util
 import logging
 
 from sacvit_edge.errors import BackendError
+from sacvit_edge.extras import require_extra
 
 from .base import Backend, EEResult
+from .cuda import CudaRuntime
+from .openvino import OpenVinoBackend
+from .ort import OrtBackend
+from .trt import TensorRTBackend
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +35,6 @@ def tensorrt_usable() -> tuple[bool, str]:
     if importlib.util.find_spec("cuda") is None:
         return False, "cuda-python is not installed (pip install 'sacvit-edge[tensorrt]')"
     try:  # pragma: no cover - needs a CUDA machine
-        from .cuda import CudaRuntime
 
         CudaRuntime()
     except BackendError as exc:  # pragma: no cover
@@ -78,19 +82,12 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         raise BackendError(f"precision {precision!r} runs on backends 'onnxruntime', 'openvino' and 'tensorrt' only "
                            f"(asked for {name!r})")
     if name == "onnxruntime":
-        from .ort import OrtBackend
-
         return OrtBackend.from_manifest(manifest, threads=threads, precision=precision)
     if name == "openvino":
-        from sacvit_edge.extras import require_extra
-
         require_extra("openvino", "backend 'openvino'")
-        from .openvino import OpenVinoBackend
 
         return OpenVinoBackend.from_manifest(manifest, threads=threads, precision=precision)
     if name in ("pytorch", "pytorch-cuda"):
-        from sacvit_edge.extras import require_extra
-
         require_extra("export", f"backend {name!r}")
         if not manifest.has_checkpoint:
             raise BackendError(f"{manifest.directory}: this export carries no model.pt (exported without the checkpoint); "
@@ -102,7 +99,6 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         ok, why = tensorrt_usable()
         if not ok:
             raise BackendError(f"backend 'tensorrt' cannot run here: {why}")
-        from .trt import TensorRTBackend
 
         try:
             return TensorRTBackend.from_manifest(manifest, precision=precision, builder=engine_builder, **(options or {}))

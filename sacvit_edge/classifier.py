@@ -19,13 +19,16 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .atomic import DirectoryLock
-from .errors import ConfigError, ExportError, ImageError
+from .errors import BackendError, ConfigError, ExportError, ImageError
+from .extras import require_extra
 from .gate import Eta, describe_eta, validate_deadline, validate_eta
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize
-from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest
+from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest, sha256_file
 from .pipeline import (BatchResult, ImposedDecisions, Pipeline, PipelineOptions, Prediction,  # noqa: F401 - public
                        check_deadline_possible)
 from .stream import FrameStream, LatencyMonitor, check_frame_source  # noqa: F401 - public
+from .runtimes import open_backend
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,6 @@ class EdgeClassifier:
                  color: str = "rgb", resize: str = "stretch", precision: str = "fp32",
                  deadline_ms: float | None = None, backend_options: dict | None = None,
                  backend_wrapper: Callable | None = None) -> None:
-        from sacvit_edge.runtimes import open_backend
-
         self.pipeline: Pipeline | None = None  # set last: close() works on a half-built classifier
         if not isinstance(path, (str, Path)) or str(path) == "":
             raise ConfigError(f"path={path!r}: expected an export directory or a model.pt path")
@@ -197,8 +198,6 @@ class EdgeClassifier:
 
     def _pipeline(self) -> Pipeline:
         if self.pipeline is None:
-            from .errors import BackendError
-
             raise BackendError("this EdgeClassifier is closed; create a new one")
         return self.pipeline
 
@@ -206,8 +205,6 @@ class EdgeClassifier:
     def _export_cached(checkpoint: Path, cache_dir: Path) -> Path:
         """The cached export of a checkpoint, made once. Several processes may fill the cache at
         once: a lock file serialises them, and the later ones find the first one's export."""
-        from sacvit_edge.version import __version__
-        from sacvit_edge.manifest import sha256_file
 
         # keyed by the weights AND the export format, so an upgrade never reuses stale engines
         target = cache_dir / f"{sha256_file(checkpoint)[:16]}-m{MANIFEST_VERSION}-{__version__}"
@@ -220,8 +217,6 @@ class EdgeClassifier:
             try:
                 return read_manifest(target).directory
             except ExportError:
-                from sacvit_edge.extras import require_extra
-
                 require_extra("export", f"EdgeClassifier on a checkpoint ({checkpoint.name}); pass an export "
                                         "directory to run without it")
                 from sacvit_edge.export.bundle import export_checkpoint

@@ -5,20 +5,39 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.traceback import Traceback
 
+from .atomic import check_replaceable
 from .bench import DEFAULT_ETAS
-from .errors import BackendError, ConfigError, SacvitError
-from .gate import describe_eta
+from .calibration.calibrate import calibrate_export
+from .calibration.collect import collect
+from .calibration.sweep import Request
+from .classifier import default_cache_dir, EdgeClassifier
+from .config import preset as get_preset
+from .datasets import open_source, stratified_split
+from .errors import BackendError, ConfigError, ImageError, SacvitError
+from .export.formats import check_export_options, FORMATS, get_format, INT8_HOW
+from .export.graphs import ensure_crop_graph, ensure_fp16_graphs
+from .export.tensorrt import build_engines
+from .extras import has_extra, MissingExtraError, require_extra
+from .gate import describe_eta, validate_eta
+from .images import draw_prediction, IMAGE_SUFFIXES, load_image
+from .manifest import read_manifest
 from .outputs import check_output_dir, check_report_file, write_into, write_report
+from .profiling import load_image_batches, profile as run_profile, ProfileConfig
+from .runtimes import tensorrt_usable
+from .video import check_camera, check_max_frames, open_frames, VideoEndedEarly
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Deploy SAC-ViT classifiers on edge hardware.\n\nExit codes: 0 ok, 1 internal error (a bug), "
@@ -44,8 +63,6 @@ EXIT_ENVIRONMENT = 4  # what this machine lacks: an optional extra, a backend, a
 
 
 def exit_code_for(exc: BaseException) -> int:
-    from .extras import MissingExtraError
-
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
     if isinstance(exc, (MissingExtraError, BackendError)):
@@ -59,8 +76,6 @@ def _fail(exc: BaseException) -> None:
     code = exit_code_for(exc)
     if code == EXIT_INTERNAL:
         if logging.getLogger().isEnabledFor(logging.INFO):  # --verbose: the traceback to report
-            from rich.traceback import Traceback
-
             err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
         err.print(f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(str(exc)[:500])} "
                   "(a bug in sacvit-edge: rerun with --verbose for the traceback and report it)")
@@ -82,7 +97,6 @@ def _handled() -> Iterator[None]:
 
 def _eta(value: Optional[str], option: str = "--eta") -> Optional[float]:
     """A CLI threshold: a number in [0, 1] or 'never'."""
-    from .gate import validate_eta
 
     if value is None:
         return None
@@ -120,10 +134,6 @@ def _check_seed(seed: int) -> None:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log library messages", metavar="")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import warnings
-
-    from PIL import Image
-
     # load_image refuses images above max_pixels itself; Pillow's warning before that is noise here
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -155,13 +165,9 @@ def train(
 ) -> None:
     """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
     with _handled():
-        from .extras import require_extra
-
         require_extra("train", "sacvit-edge train")
         from .checkpoint import check_checkpoint_output, load_init_state
-        from .config import preset as get_preset
         from .data import ImageFolder, fashion_split
-        from .datasets import stratified_split
         from .train import TrainConfig, train as run_train
 
         _check_seed(seed)
@@ -214,8 +220,6 @@ DATA_HELP = ("ImageFolder: one sub-folder per class, matched to the model's clas
 
 def _request(max_drop: Optional[float], gflops_budget: Optional[float], latency_budget_ms: Optional[float],
              default_drop: float = 0.5):
-    from .calibration.sweep import Request
-
     given = [(k, v) for k, v in (("max_drop", max_drop), ("gflops_budget", gflops_budget),
                                   ("latency_budget_ms", latency_budget_ms)) if v is not None]
     if len(given) > 1:
@@ -240,7 +244,6 @@ def _curve_table(curve: list[dict], chosen: dict, title: str) -> Table:
 def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, split: str, seed: int,
                             limit: Optional[int], out: Optional[Path], in_place: bool, what: str) -> None:
     """Choose a checkpoint's default eta through PyTorch (the checkpoint-level calibrate)."""
-    from .extras import require_extra
 
     require_extra("train", f"sacvit-edge {what} on a checkpoint")
     from .checkpoint import load_checkpoint, save_checkpoint
@@ -303,10 +306,6 @@ def eval_cmd(
             check_report_file(json_out, "--json")
         where = str(data) if data is not None else f"cluttered Fashion-MNIST {split}"
         if model_path.is_dir():
-            from .calibration.collect import collect
-            from .classifier import EdgeClassifier
-            from .datasets import open_source
-
             _torch_threads(threads, backend)
             clf = EdgeClassifier(model_path, backend=backend, precision=precision, threads=threads)
             source = open_source(data, split, clf.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
@@ -321,8 +320,6 @@ def eval_cmd(
                        "calibrated" if clf.manifest.calibration else "checkpoint"),
                    **point, "top1_ee": rec.top1(rec.ee_pred), "top1_sac": rec.top1(rec.sac_pred)}
         else:
-            from .extras import require_extra
-
             require_extra("train", "sacvit-edge eval on a checkpoint (or pass an export directory)")
             from .checkpoint import load_checkpoint
             from .data import labelled_dataset
@@ -385,10 +382,6 @@ def calibrate(
             return
         if in_place:
             raise ConfigError("--in-place is for model.pt; an export directory is calibrated in place unless -o is given")
-        from .atomic import check_replaceable
-        from .calibration.calibrate import calibrate_export
-        from .datasets import open_source
-        from .manifest import read_manifest
 
         manifest = read_manifest(source)
         if out is not None:  # before the pass: a bad -o costs nothing
@@ -462,8 +455,6 @@ def _print_calibration(result, batch: int) -> None:
 
 
 def _calibration_plot(result) -> Optional[Path]:
-    from .extras import has_extra
-
     if not has_extra("bench"):
         return None
     from .calibration.plot import plot_calibration
@@ -486,8 +477,6 @@ def profile(
     precision: Annotated[str, typer.Option(help="fp32, fp16, int8, or auto (what calibration recommends here)")] = "fp32",
 ) -> None:
     """Latency / throughput / per-stage split / GFLOPs / power of EdgeClassifier on this device."""
-    from .classifier import EdgeClassifier
-    from .profiling import ProfileConfig, load_image_batches, profile as run_profile
 
     with _handled():
         eta_value = _eta(eta)
@@ -544,8 +533,6 @@ def bench(
 ) -> None:
     """DeiT vs SAC-ViT vs CF-ViT / LF-ViT modes, one run: JSON, Markdown table and PNG plot."""
     with _handled():
-        from .extras import require_extra
-
         require_extra("bench", "sacvit-edge bench")
         _check_positive(eval_images=eval_images, speed_images=speed_images, latency_iters=latency_iters, batch=batch)
         check_output_dir(out, "--out")
@@ -621,7 +608,6 @@ def export(
 ) -> None:
     """Export a trained SAC-ViT: ee.onnx + sac.onnx with a manifest, and for --format engine the
     TensorRT engines built for the GPU here."""
-    from .export.formats import check_export_options, get_format
 
     with _handled():
         fmt = get_format(format)
@@ -636,16 +622,12 @@ def export(
         if workspace is not None and not 0 < workspace < float("inf"):
             raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
         if precision == "int8":  # engine + int8: the graphs need data; say how before exporting anything
-            from .export.formats import INT8_HOW
 
             raise ConfigError(f"export --precision int8: {INT8_HOW}")
         if fmt.name == "engine":
             _check_engine_build_possible()
     out = out or Path("exports") / model_path.stem
     with _handled():
-        from .atomic import check_replaceable
-        from .extras import require_extra
-
         check_replaceable(out, sources=(model_path,), force=force)  # before loading anything
         require_extra("export", "sacvit-edge export")
         from .export.bundle import export_checkpoint
@@ -656,8 +638,6 @@ def export(
                                   exporter=exporter or "torchscript", include_checkpoint=with_checkpoint, force=force,
                                   on_wait=lambda msg: status.update(escape(msg)))  # type: ignore[arg-type]
         if precision == "fp16":
-            from .export.graphs import ensure_fp16_graphs
-
             with err.status("deriving the fp16 graphs"):
                 m = ensure_fp16_graphs(m)
         if fmt.name == "engine":
@@ -683,7 +663,6 @@ def _engine_rows(table: Table, m) -> None:
 
 def _check_engine_build_possible() -> None:
     """Fail before exporting when engines cannot be built here (no TensorRT, cuda-python or GPU)."""
-    from .runtimes import tensorrt_usable
 
     ok, why = tensorrt_usable()
     if not ok:
@@ -693,9 +672,6 @@ def _check_engine_build_possible() -> None:
 
 def _build_engines(m, precision: str, workspace: float, batch_opt: int, fp16_mode: str):
     """Build the engines with a progress bar per stage; TensorRT's own messages go to logging."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .export.tensorrt import build_engines
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as progress:
         tasks: dict[str, int] = {}
@@ -720,8 +696,6 @@ def build_engine(
 ) -> None:
     """Build an export directory's TensorRT engines for the GPU here (ahead of running), and record
     them in its manifest. Engines already built for this GPU and TensorRT are kept."""
-    from .export.formats import check_export_options, get_format
-    from .manifest import read_manifest
 
     with _handled():
         fmt = get_format(format)
@@ -732,8 +706,6 @@ def build_engine(
             raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
         m = read_manifest(directory)
         if fmt.name == "onnx":
-            from .export.graphs import ensure_crop_graph, ensure_fp16_graphs
-
             m = ensure_crop_graph(m)
             if precision == "fp16":
                 m = ensure_fp16_graphs(m)
@@ -753,7 +725,6 @@ def build_engine(
 @app.command()
 def formats() -> None:
     """The export formats, what each runs on, and the options and precisions it takes."""
-    from .export.formats import FORMATS
 
     table = Table("format", "files", "runs on", "precisions", "options", "needs", title="sacvit-edge export --format")
     for f in FORMATS:
@@ -765,11 +736,7 @@ def formats() -> None:
 def _predict_frames(source: Path, stream_source, eta, backend: str, as_json: bool, resize: str,
                     save_overlay: Optional[Path], max_frames: Optional[int]) -> None:
     """predict --video / --camera: stream the frames, a table (or JSON) of frames and a summary."""
-    from .classifier import EdgeClassifier
-    from .images import draw_prediction
-    from .video import open_frames
 
-    from .video import VideoEndedEarly, check_camera, check_max_frames
 
     rows = []
     ended_early: VideoEndedEarly | None = None
@@ -819,8 +786,6 @@ def _frames_table(stream_source, clf, rows: list[dict], summary: dict) -> None:
 
 def _expand_images(paths: list[Path]) -> list[Path]:
     """Image arguments: files as given, a directory as its image files (sorted, recursively)."""
-    from .errors import ImageError
-    from .images import IMAGE_SUFFIXES
 
     out: list[Path] = []
     for p in paths:
@@ -868,9 +833,6 @@ def predict(
 ) -> None:
     """Classify images with EdgeClassifier. A bad image is reported on its row and the others
     are still classified; the exit code is then 3."""
-    from .classifier import EdgeClassifier
-    from .errors import ImageError
-    from .images import load_image
 
     if sum(x is not None and x != [] for x in (images, video, camera)) != 1:
         _fail(ConfigError("give image files or directories, or --video FILE, or --camera N (one of them)"))
@@ -904,8 +866,6 @@ def predict(
     failed = sum(isinstance(r, ImageError) for r in results)
     if save_overlay is not None:
         with _handled():
-            from .images import draw_prediction
-
             for i, (f, p) in enumerate(zip(images, results)):
                 if not isinstance(p, ImageError):
                     write_into(save_overlay, f"{i:04d}_{Path(f).stem[:100]}.png", draw_prediction(f, p).save,
@@ -943,13 +903,10 @@ def demo(
     In a checkout with the [export] extra the shipped checkpoint is exported afresh into --out;
     elsewhere (the core install) the export that ships in the package is used as it is.
     """
-    from .classifier import EdgeClassifier
-    from .extras import has_extra
 
     with _handled():
         checkpoint = CHECKOUT / "checkpoints" / "sacvit_tiny_112.pt" if CHECKOUT is not None else None
         if checkpoint is not None and checkpoint.is_file() and has_extra("export"):
-            from .classifier import default_cache_dir
             from .export.bundle import export_checkpoint
 
             out = out if out is not None else default_cache_dir() / "demo" / "sacvit_tiny_112"

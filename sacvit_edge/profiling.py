@@ -14,15 +14,22 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .errors import DataError, ExportError
+from .extras import require_extra
 from .gate import describe_eta
+from .images import IMAGE_SUFFIXES, normalize
+from .runtimes.base import cpu_name
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +141,6 @@ class TegrastatsSampler:
 # ---- environment --------------------------------------------------------------------------
 def _installed_version(dist: str) -> str | None:
     """A package's version from its metadata, without importing it (torch alone takes seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(dist)
@@ -145,10 +151,7 @@ def _installed_version(dist: str) -> str | None:
 def environment(backend_info: dict[str, Any]) -> dict[str, Any]:
     """Versions and hardware of this run. Imports nothing heavy; the GPU name comes from torch
     only when the run already loaded it (a PyTorch or TensorRT backend)."""
-    import sys
 
-    from .version import __version__
-    from .runtimes.base import cpu_name
 
     env = {"sacvit_edge": __version__, "python": platform.python_version(), "platform": platform.platform(),
            "cpu": cpu_name(), **{name: _installed_version(name) for name in ("onnxruntime", "torch", "onnx")},
@@ -182,8 +185,6 @@ class ProfileReport:
     power_mode: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -194,7 +195,6 @@ def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,
     Decoding and resizing are excluded (CF-ViT's throughput protocol: time the model only).
     GFLOPs come from the manifest's cost table, counted at export.
     """
-    from .errors import ExportError
 
     if not batches:
         raise ValueError("profile needs at least one batch")
@@ -239,8 +239,6 @@ def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,
 
 def load_image_batches(folder: Path | None, clf, batch: int, count: int = 256) -> list[np.ndarray]:
     """Preprocessed batches from an image folder, or from the cluttered test split (synthetic)."""
-    from .errors import DataError
-    from .images import IMAGE_SUFFIXES
 
     if folder is not None:
         if not Path(folder).is_dir():
@@ -250,11 +248,8 @@ def load_image_batches(folder: Path | None, clf, batch: int, count: int = 256) -
             raise DataError(f"--images {folder}: the directory holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         x = clf.preprocess(files[:count])
     else:
-        from .extras import require_extra
-
         require_extra("train", "profiling on the built-in cluttered Fashion-MNIST canvases (or pass --images DIR)")
         from .data import ClutteredFashionMNIST
-        from .images import normalize
 
         ds = ClutteredFashionMNIST("test", limit=max(count, batch))
         imgs = ds.render(np.arange(len(ds))).numpy()
