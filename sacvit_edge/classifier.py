@@ -25,7 +25,7 @@ from .gate import Eta, describe_eta, validate_deadline, validate_eta
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize
 from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest, sha256_file
 from .pipeline import (BatchResult, ImposedDecisions, Pipeline, PipelineOptions, Prediction,  # noqa: F401 - public
-                       check_deadline_possible)
+                       check_deadline_possible, option_property)
 from .stream import FrameStream, LatencyMonitor, check_frame_source  # noqa: F401 - public
 from .runtimes import open_backend
 from .version import __version__
@@ -156,33 +156,13 @@ class EdgeClassifier:
         """The backend the pipeline runs (None once closed)."""
         return None if self.pipeline is None else self.pipeline.backend
 
-    @property
-    def eta(self) -> float:
-        return self.options.eta
-
-    @property
-    def deadline_ms(self) -> float | None:
-        return self.options.deadline_ms
-
-    @property
-    def topk(self) -> int:
-        return self.options.topk
-
-    @property
-    def max_pixels(self) -> int:
-        return self.options.max_pixels
-
-    @property
-    def color(self) -> str:
-        return self.options.color
-
-    @property
-    def resize(self) -> str:
-        return self.options.resize
-
-    @property
-    def group_overhead_tokens(self) -> float:
-        return self.options.group_overhead_tokens
+    eta = option_property("eta")
+    deadline_ms = option_property("deadline_ms")
+    topk = option_property("topk")
+    max_pixels = option_property("max_pixels")
+    color = option_property("color")
+    resize = option_property("resize")
+    group_overhead_tokens = option_property("group_overhead_tokens")
 
     @property
     def k_range(self) -> tuple[int, int]:

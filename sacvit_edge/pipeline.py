@@ -152,6 +152,11 @@ class PendingBatch:
     raw_counts: np.ndarray
 
 
+def option_property(name: str) -> property:
+    """A read-only attribute that is `self.options.<name>` (PipelineOptions): one value, one place."""
+    return property(lambda self: getattr(self.options, name), doc=f"PipelineOptions.{name}")
+
+
 class Pipeline:
     """Both stages over one backend, for one export directory's manifest.
 
@@ -179,17 +184,9 @@ class Pipeline:
         self.counters = {"images": 0, "exited": 0, "deadline_exits": 0, "k_clamped_low": 0, "k_clamped_high": 0}
 
     # shorthands the stages read
-    @property
-    def eta(self) -> float:
-        return self.options.eta
-
-    @property
-    def deadline_ms(self) -> float | None:
-        return self.options.deadline_ms
-
-    @property
-    def group_overhead_tokens(self) -> float:
-        return self.options.group_overhead_tokens
+    eta = option_property("eta")
+    deadline_ms = option_property("deadline_ms")
+    group_overhead_tokens = option_property("group_overhead_tokens")
 
     def check_deadline(self, deadline: float | None) -> float | None:
         return check_deadline_possible(deadline, self.latency_table, self.manifest.directory, self.precision)
