@@ -21,7 +21,7 @@ from rich.traceback import Traceback
 from .atomic import check_replaceable
 from .bench import DEFAULT_ETAS
 from .calibration.calibrate import calibrate_export
-from .calibration.collect import collect
+from .calibration.evaluate import evaluate_export
 from .calibration.sweep import Request
 from .classifier import default_cache_dir, EdgeClassifier
 from .config import preset as get_preset
@@ -307,34 +307,31 @@ def eval_cmd(
         where = str(data) if data is not None else f"cluttered Fashion-MNIST {split}"
         if model_path.is_dir():
             _torch_threads(threads, backend)
-            clf = EdgeClassifier(model_path, backend=backend, precision=precision, threads=threads)
-            source = open_source(data, split, clf.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
+            names = read_manifest(model_path).class_names
+            source = open_source(data, split, names, seed=seed, limit=limit, max_bad_share=max_bad_share)
             with _progress() as progress:
-                task = progress.add_task(f"eval on {clf.backend_name}", total=len(source), info="")
-                got = collect(clf, source, 32, max_bad_share, on_batch=lambda d, n: progress.update(task, completed=d))
-            rec = got.records
-            point = rec.point(clf.eta if eta_value is None else eta_value, clf.manifest.cost)
-            res = {"export": str(model_path), "backend": clf.backend_name, "precision": precision, "data": where,
-                   "images": int(len(rec.labels)), "unreadable": len(got.bad),
-                   "eta_source": "--eta" if eta_value is not None else (
-                       "calibrated" if clf.manifest.calibration else "checkpoint"),
-                   **point, "top1_ee": rec.top1(rec.ee_pred), "top1_sac": rec.top1(rec.sac_pred)}
+                task = progress.add_task(f"eval on {backend}", total=len(source), info="")
+                report = evaluate_export(model_path, source, eta=eta_value, backend=backend, precision=precision,
+                                         threads=threads, max_bad_share=max_bad_share, data_name=where,
+                                         on_batch=lambda d, n: progress.update(task, completed=d))
         else:
             require_extra("train", "sacvit-edge eval on a checkpoint (or pass an export directory)")
             from .checkpoint import load_checkpoint
             from .data import labelled_dataset
-            from .train import evaluate
+            from .train import evaluate_checkpoint
 
             ckpt = load_checkpoint(model_path)
             test = labelled_dataset(data, split, ckpt.class_names, ckpt.size, seed, limit, max_bad_share)
             with _progress() as progress:
                 task = progress.add_task("eval", total=None, info="")
-                res = evaluate(ckpt.model, test, eta=ckpt.eta if eta_value is None else eta_value,
-                               on_batch=lambda d, n: progress.update(task, completed=d, total=n))
-            res = {"checkpoint": str(model_path), "arch": ckpt.config.arch, "data": where, **res}
+                report = evaluate_checkpoint(model_path, test, where, eta=eta_value,
+                                             on_batch=lambda d, n: progress.update(task, completed=d, total=n))
+        res = report.to_dict()
         table = Table("metric", "value", title=f"{model_path} on {where}")
         for key, value in res.items():
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            shown = f"{value:.4f}" if isinstance(value, float) else (
+                " - ".join(f"{v:.2f}" for v in value) if isinstance(value, (tuple, list)) else str(value))
+            table.add_row(key, shown)
         console.print(table)
         if json_out is not None:
             write_report(json_out, json.dumps(res, indent=2), "--json")

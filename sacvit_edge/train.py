@@ -26,9 +26,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
+from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import ConfigError, OutputError
+from .calibration.evaluate import EvalReport
 from .calibration.sweep import ExitRecords, Request, choose
 from .flops import CostModel
 from .gate import NEVER_EXIT, validate_eta
@@ -291,6 +292,16 @@ def evaluate(model: VisionTransformer, dataset, eta: float | None = None, limit:
         if flops:
             result["gflops"] = CostModel(model).full
     return result
+
+
+def evaluate_checkpoint(path: str | Path, dataset, name: str, eta: float | None = None,
+                        on_batch: Callable[[int, int], None] | None = None) -> EvalReport:
+    """`sacvit-edge eval model.pt`: train.evaluate through PyTorch, as eval's typed report."""
+    ckpt = load_checkpoint(path)
+    res = evaluate(ckpt.model, dataset, eta=ckpt.eta if eta is None else eta, on_batch=on_batch)
+    known = ("images", "top1", "eta", "top1_ee", "top1_sac", "exit_rate", "mean_target_tokens", "gflops")
+    return EvalReport(kind="checkpoint", model=str(path), data=name, arch=ckpt.config.arch,
+                      **{k: res[k] for k in known if k in res}, details={k: v for k, v in res.items() if k not in known})
 
 
 def check_checkpoint_request(request: Request) -> None:
