@@ -217,48 +217,73 @@ def fit_square(rgb: np.ndarray, size: int, mode: str = "stretch") -> tuple[np.nd
         return resize_uint8(rgb, size), FrameGeometry(w, h, 0.0, 0.0, w / size, h / size)
     side = min(h, w) if mode == "center_crop" else max(h, w)
     x0, y0 = (w - side) // 2, (h - side) // 2
+    geometry = FrameGeometry(w, h, float(x0), float(y0), side / size, side / size)
     if mode == "center_crop":  # a view: resize_uint8 copies only the rows its strips read
-        square = rgb[y0:y0 + side, x0:x0 + side]
-    else:
-        square = np.zeros((side, side, 3), np.uint8)
-        square[-y0:-y0 + h, -x0:-x0 + w] = rgb
-    return resize_uint8(square, size), FrameGeometry(w, h, float(x0), float(y0), side / size, side / size)
+        return resize_uint8(rgb[y0:y0 + side, x0:x0 + side], size), geometry
+    if w == side:  # a landscape frame: the black bars above and below stay virtual
+        return resize_uint8(rgb, size, pad_rows=(-y0, side - h + y0)), geometry
+    square = np.zeros((side, side, 3), np.uint8)
+    square[-y0:-y0 + h, -x0:-x0 + w] = rgb
+    return resize_uint8(square, size), geometry
 
 
 PARALLEL_RESIZE_PIXELS = 500_000  # from about 0.5 Mpx (1280x720 and up; not 640x480) two strips in two threads pay
 
 
-def resize_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
+def resize_uint8(rgb: np.ndarray, size: int, pad_rows: tuple[int, int] = (0, 0)) -> np.ndarray:
     """HxWx3 uint8 -> size x size x 3 uint8 with Pillow's antialiased bilinear resampling, as the
-    training canvases are square.
+    training canvases are square. `pad_rows` = (above, below): black rows the image has around
+    `rgb` (a letterboxed landscape frame), never materialised.
 
-    A large frame is resampled as two horizontal strips of the output in two threads (Pillow releases the GIL), each converting
-    only the source rows its filter reads: about half the time of one pass at 1080p, the same
-    image within one grey level (the strips' filter positions are computed from their own origin,
-    so a rounding can differ by one).
+    A large frame is resampled as two horizontal strips of the output in two threads (Pillow
+    releases the GIL), each converting only the source rows its filter reads; output rows whose
+    filter reads only black bars are black without resampling. About half the time of one pass at
+    1080p, the same image within one grey level (the strips' filter positions are computed from
+    their own origin, so a rounding can differ by one).
     """
     h, w = rgb.shape[:2]
-    if h == size and w == size:
+    top, bottom = pad_rows
+    full_h = h + top + bottom
+    if full_h == size and w == size and not (top or bottom):
         return rgb
-    if h * w < PARALLEL_RESIZE_PIXELS or _usable_cpus() < 2:
-        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    out = np.empty((size, size, 3), np.uint8)
+    if full_h * w < PARALLEL_RESIZE_PIXELS or _usable_cpus() < 2:
+        whole = rgb if not (top or bottom) else np.concatenate(
+            [np.zeros((top, w, 3), np.uint8), rgb, np.zeros((bottom, w, 3), np.uint8)])
+        return np.asarray(Image.fromarray(np.ascontiguousarray(whole)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    out = np.zeros((size, size, 3), np.uint8)
     failed: list[BaseException] = []
-    margin = int(math.ceil(h / size)) + 2  # the bilinear filter reads +-h/size source rows around a centre
+    scale = full_h / size
+    margin = int(math.ceil(scale)) + 2  # the bilinear filter reads +-scale source rows around a centre
+    # output rows whose filter can reach a frame row (the others read only black bars: black)
+    r_lo = max(0, int((top - margin) / scale) - 1)
+    r_hi = min(size, int(math.ceil((top + h + margin) / scale)) + 1)
+
+    def rows(first: int, last: int) -> np.ndarray:
+        """Rows [first, last) of the padded image."""
+        if not (top or bottom):
+            return np.ascontiguousarray(rgb[first:last])
+        block = np.zeros((last - first, w, 3), np.uint8)
+        a, b = max(first, top), min(last, top + h)
+        if b > a:
+            block[a - first:b - first] = rgb[a - top:b - top]
+        return block
 
     def strip(r0: int, r1: int) -> None:
         try:
-            y0, y1 = h * r0 / size, h * r1 / size
-            first, last = max(0, int(y0) - margin), min(h, int(math.ceil(y1)) + margin)
-            img = Image.fromarray(np.ascontiguousarray(rgb[first:last]))  # only the rows this strip reads
+            if r1 <= r0:
+                return
+            y0, y1 = scale * r0, scale * r1
+            first, last = max(0, int(y0) - margin), min(full_h, int(math.ceil(y1)) + margin)
+            img = Image.fromarray(rows(first, last))  # only the rows this strip reads
             part = img.resize((size, r1 - r0), Image.BILINEAR, box=(0, y0 - first, w, y1 - first))
             out[r0:r1] = np.asarray(part, dtype=np.uint8)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
             failed.append(exc)
 
-    helper = threading.Thread(target=strip, args=(size // 2, size), name="sacvit-resize", daemon=True)
+    middle = (r_lo + r_hi) // 2
+    helper = threading.Thread(target=strip, args=(middle, r_hi), name="sacvit-resize", daemon=True)
     helper.start()
-    strip(0, size // 2)
+    strip(r_lo, middle)
     helper.join()
     if failed:
         raise failed[0]
