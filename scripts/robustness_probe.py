@@ -1,4 +1,4 @@
-"""Re-run of the damaged-artifact probe : mutate every field of an export's manifest and
+"""Re-run of the damaged-artifact probe: mutate every field of an export's manifest and
 of a checkpoint, damage the files, and count what happens at load.
 
     .venv/bin/python scripts/robustness_probe.py [--export DIR] [--checkpoint model.pt] [--json out.json]
