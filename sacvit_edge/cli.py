@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -48,10 +49,33 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
+class LogProgress(Progress):
+    """Progress for a log or CI (stderr is not a terminal): no live bar (its redraws garble a log
+    file), one plain line per tenth of the work or change of step instead."""
+
+    def __init__(self, *columns, **kwargs) -> None:
+        super().__init__(*columns, **{**kwargs, "disable": True})
+        self._said: dict = {}
+
+    def update(self, task_id, **fields) -> None:  # type: ignore[override]
+        super().update(task_id, **fields)
+        task = self._tasks[task_id]
+        done, total = int(task.completed), task.total
+        info = str(task.fields.get("info", ""))
+        # a line per tenth of the work, or when the step changes (numbers alone, a loss, do not count)
+        key = (int(10 * done / total) if total else done, re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", "#", info))
+        if self._said.get(task_id) != key:
+            self._said[task_id] = key
+            count = f"{done}/{int(total)}" if total else f"{done}"
+            err.print(escape(f"{task.description}: {count}" + (f" {info}" if info else "")), soft_wrap=True)
+
+
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, transient=False)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    if not err.is_terminal:
+        return LogProgress(*columns, console=err, transient=False)
+    return Progress(*columns, console=err, transient=False)
 
 
 # Exit codes (documented in the README and in `sacvit-edge --help`).
@@ -197,10 +221,8 @@ def train(
         with _progress() as progress:
             task = progress.add_task(f"train {model_cfg.arch}", total=None, info="")
 
-            def on_step(step: int, total: int, loss: float) -> None:
-                progress.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
-                if not err.is_terminal and (step % 50 == 0 or step == total):  # logs of background runs
-                    err.print(f"step {step}/{total} loss {loss:.4f}")
+            def on_step(step: int, total: int, loss: float) -> None:  # in a log: a line per tenth (LogProgress)
+                progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
 
             result = run_train(model_cfg, tcfg, train_set, out, init_state=init_state, eval_dataset=test_set,
                                on_step=on_step, metadata=meta)

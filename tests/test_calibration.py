@@ -335,6 +335,19 @@ def test_cli_calibrate_budget_below_ee_cost_names_the_lowest(calibrated, user_fo
     assert "lowest achievable is 0.01" in proc.stderr and not (tmp_path / "x").exists()
 
 
+def test_progress_in_a_log_is_plain_lines(calibrated, user_folder, tmp_path):
+    """Outside a terminal (a log, CI) progress is a line per tenth of the work or per step: no
+    live bar, no control characters, and the tables are not cut."""
+    out, _ = calibrated
+    proc = run_cli("calibrate", out, "--data", user_folder, "-o", tmp_path / "c", "--batch", "8", "--timing-reps", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("calibrate: ")]
+    assert "calibrate: 120/120 pass over 120 images (fp32, onnxruntime)" in lines, lines
+    assert any("timing the stages" in l for l in lines) and 5 <= len(lines) <= 20, lines
+    assert "\x1b[" not in proc.stderr + proc.stdout and "\r" not in proc.stderr
+    assert "mean_target_tokens" in proc.stdout and "…" not in proc.stdout  # full column names
+
+
 def test_an_unreachable_latency_budget_is_refused_before_the_pass(calibrated, user_folder, tmp_path, monkeypatch):
     """A budget below the EE stage's own time per image is refused from a quick timing, before the
     pass over the data (which the spy counts)."""
