@@ -322,16 +322,25 @@ def preprocess(images: Sequence[ImageInput], size: int, mean: Sequence[float], s
     return np.ascontiguousarray(normalize(batch, mean, std))
 
 
+OVERLAY_MIN_SIDE = 448  # smaller frames are drawn enlarged (pixels repeated), so the label covers little
+
+
 def draw_prediction(image: ImageInput, prediction, color: str = "rgb", outline: tuple[int, int, int] = (255, 64, 32),
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """The frame with the regions the model looked at closer outlined, and its label and
-    confidence written on it: a picture of a Prediction (Prediction.target_boxes)."""
+    confidence written on it: a picture of a Prediction (Prediction.target_boxes). A frame
+    smaller than OVERLAY_MIN_SIDE is enlarged by a whole factor (nearest neighbour: its pixels,
+    only bigger) so that the label banner does not hide a third of it."""
     from PIL import ImageDraw
 
     frame = Image.fromarray(load_image(image, max_pixels, color=color))
+    factor = max(1, math.ceil(OVERLAY_MIN_SIDE / min(frame.size)))
+    if factor > 1:
+        frame = frame.resize((frame.width * factor, frame.height * factor), Image.NEAREST)
     draw = ImageDraw.Draw(frame)
     width = max(1, round(min(frame.size) / 150))
     for box in prediction.target_boxes:
+        box = tuple(v * factor for v in box)
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=outline, width=width)
     text = f"{prediction.label} {prediction.confidence:.2f}" + (" (early exit)" if prediction.exited_early else "")
     left, top, right, bottom = draw.textbbox((4, 4), text)

@@ -184,8 +184,14 @@ def test_draw_prediction_and_save_overlay(tmp_path, random_export):
     img = draw_prediction(SAMPLES[0], p)
     arr = np.asarray(img)
     plain = np.asarray(Image.open(SAMPLES[0]).convert("RGB"))
-    assert img.size == (112, 112) and not np.array_equal(arr, plain)
-    left, top, right, bottom = p.target_boxes[0]
+    factor = 4  # a 112 px frame is drawn at 448 px (pixels repeated) so the label hides little of it
+    assert img.size == (112 * factor, 112 * factor) and not np.array_equal(arr[::factor, ::factor], plain)
+    outside = np.ones((112, 112), bool)  # pixels under no outline and below the label banner
+    outside[:20] = False
+    for l, t, r, b in p.target_boxes:
+        outside[max(0, t - 1):b + 1, max(0, l - 1):r + 1] = False
+    assert (arr[::factor, ::factor][outside] == plain[outside]).all()  # there the picture is the frame itself
+    left, top, right, bottom = (v * factor for v in p.target_boxes[0])
     assert tuple(arr[top + 20 if top + 20 < bottom - 1 else bottom - 1, left]) == (255, 64, 32) or \
         (arr[top:bottom, left] == (255, 64, 32)).all(axis=1).any()  # the outline is drawn on the box
     r = runner.invoke(app, ["predict", str(random_export), str(SAMPLES[0]), str(SAMPLES[1]), "--backend", "onnxruntime",
@@ -193,7 +199,7 @@ def test_draw_prediction_and_save_overlay(tmp_path, random_export):
     assert r.exit_code == 0, r.output
     written = sorted(p.name for p in (tmp_path / "ov").iterdir())
     assert written == [f"0000_{SAMPLES[0].stem}.png", f"0001_{SAMPLES[1].stem}.png"]
-    assert Image.open(tmp_path / "ov" / written[0]).size == (112, 112)
+    assert Image.open(tmp_path / "ov" / written[0]).size == (448, 448)
 
 
 def _frames(n: int) -> list[np.ndarray]:
