@@ -8,6 +8,7 @@ import re
 import sys
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -36,7 +37,7 @@ from .gate import describe_eta, validate_eta
 from .images import draw_prediction, IMAGE_SUFFIXES, load_image
 from .manifest import read_manifest
 from .outputs import check_output_dir, check_report_file, write_into, write_report
-from .profiling import load_image_batches, profile as run_profile, ProfileConfig
+from .profiling import load_image_batches, profile as run_profile, ProfileConfig, time_preprocessing
 from .runtimes import tensorrt_usable
 from .video import check_camera, check_max_frames, open_frames, VideoEndedEarly
 
@@ -513,8 +514,13 @@ def profile(
             task = progress.add_task("profile", total=iters, info=clf.backend_name)
             rep = run_profile(clf, batches, ProfileConfig(batch=batch, warmup=warmup, iters=iters, eta=eta_value),
                               on_iter=lambda i, n: progress.update(task, completed=i))
+        if images is not None:
+            rep = replace(rep, preprocess_ms=time_preprocessing(images, clf, batch, iters))
     table = Table("", "count", "mean", "stdev", "p50", "p90", "p99", title=f"{source} on {clf.backend_name}, batch {batch} (ms)")
-    for name, st in (("per call", rep.latency_ms), *((f"  {k}", v) for k, v in rep.stages_ms.items())):
+    rows = [("per call (model)", rep.latency_ms), *((f"  {k}", v) for k, v in rep.stages_ms.items())]
+    if rep.preprocess_ms is not None:
+        rows.append(("preprocess (files; before the call)", rep.preprocess_ms))
+    for name, st in rows:
         table.add_row(name, str(st["count"]), *(f"{st[q]:.3f}" for q in ("mean", "stdev", "p50", "p90", "p99")))
     console.print(table)
     summary = Table("metric", "value")

@@ -183,9 +183,28 @@ class ProfileReport:
     environment: dict[str, Any]
     power: dict[str, Any] = field(default_factory=dict)
     power_mode: dict[str, Any] = field(default_factory=dict)
+    # --images: decoding, fitting and normalising the files, per call of `batch` images (not in
+    # latency_ms, which times the model on preprocessed batches, CF-ViT's protocol)
+    preprocess_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def time_preprocessing(folder: Path, clf, batch: int, iters: int, count: int = 256) -> dict[str, float]:
+    """The frame path on a folder's files: clf.preprocess of `batch` files per call (decode, fit,
+    normalise), `iters` calls over the files in turn; latency_stats of the calls in ms."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not files:
+        raise DataError(f"--images {folder}: the directory holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    calls = [[files[(i * batch + j) % len(files)] for j in range(batch)] for i in range(iters)]
+    clf.preprocess(calls[0])  # warm-up (imports, first allocation)
+    times = []
+    for chunk in calls:
+        t = time.perf_counter()
+        clf.preprocess(chunk)
+        times.append((time.perf_counter() - t) * 1e3)
+    return latency_stats(times)
 
 
 def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,

@@ -4,6 +4,7 @@ import json
 import time
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -134,6 +135,16 @@ def test_profile_cli_writes_json(random_export, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert data["latency_ms"]["count"] == 3 and "p99" in data["latency_ms"]
+    assert data["preprocess_ms"] is None  # synthetic canvases arrive preprocessed
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):  # camera-sized files: --images also times their preprocessing
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (720, 1280, 3), dtype=np.uint8)).save(frames / f"{i}.png")
+    r = CliRunner().invoke(app, ["profile", str(random_export), "--backend", "onnxruntime", "--images", str(frames),
+                                 "--iters", "4", "--warmup", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["preprocess_ms"]["count"] == 4 and data["preprocess_ms"]["min"] > 0 and "preprocess" in r.output
     r = CliRunner().invoke(app, ["profile", str(random_export), "--images", str(tmp_path), "--synthetic"])
     assert r.exit_code == 2 and "exclude" in r.output
 
