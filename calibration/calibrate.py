@@ -203,17 +203,13 @@ def _calibrate_locked(src: Path, dst: Path, source: LabelledSource, request: Req
                               "raise the budget or the batch")
 
     def run_pass(path: Path, precision: str = "fp32", record_sac: int = 0):
-        recorders: list = []
-
-        def record(opened):  # the SAC inputs the fp32 classifier really feeds: INT8 calibration data
+        wrap = None
+        if record_sac:  # the SAC inputs the fp32 classifier really feeds: INT8 calibration data
             from .int8 import RecordingBackend
 
-            recorders.append(RecordingBackend(opened, limit=record_sac))
-            return recorders[-1]
-
-        clf = EdgeClassifier(path, backend=backend, threads=threads, precision=precision,
-                             backend_wrapper=record if record_sac else None)
-        recorder = recorders[0] if recorders else None
+            wrap = lambda opened: RecordingBackend(opened, limit=record_sac)  # noqa: E731
+        clf = EdgeClassifier(path, backend=backend, threads=threads, precision=precision, backend_wrapper=wrap)
+        recorder = clf.backend if record_sac else None
         step(f"pass over {len(source)} images ({precision}, {clf.backend_name})")
         got = collect(clf, source, batch, max_bad_share, on_batch=on_batch)
         step(f"timing the stages ({precision}) at batch 1 and {batch}")

@@ -227,6 +227,21 @@ def _input_spec(inp: Any, cfg: ModelConfig, where: str) -> tuple[int, tuple[floa
     return size, out[0], out[1]
 
 
+def training_log(checkpoint: str | Path) -> Path:
+    """Where `train` logs a checkpoint's epochs (JSON lines beside it)."""
+    return Path(checkpoint).with_suffix(".log.jsonl")
+
+
+def is_training_log(path: Path) -> bool:
+    """A file `train` wrote (replaced by the next training of its checkpoint): empty, or JSON objects."""
+    try:
+        with path.open(errors="replace") as f:
+            first = f.readline()
+        return not first.strip() or isinstance(json.loads(first), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def check_checkpoint_output(path: str | Path, option: str = "--out") -> Path:
     """A checkpoint path to be written: an existing file is replaced only when it is a sacvit-edge
     checkpoint (and its training log beside it only when it is one), never another file."""
@@ -245,13 +260,9 @@ def check_checkpoint_output(path: str | Path, option: str = "--out") -> Path:
         except CheckpointError:
             raise OutputError(f"{option} {path}: exists and is not a sacvit-edge checkpoint; sacvit-edge replaces only "
                               "its own checkpoints, choose another path") from None
-    log = path.with_suffix(".log.jsonl")
-    if log.exists():
-        first = log.open(errors="replace").readline() if log.is_file() else "not a file"
-        try:
-            json.loads(first)
-        except ValueError:
-            raise OutputError(f"{option} {path}: its training log {log} exists and is not one (JSON lines); move it "
-                              "away or choose another path") from None
+    log = training_log(path)
+    if log.exists() and not is_training_log(log):
+        raise OutputError(f"{option} {path}: its training log {log} exists and is not one (JSON lines); move it "
+                          "away or choose another path")
     probe_folder(path.parent, f"{option} {path}")
     return path

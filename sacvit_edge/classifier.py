@@ -9,6 +9,7 @@ nothing here imports torch or onnx.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from .atomic import DirectoryLock
 from .errors import BackendError, ConfigError, ExportError, ImageError
 from .extras import require_extra
 from .gate import Eta, describe_eta, validate_deadline, validate_eta
-from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize
+from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize, usable_cpus
 from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest, sha256_file
 from .pipeline import (BatchResult, ImposedDecisions, Pipeline, PipelineOptions, Prediction,  # noqa: F401 - public
                        check_deadline_possible, option_property)
@@ -37,7 +38,7 @@ def _check_threads(threads: object) -> int | None:
     """None (the backend's default) or 1..CPUs this process may use: more only thrashes."""
     if threads is None:
         return None
-    limit = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = usable_cpus()
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
         raise ConfigError(f"threads={threads!r} must be an integer in [1, {limit}] (the CPUs this process may use)")
     return threads
@@ -110,10 +111,10 @@ class EdgeClassifier:
             raise ConfigError(f"backend_options={backend_options!r}: expected a dict of option names to values, "
                               "e.g. {'slots': 2}")
         threads = _check_threads(threads)
-        # every option checked before any loading (eta again below, once the default is known)
-        PipelineOptions.checked(eta=0.5 if eta is None else eta, deadline_ms=deadline_ms, topk=topk,
-                                group_overhead_tokens=group_overhead_tokens, max_pixels=max_pixels, color=color,
-                                resize=resize)
+        # every option checked once, before any loading (the default eta and topk's cap need the manifest)
+        options = PipelineOptions.checked(eta=0.0 if eta is None else eta, deadline_ms=deadline_ms, topk=topk,
+                                          group_overhead_tokens=group_overhead_tokens, max_pixels=max_pixels,
+                                          color=color, resize=resize)
         path = Path(path)
         try:
             is_file, exists = path.is_file(), path.exists()
@@ -133,10 +134,9 @@ class EdgeClassifier:
             precision = self.manifest.recommended_precision()
         self.precision = precision
         self.manifest.engine_files(precision)  # a ConfigError when the directory has no such engines
-        self.options = PipelineOptions.checked(
-            eta=self.manifest.default_eta(precision) if eta is None else eta, deadline_ms=deadline_ms, topk=topk,
-            group_overhead_tokens=group_overhead_tokens, max_pixels=max_pixels, color=color, resize=resize,
-            num_classes=len(self.class_names))
+        self.options = dataclasses.replace(
+            options, eta=options.eta if eta is not None else validate_eta(self.manifest.default_eta(precision)),
+            topk=min(options.topk, len(self.class_names)))
         self.latency_table = self.manifest.latency(precision)
         check_deadline_possible(self.options.deadline_ms, self.latency_table, self.manifest.directory, precision)
         opened = open_backend(backend, self.manifest, threads=threads, precision=precision,

@@ -28,6 +28,7 @@ from .calibration.sweep import Request
 from .classifier import default_cache_dir, EdgeClassifier
 from .config import preset as get_preset
 from .datasets import open_source, stratified_split
+from .folders import check_seed
 from .errors import BackendError, ConfigError, ImageError, SacvitError
 from .export.formats import check_export_options, FORMATS, get_format, INT8_HOW
 from .export.graphs import ensure_crop_graph, ensure_fp16_graphs
@@ -143,17 +144,17 @@ def _check_positive(**options: Optional[int]) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 1")
 
 
+def _check_workspace(workspace: Optional[float]) -> None:
+    if workspace is not None and not 0 < workspace < float("inf"):
+        raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
+
+
 def _torch_threads(threads: Optional[int], backend: str) -> None:
     """--threads for the PyTorch backends: torch's pool is the process's, so the CLI sets it."""
     if threads and backend.startswith("pytorch"):
         import torch
 
         torch.set_num_threads(threads)
-
-
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed {seed} must be an integer in [0, 2**32)")
 
 
 @app.callback()
@@ -195,7 +196,7 @@ def train(
         from .data import ImageFolder, fashion_split
         from .train import TrainConfig, train as run_train
 
-        _check_seed(seed)
+        check_seed(seed)
         _check_positive(batch_size=batch_size, limit=limit, eval_limit=eval_limit)
         check_checkpoint_output(out)  # never replace a file that is not one of our checkpoints
         init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
@@ -277,7 +278,7 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
     check_checkpoint_request(request)
     if out is not None and in_place:
         raise ConfigError("-o and --in-place exclude each other")
-    _check_seed(seed)
+    check_seed(seed)
     if out is not None:
         from .checkpoint import check_checkpoint_output
 
@@ -324,13 +325,13 @@ def eval_cmd(
     """Top-1 of the EE head, the SAC head and the early-exit model; exit rate; GFLOPs."""
     with _handled():
         eta_value = _eta(eta)
-        _check_seed(seed)
+        check_seed(seed)
         if json_out is not None:
             check_report_file(json_out, "--json")
         where = str(data) if data is not None else f"cluttered Fashion-MNIST {split}"
         if model_path.is_dir():
             _torch_threads(threads, backend)
-            names = read_manifest(model_path).class_names
+            names = read_manifest(model_path, verify_files=False).class_names  # the classifier verifies them
             source = open_source(data, split, names, seed=seed, limit=limit, max_bad_share=max_bad_share)
             with _progress() as progress:
                 task = progress.add_task(f"eval on {backend}", total=len(source), info="")
@@ -386,7 +387,7 @@ def calibrate(
     """Choose eta (and the token range, INT8 engines) from your data on this device; written into the export."""
     with _handled():
         request = _request(max_drop, gflops_budget, latency_budget_ms)
-        _check_seed(seed)
+        check_seed(seed)
         _check_positive(batch=batch, timing_reps=timing_reps)
         try:
             budgets = tuple(float(b) for b in deadline_ms.split(",")) if deadline_ms else ()
@@ -404,8 +405,6 @@ def calibrate(
             raise ConfigError("--in-place is for model.pt; an export directory is calibrated in place unless -o is given")
 
         manifest = read_manifest(source)
-        if out is not None:  # before the pass: a bad -o costs nothing
-            check_replaceable(out, sources=(source,), force=force, in_place=out.resolve() == source.resolve())
         src = open_source(data, "calibration", manifest.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
         _torch_threads(threads, backend)
         with _progress() as progress:
@@ -644,8 +643,7 @@ def export(
         _check_positive(batch_max=batch_max, batch_opt=batch_opt)
         if opset is not None and opset < 17:
             raise ConfigError(f"--opset {opset}: LayerNormalization needs opset >= 17")
-        if workspace is not None and not 0 < workspace < float("inf"):
-            raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
+        _check_workspace(workspace)
         if precision == "int8":  # engine + int8: the graphs need data; say how before exporting anything
 
             raise ConfigError(f"export --precision int8: {INT8_HOW}")
@@ -727,8 +725,7 @@ def build_engine(
         check_export_options(fmt, precision, {"workspace": workspace, "batch-opt": batch_opt, "fp16-mode": fp16_mode},
                              command="build-engine")
         _check_positive(batch_opt=batch_opt)
-        if workspace is not None and not 0 < workspace < float("inf"):
-            raise ConfigError(f"--workspace {workspace}: a positive number of GiB")
+        _check_workspace(workspace)
         m = read_manifest(directory)
         if fmt.name == "onnx":
             m = ensure_crop_graph(m)

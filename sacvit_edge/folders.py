@@ -133,11 +133,18 @@ def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.nd
     return train_idx, val_idx
 
 
-def check_options(limit: int | None, max_bad_share: float, seed: int = 0) -> None:
+def check_seed(seed: object) -> None:
+    """A layout / sampling seed numpy accepts: an integer in [0, 2**32)."""
     from .errors import ConfigError
 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed!r} must be an integer in [0, 2**32)")
+
+
+def check_options(limit: int | None, max_bad_share: float, seed: int = 0) -> None:
+    from .errors import ConfigError
+
+    check_seed(seed)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit {limit!r} must be a positive number of images")
     if not 0.0 <= max_bad_share <= 1.0:  # also false for NaN

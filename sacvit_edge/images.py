@@ -246,7 +246,7 @@ def resize_uint8(rgb: np.ndarray, size: int, pad_rows: tuple[int, int] = (0, 0))
     full_h = h + top + bottom
     if full_h == size and w == size and not (top or bottom):
         return rgb
-    if full_h * w < PARALLEL_RESIZE_PIXELS or _usable_cpus() < 2:
+    if full_h * w < PARALLEL_RESIZE_PIXELS or usable_cpus() < 2:
         whole = rgb if not (top or bottom) else np.concatenate(
             [np.zeros((top, w, 3), np.uint8), rgb, np.zeros((bottom, w, 3), np.uint8)])
         return np.asarray(Image.fromarray(np.ascontiguousarray(whole)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
@@ -290,7 +290,8 @@ def resize_uint8(rgb: np.ndarray, size: int, pad_rows: tuple[int, int] = (0, 0))
     return out
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

@@ -50,8 +50,8 @@ class PipelineOptions:
 
     @classmethod
     def checked(cls, *, eta: Eta, deadline_ms: object = None, topk: object = 5, group_overhead_tokens: object = 64.0,
-                max_pixels: object = DEFAULT_MAX_PIXELS, color: object = "rgb", resize: object = "stretch",
-                num_classes: int | None = None) -> "PipelineOptions":
+                max_pixels: object = DEFAULT_MAX_PIXELS, color: object = "rgb", resize: object = "stretch"
+                ) -> "PipelineOptions":
         """Every option checked, each a ConfigError naming it."""
         try:
             color_ok, resize_ok = check_color(color), check_resize(resize)
@@ -63,8 +63,7 @@ class PipelineOptions:
         if isinstance(group_overhead_tokens, bool) or not isinstance(group_overhead_tokens, (int, float)) \
                 or not 0 <= group_overhead_tokens < 1e6:
             raise ConfigError(f"group_overhead_tokens={group_overhead_tokens!r} must be a number in [0, 1e6)")
-        k = int(topk) if num_classes is None else max(1, min(int(topk), num_classes))  # type: ignore[arg-type]
-        return cls(eta=validate_eta(eta), deadline_ms=validate_deadline(deadline_ms), topk=k,
+        return cls(eta=validate_eta(eta), deadline_ms=validate_deadline(deadline_ms), topk=int(topk),  # type: ignore[arg-type]
                    group_overhead_tokens=float(group_overhead_tokens), max_pixels=int(max_pixels),  # type: ignore[arg-type]
                    color=color_ok, resize=resize_ok)
 

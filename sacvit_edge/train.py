@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import DEFAULT_MEAN, DEFAULT_STD, load_checkpoint, save_checkpoint
+from .checkpoint import (DEFAULT_MEAN, DEFAULT_STD, is_training_log, load_checkpoint, save_checkpoint,
+                         training_log)
 from .config import ModelConfig
 from .errors import ConfigError, OutputError
 from .calibration.evaluate import EvalReport
@@ -120,15 +121,6 @@ def setup_distributed() -> bool:
     return True
 
 
-def _is_training_log(path: Path) -> bool:
-    try:
-        with path.open(errors="replace") as f:
-            first = f.readline()
-        return not first.strip() or isinstance(json.loads(first), dict)
-    except (OSError, ValueError):
-        return False
-
-
 def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
           init_state: dict[str, torch.Tensor] | None = None, eval_dataset=None,
           on_step: Callable[[int, int, float], None] | None = None,
@@ -175,9 +167,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
 
     is_sac = isinstance(model, SACViT)
     history: list[dict[str, Any]] = []
-    log_path = out_path.with_suffix(".log.jsonl")
+    log_path = training_log(out_path)
     if rank == 0 and log_path.exists():
-        if not _is_training_log(log_path):
+        if not is_training_log(log_path):
             raise OutputError(f"{log_path}: exists and is not a training log (JSON lines); move it away or choose "
                               "another checkpoint path")
         log_path.unlink()  # the previous run's log of this checkpoint

@@ -267,6 +267,10 @@ def test_leftovers_of_killed_runs_are_removed_and_only_they(in_tmp, random_ckpt)
     (["predict", "{export}", "--video", "{tmp}/v.avi", "--max-frames", "-1"], "--max-frames -1"),
     (["predict", "{export}", "--video", "{tmp}/v.avi", "--max-frames", "0"], "--max-frames 0"),
     (["predict", "{export}", "--camera", "-1"], "--camera -1"),
+    (["export", "{ckpt}", "-o", "{tmp}/e", "--format", "engine", "--workspace", "0"], "--workspace 0"),
+    (["build-engine", "{export}", "--workspace", "-1"], "--workspace -1"),
+    (["train", "-o", "{tmp}/m.pt", "--batch-size", "0"], "--batch-size 0"),
+    (["bench", "-o", "{tmp}/b", "--batch", "0"], "--batch 0"),
 ])
 def test_bad_counts_are_usage_errors(in_tmp, random_ckpt, args, message):
     pytest.importorskip("cv2", reason="the [video] extra is not installed")
