@@ -27,7 +27,7 @@ from .calibration.evaluate import evaluate_export
 from .calibration.sweep import Request
 from .classifier import default_cache_dir, EdgeClassifier
 from .config import preset as get_preset
-from .datasets import open_source, stratified_split
+from .datasets import open_source
 from .folders import check_seed
 from .errors import BackendError, ConfigError, ImageError, SacvitError
 from .export.formats import check_export_options, FORMATS, get_format, INT8_HOW
@@ -167,18 +167,21 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log libr
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (model.pt)")] = Path("model.pt"),
-    arch: Annotated[str, typer.Option(help="sacvit or deit")] = "sacvit",
+    arch: Annotated[str, typer.Option(help="sacvit, or deit: the equal-budget baseline (same flags, no exit)")] = "sacvit",
     preset: Annotated[str, typer.Option(help="model preset (tiny_112, small_112, deit_s_224)")] = "tiny_112",
     init: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint, timm state_dict or SAC-ViT checkpoint to fine-tune from")] = None,
     data: Annotated[Optional[Path], typer.Option(help="ImageFolder root, one sub-folder per class (default: cluttered Fashion-MNIST)")] = None,
-    val_share: Annotated[float, typer.Option(help="--data: share of every class held out for validation (stratified, seeded)")] = 0.1,
+    val_share: Annotated[float, typer.Option(help="--data: share of every class held out for validation and the exit threshold (stratified, seeded)")] = 0.1,
     epochs: Annotated[float, typer.Option(help="passes over the training set (fractions allowed)")] = 5.0,
-    batch_size: Annotated[int, typer.Option(help="images per optimiser step (over all DDP processes)")] = 128,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    warmup_steps: Annotated[int, typer.Option(help="linear learning-rate warm-up steps")] = 200,
-    warmup_share: Annotated[float, typer.Option(help="share of steps before clustering switches on")] = 2 / 3,
+    batch_size: Annotated[Optional[int], typer.Option(help="images per optimiser step over all DDP processes (default: from the data set's size)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (default: 1e-3 at batch 128, scaled with the batch)")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="linear learning-rate warm-up steps (default: a tenth of the steps, at most 200)")] = None,
+    warmup_share: Annotated[float, typer.Option(help="share of steps before clustering switches on (the all-targets warm stage)")] = 2 / 3,
+    augment: Annotated[str, typer.Option(help="--data: 'shift-scale' (a random scale and shift per image and epoch) or 'none'")] = "shift-scale",
+    eta_drop: Annotated[float, typer.Option(help="accuracy points on the held-out images the tuned exit threshold may cost")] = 0.5,
+    tune_eta: Annotated[bool, typer.Option("--tune-eta/--no-tune-eta", help="tune the exit threshold on the held-out images at the end")] = True,
     limit: Annotated[Optional[int], typer.Option(help="train on the first N items only")] = None,
-    eval_limit: Annotated[int, typer.Option(help="test images evaluated after each epoch")] = 2000,
+    eval_limit: Annotated[int, typer.Option(help="validation images evaluated after each epoch")] = 2000,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads")] = None,
     k_min: Annotated[Optional[int], typer.Option(help="smallest target count per image (default 4)")] = None,
@@ -189,53 +192,48 @@ def train(
     reuse_input: Annotated[Optional[str], typer.Option(help="reuse MLP reads 'post_norm' (default) or 'pre_norm' EE features")] = None,
     coarse_resample: Annotated[Optional[str], typer.Option(help="'avgpool' (default) or 'bilinear_align_corners'")] = None,
 ) -> None:
-    """Train SAC-ViT (or the DeiT baseline with --arch deit); works under torchrun (DDP)."""
+    """Fine-tune SAC-ViT (or the DeiT baseline with --arch deit) with the whole recipe: the
+    all-targets warm stage, clustering, EE distillation, the exit threshold tuned on held-out
+    images. Works under torchrun (DDP)."""
     with _handled():
         require_extra("train", "sacvit-edge train")
-        from .checkpoint import check_checkpoint_output, load_init_state
-        from .data import ImageFolder, fashion_split
-        from .train import TrainConfig, train as run_train
+        from .recipe import TrainRequest, run_training
 
-        check_seed(seed)
-        _check_positive(batch_size=batch_size, limit=limit, eval_limit=eval_limit)
-        check_checkpoint_output(out)  # never replace a file that is not one of our checkpoints
-        init_state = load_init_state(init) if init is not None else None  # fail fast on a bad file
-        overrides = {k: v for k, v in dict(arch=arch, k_min=k_min, k_max=k_max, reuse_layer=reuse_layer,
-                                                     cluster_space=cluster_space, gca_start_block=gca_start_block,
-                                                     reuse_input=reuse_input, coarse_resample=coarse_resample).items()
-                     if v is not None}
-        if data is None:  # train items 0..54999; items 55000.. are the calibration split
-            train_set, test_set = fashion_split("train", seed=seed), fashion_split("test", seed=seed)
-        else:
-            folder = ImageFolder(data, get_preset(preset).img_size)
-            train_idx, val_idx = stratified_split(folder.labels, val_share, seed)
-            train_set = folder.subset(train_idx)
-            test_set = folder.subset(val_idx) if len(val_idx) else None
-            if test_set is None:
-                err.print("[yellow]warning:[/yellow] --val-share 0: no validation accuracy will be reported")
-            overrides["num_classes"] = len(folder.classes)
-        model_cfg = get_preset(preset, **overrides)
-        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share, seed=seed,
-                           train_limit=limit, eval_limit=eval_limit, threads=threads)
-        meta = {"command": " ".join(["sacvit-edge", *sys.argv[1:]]), "init": str(init) if init else None,
-                "dataset": "cluttered-fashion-mnist" if data is None else str(data),
-                "validation": "cluttered-fashion-mnist test" if data is None else f"{val_share:.0%} of {data} (seed {seed})"}
+        options = {k: v for k, v in dict(k_min=k_min, k_max=k_max, reuse_layer=reuse_layer, cluster_space=cluster_space,
+                                         gca_start_block=gca_start_block, reuse_input=reuse_input,
+                                         coarse_resample=coarse_resample).items() if v is not None}
+        request = TrainRequest(out=out, arch=arch, preset=preset, init=init, data=data, val_share=val_share, epochs=epochs,
+                               batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share,
+                               limit=limit, eval_limit=eval_limit, seed=seed, threads=threads, augment=augment,
+                               tune_eta=tune_eta, eta_drop=eta_drop, model_options=options,
+                               command=" ".join(["sacvit-edge", *sys.argv[1:]]))
         with _progress() as progress:
-            task = progress.add_task(f"train {model_cfg.arch}", total=None, info="")
+            task = progress.add_task(f"train {arch}", total=None, info="")
 
             def on_step(step: int, total: int, loss: float) -> None:  # in a log: a line per tenth (LogProgress)
                 progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
 
-            result = run_train(model_cfg, tcfg, train_set, out, init_state=init_state, eval_dataset=test_set,
-                               on_step=on_step, metadata=meta)
-        if result.history:
-            wanted = ("epoch", "loss", "lr", "top1_ee", "top1_sac", "top1", "exit_rate", "mean_target_tokens", "elapsed_s")
-            keys = [k for k in wanted if k in result.history[0]]  # the rest is in the log next to the checkpoint
-            table = Table(*keys, title="per epoch")
-            for row in result.history:
-                table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))
-            console.print(table)
-        console.print(f"wrote {out}")
+            report = run_training(request, on_step=on_step, on_phase=lambda what: err.print(what))
+        _print_training(report)
+
+
+def _print_training(report) -> None:
+    s = report.settings
+    console.print(f"recipe: batch {s.batch_size}, learning rate {s.lr:.3g}, warm-up {s.warmup_steps} of {s.steps} steps")
+    for reason in s.reasons:
+        console.print(f"  {reason}")
+    for note in report.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if report.history:
+        wanted = ("epoch", "loss", "lr", "top1_ee", "top1_sac", "top1", "exit_rate", "mean_target_tokens", "elapsed_s")
+        keys = [k for k in wanted if k in report.history[0]]  # the rest is in the log next to the checkpoint
+        table = Table(*keys, title=f"per epoch (validation: {report.validation})")
+        for row in report.history:
+            table.add_row(*(f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys))
+        console.print(table)
+    if report.eta is not None:
+        _print_eta(report.eta)
+    console.print(f"wrote {report.checkpoint}")
 
 
 DATA_HELP = ("ImageFolder: one sub-folder per class, matched to the model's classes by name ('/' in a class name "
@@ -265,47 +263,40 @@ def _curve_table(curve: list[dict], chosen: dict, title: str) -> Table:
     return table
 
 
+def _print_eta(tuning) -> None:
+    console.print(_curve_table(tuning.curve, tuning.chosen, f"exit threshold on {tuning.data}: {tuning.images} images"))
+    lo, hi = tuning.chosen["top1_ci95"]
+    console.print(f"chosen eta = {tuning.chosen['eta']} ({tuning.request}): top-1 {tuning.chosen['top1']:.2f} % "
+                  f"(95 % interval {lo:.1f}-{hi:.1f}), exit rate {tuning.chosen['exit_rate']:.3f}")
+
+
 def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, split: str, seed: int,
                             limit: Optional[int], out: Optional[Path], in_place: bool, what: str) -> None:
-    """Choose a checkpoint's default eta through PyTorch (the checkpoint-level calibrate)."""
-
+    """`calibrate model.pt` and `tune-eta`: one library call (recipe.tune_checkpoint_eta), rendered."""
     require_extra("train", f"sacvit-edge {what} on a checkpoint")
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import labelled_dataset
-    from .model import SACViT
-    from .train import check_checkpoint_request, choose_eta
+    from .checkpoint import check_checkpoint_output, load_checkpoint
+    from .recipe import tune_checkpoint_eta
+    from .train import check_checkpoint_request
 
     check_checkpoint_request(request)
     if out is not None and in_place:
         raise ConfigError("-o and --in-place exclude each other")
-    check_seed(seed)
     if out is not None:
-        from .checkpoint import check_checkpoint_output
-
         check_checkpoint_output(out)
     ck = load_checkpoint(model_path)
-    if not isinstance(ck.model, SACViT):
+    if ck.config.arch != "sacvit":  # before any data is read
         raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
-    ds = labelled_dataset(data, split, ck.class_names, ck.size, seed, limit)
-    with _progress() as progress:
-        task = progress.add_task(f"{what} (pytorch)", total=len(ds), info="")
-        curve, chosen = choose_eta(ck.model, ds, request,
-                                   on_batch=lambda d, n: progress.update(task, completed=d, total=n))
-    images = len(ds)
-    console.print(_curve_table(curve, chosen, f"{model_path} on {data or f'cluttered Fashion-MNIST {split}'}: "
-                                              f"{images} images"))
-    lo, hi = chosen["top1_ci95"]
-    console.print(f"chosen eta = {chosen['eta']} ({request.describe()}): top-1 {chosen['top1']:.2f} % "
-                  f"(95 % interval {lo:.1f}-{hi:.1f}), exit rate {chosen['exit_rate']:.3f}")
+    source = open_source(data, split, ck.class_names, seed=seed, limit=limit)
     target = out if out is not None else (model_path if in_place else None)
+    with _progress() as progress:
+        task = progress.add_task(f"{what} (pytorch)", total=len(source), info="")
+        tuning = tune_checkpoint_eta(model_path, source, request, target, str(data or f"cluttered Fashion-MNIST {split}"),
+                                     on_batch=lambda d, n: progress.update(task, completed=d, total=n))
+    _print_eta(tuning)
     if target is None:
         console.print("nothing written: pass -o OUT.pt for a copy, or --in-place to rewrite the checkpoint")
-        return
-    eta = 1.0 if chosen["eta"] == "never" else float(chosen["eta"])
-    training = dict(ck.training, eta_tuning={"request": request.describe(), "data": str(data or split),
-                                             "images": int(images), "eta": eta})
-    save_checkpoint(target, ck.model, ck.class_names, ck.mean, ck.std, eta=eta, training=training)
-    console.print(f"wrote eta {eta} into {target}")
+    else:
+        console.print(f"wrote eta {tuning.eta} into {target}")
 
 
 @app.command("eval")
@@ -341,11 +332,10 @@ def eval_cmd(
         else:
             require_extra("train", "sacvit-edge eval on a checkpoint (or pass an export directory)")
             from .checkpoint import load_checkpoint
-            from .data import labelled_dataset
             from .train import evaluate_checkpoint
 
             ckpt = load_checkpoint(model_path)
-            test = labelled_dataset(data, split, ckpt.class_names, ckpt.size, seed, limit, max_bad_share)
+            test = open_source(data, split, ckpt.class_names, seed=seed, limit=limit, max_bad_share=max_bad_share)
             with _progress() as progress:
                 task = progress.add_task("eval", total=None, info="")
                 report = evaluate_checkpoint(model_path, test, where, eta=eta_value,
@@ -571,7 +561,7 @@ def bench(
             result = run_bench(cfg, on_step=lambda msg: (status.update(f"benchmarking: {msg}"), err.print(f"- {msg}")))
         paths = write_reports(result, out)
     console.print(markdown(result))
-    console.print_json(json.dumps({k: v for k, v in result["targets"].items() if k != "sac_point"}, default=str))
+    console.print_json(json.dumps({k: v for k, v in result.targets.items() if k != "sac_point"}, default=str))
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -1,11 +1,13 @@
-"""Data: cluttered Fashion-MNIST canvases (the project's benchmark) and ImageFolder.
+"""The built-in data: cluttered Fashion-MNIST canvases (the project's benchmark; needs torch to draw).
 
 Cluttered Fashion-MNIST: each item of the official split is placed on a 112x112 canvas at a
 random position and scale (28..56 px), tinted, with fragments of other items of the SAME
 split as clutter. Most of the canvas is background, which is the spatial redundancy SAC-ViT
 exploits. Layouts are drawn per image from numpy.random.default_rng((seed, epoch, index)),
 so an image is the same whatever the batch it is rendered in; rendering is vectorised
-(one grid_sample per batch), so data is never the bottleneck of training.
+(one grid_sample per batch), so data is never the bottleneck of training. Batches are
+(B, H, W, 3) uint8 arrays like every source of folders.py (one data stack); user folders are
+folders.ImageFolderSource.
 
 The files come from Debian's package dataset-fashion-mnist (installed by scripts/setup.sh);
 nothing is downloaded at run time.
@@ -24,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .folders import DEFAULT_MAX_BAD_SHARE, BadImages, ImageFolderSource
 from .errors import DataError
+from .folders import CALIBRATION_ITEMS, SPLITS, shard_order
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,6 @@ class CanvasSpec:
     min_fragments: int = 2
     max_fragments: int = 4
     fragment_px: tuple[int, int] = (8, 14)  # side of the cut-out window in item pixels
-
-
-def shard_order(n: int, shuffle: bool, seed: tuple[int, ...] | int, rank: int, world: int) -> np.ndarray:
-    """Item order of one epoch (optionally shuffled), and this rank's disjoint shard of it."""
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    return order[rank::world]
 
 
 class ClutteredFashionMNIST:
@@ -157,19 +153,21 @@ class ClutteredFashionMNIST:
         return canvas.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
     def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0,
-                world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) batches; with world > 1 each rank takes a disjoint shard."""
+                world: int = 1, *, size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """((B, H, W, 3) uint8, (B,) int64) batches; with world > 1 each rank takes a disjoint shard.
+        `size`, when given, must be the canvas size (a model of another input size needs --data)."""
+        if size is not None and size != self.spec.size:
+            raise DataError(f"the built-in canvases are {self.spec.size}x{self.spec.size} px and this model takes "
+                            f"{size}x{size}: pass --data DIR with images for it")
         order = shard_order(len(self), shuffle, (self.seed, epoch), rank, world)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            yield self.render(idx, epoch), self.labels[torch.as_tensor(idx)]
+            yield self.render(idx, epoch).permute(0, 2, 3, 1).numpy(), self.labels.numpy()[idx]
 
 
 def fashion_split(split: str, seed: int = 0, limit: int | None = None) -> ClutteredFashionMNIST:
     """A named split of the built-in data (see sacvit_edge.datasets): `train` = official train
     items 0..54999, `calibration` = items 55000..59999 drawn with layout seed + 1, `test`."""
-    from .folders import CALIBRATION_ITEMS, SPLITS
-
     n_train = 60000 - CALIBRATION_ITEMS
     if split == "train":
         return ClutteredFashionMNIST("train", seed=seed, limit=n_train if limit is None else min(limit, n_train))
@@ -179,52 +177,3 @@ def fashion_split(split: str, seed: int = 0, limit: int | None = None) -> Clutte
     if split == "test":
         return ClutteredFashionMNIST("test", seed=seed, limit=limit)
     raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
-
-
-class ImageFolder(ImageFolderSource):
-    """User data for training: ImageFolderSource's files (same class matching and bad-file
-    accounting) decoded into torch batches resized to `size`."""
-
-    def __init__(self, root: str | Path, size: int, class_names=None,
-                 max_bad_share: float = DEFAULT_MAX_BAD_SHARE) -> None:
-        super().__init__(root, class_names, max_bad_share)
-        self.size = size
-        self.known_bad: set[str] = set()  # unreadable files: reported in the first epoch, skipped after
-
-    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0,
-                world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from .errors import ImageError
-        from .images import load_image, resize_uint8
-
-        order = shard_order(len(self), shuffle, epoch, rank, world)
-        bad = BadImages(len(self), self.max_bad_share)
-        for start in range(0, len(order), batch_size):
-            imgs, labels = [], []
-            for i in order[start:start + batch_size]:
-                path, label = self.samples[i]
-                if str(path) in self.known_bad:
-                    continue
-                try:
-                    imgs.append(resize_uint8(load_image(path, target_size=self.size), self.size))
-                except ImageError as exc:
-                    self.known_bad.add(str(path))
-                    bad.add(path, str(exc))
-                    continue
-                labels.append(label)
-            if imgs:
-                yield (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(),
-                       torch.tensor(labels, dtype=torch.int64))
-
-
-def labelled_dataset(data: str | Path | None, split: str, class_names=None, size: int = 112, seed: int = 0,
-                     limit: int | None = None, max_bad_share: float = DEFAULT_MAX_BAD_SHARE):
-    """The torch-side twin of datasets.open_source (PyTorch evaluation of a checkpoint):
-    `--data DIR` matched to the model's classes by name, else the built-in named split."""
-    from .folders import check_builtin_classes, check_options, sample_of
-
-    check_options(limit, max_bad_share, seed)
-    if data is not None:
-        return sample_of(ImageFolder(data, size, class_names, max_bad_share), limit, seed)
-    ds = fashion_split(split, seed=seed, limit=limit)
-    check_builtin_classes(class_names, ds.classes)
-    return ds

@@ -34,7 +34,8 @@ from .errors import DataError
 
 
 class LabelledSource(Protocol):
-    """What calibrate / eval / tune-eta / profile read."""
+    """What calibrate / eval / tune-eta / profile / train read: items for the deployment path,
+    uint8 batches for training and PyTorch evaluation."""
 
     name: str
     classes: tuple[str, ...]
@@ -42,6 +43,9 @@ class LabelledSource(Protocol):
     def __len__(self) -> int: ...
 
     def items(self, batch_size: int) -> Iterator[tuple[list, np.ndarray]]: ...
+
+    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0, world: int = 1, *,
+                size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 
 
 class BuiltinSource:
@@ -62,8 +66,13 @@ class BuiltinSource:
 
     def items(self, batch_size: int) -> Iterator[tuple[list, np.ndarray]]:
         for images, labels in self.dataset.batches(batch_size):
-            arr = images.permute(0, 2, 3, 1).numpy()
-            yield list(arr), labels.numpy()
+            yield list(images), labels
+
+    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0, world: int = 1, *,
+                size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Training / PyTorch-evaluation batches, as folders.ImageFolderSource.batches gives them
+        (the canvases are redrawn every train epoch: no augmentation option applies)."""
+        return self.dataset.batches(batch_size, epoch, shuffle, rank, world, size=size)
 
 
 def open_source(data: str | Path | None, split: str, class_names: Sequence[str] | None = None, *,

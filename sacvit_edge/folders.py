@@ -1,6 +1,8 @@
 """Labelled image folders without torch: one sub-folder per class, matched to a model's classes
-by name, unreadable files counted (the torch-free half of the data stack; datasets.py puts the
-built-in split beside it, data.py decodes these files into torch batches for training).
+by name, unreadable files counted. The one data stack: every source yields uint8 images
+(items for the deployment path, (B, H, W, 3) uint8 batches for training and PyTorch evaluation);
+training turns batches into tensors itself (train.to_input). datasets.py puts the built-in split
+beside these folders.
 
 A class name that cannot be a folder name has each "/" written as "-" (`T-shirt/top` ->
 `T-shirt-top`); `folder_name` is that rule. A folder whose classes differ (missing, extra, or a
@@ -97,6 +99,7 @@ class ImageFolderSource:
             raise DataError(f"--data {self.root}: class folder(s) {empty} hold no image files "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}); every class needs images")
         self.labels = np.array([c for _, c in self.samples], dtype=np.int64)
+        self.known_bad: set[Path] = set()  # unreadable files: reported in the first epoch, skipped after
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,6 +116,70 @@ class ImageFolderSource:
         for start in range(0, len(self), batch_size):
             chunk = self.samples[start:start + batch_size]
             yield [p for p, _ in chunk], np.array([c for _, c in chunk], dtype=np.int64)
+
+    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = False, rank: int = 0, world: int = 1, *,
+                size: int, augment: Augment | None = None,
+                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """((B, size, size, 3) uint8, (B,) int64) batches for training and PyTorch evaluation:
+        decoded and fitted as the deployment path does (load_image, stretch to `size`), in this
+        epoch's order (`shuffle`), this rank's disjoint shard; `augment` jitters each image. An
+        unreadable file is reported once and skipped in every later epoch."""
+        from .errors import ImageError
+        from .images import load_image, resize_uint8
+
+        order = shard_order(len(self), shuffle, (seed, epoch), rank, world)
+        bad = BadImages(len(self), self.max_bad_share)
+        for start in range(0, len(order), batch_size):
+            imgs, labels = [], []
+            for i in order[start:start + batch_size]:
+                path, label = self.samples[i]
+                if path in self.known_bad:
+                    continue
+                try:
+                    img = resize_uint8(load_image(path, target_size=size), size)
+                except ImageError as exc:
+                    self.known_bad.add(path)
+                    bad.add(path, str(exc))
+                    continue
+                if augment is not None and augment != NO_AUGMENT:
+                    img = augment.apply(img, np.random.default_rng((seed, epoch, int(i))))
+                imgs.append(img)
+                labels.append(label)
+            if imgs:
+                yield np.stack(imgs), np.array(labels, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time jitter of a folder's images (a named option of the recipe): each epoch draws
+    a new random scale and shift per image from (seed, epoch, index), the image's border
+    pixels filling what the shift uncovers. No flips or colour changes: they can change a class
+    (digits, letters, left/right signs) and the model cannot know."""
+
+    shift: float = 0.1  # largest shift, a share of the side
+    scale: tuple[float, float] = (0.85, 1.15)
+
+    def apply(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from PIL import Image
+
+        size = img.shape[0]
+        side = max(2, int(round(size * rng.uniform(*self.scale))))
+        if side != size:
+            img = np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR))
+        dy, dx = (int(round(v)) for v in rng.uniform(-self.shift, self.shift, size=2) * size)
+        pad = size + abs(dy) + abs(dx)
+        big = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        top, left = pad + (side - size) // 2 - dy, pad + (side - size) // 2 - dx
+        return np.ascontiguousarray(big[top:top + size, left:left + size])
+
+
+NO_AUGMENT = Augment(shift=0.0, scale=(1.0, 1.0))
+
+
+def shard_order(n: int, shuffle: bool, seed: tuple[int, ...] | int, rank: int, world: int) -> np.ndarray:
+    """Item order of one epoch (optionally shuffled), and this rank's disjoint shard of it."""
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    return order[rank::world]
 
 
 def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

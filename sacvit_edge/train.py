@@ -33,7 +33,9 @@ from .errors import ConfigError, OutputError
 from .calibration.evaluate import EvalReport
 from .calibration.sweep import ExitRecords, Request, choose
 from .flops import CostModel
+from .folders import Augment
 from .gate import NEVER_EXIT, validate_eta
+from .images import normalize
 from .model import SACViT, VisionTransformer, build_model
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ class TrainConfig:
     eval_limit: int | None = 2000
     grad_clip: float = 1.0
     threads: int | None = None
+    augment: str = "none"  # image folders: "shift-scale" (a random scale and shift per image and epoch) or "none"
+
+
+AUGMENTS = {"shift-scale": Augment(), "none": None}
 
 
 @dataclass
@@ -61,12 +67,10 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def to_input(images_uint8: torch.Tensor, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> normalised float32 with images.normalize: training and deployment
-    share one preprocessing arithmetic."""
-    from .images import normalize
-
-    return torch.from_numpy(normalize(images_uint8.numpy(), mean, std))
+def to_input(images_uint8: np.ndarray, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> torch.Tensor:
+    """The torch adapter of the data stack: a source's (B, H, W, 3) uint8 batch -> the model's
+    normalised (B, 3, H, W) float32 with images.normalize, the arithmetic deployment uses."""
+    return torch.from_numpy(normalize(np.ascontiguousarray(images_uint8.transpose(0, 3, 1, 2)), mean, std))
 
 
 def prefetch(it: Iterator, depth: int = 2) -> Iterator:
@@ -177,7 +181,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     while step < total:
         net.train()
         losses, seen = [], 0
-        batches = dataset.batches(cfg.batch_size, epoch=epoch, shuffle=True, rank=rank, world=world)
+        jitter = {"augment": AUGMENTS[cfg.augment], "seed": cfg.seed} if AUGMENTS[cfg.augment] else {}
+        batches = dataset.batches(cfg.batch_size, epoch=epoch, shuffle=True, rank=rank, world=world,
+                                  size=model_cfg.img_size, **jitter)
         for images, labels in prefetch(batches):
             if step >= total:
                 break
@@ -185,7 +191,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            x, y = to_input(images).to(device), labels.to(device)
+            x, y = to_input(images).to(device), torch.from_numpy(labels).to(device)
             if is_sac:
                 loss = sac_loss(net(x, clustering=step >= cluster_from), y)
             else:
@@ -229,12 +235,12 @@ def predict_dataset(model: VisionTransformer, dataset, limit: int | None = None,
     n = len(dataset) if limit is None else min(limit, len(dataset))
     cols: dict[str, list[np.ndarray]] = {"labels": [], "sac_pred": [], "ee_probs": [], "counts": [], "raw_counts": []}
     done = 0
-    for images, labels in prefetch(dataset.batches(batch_size)):
+    for images, labels in prefetch(dataset.batches(batch_size, size=model.cfg.img_size)):
         if done >= n:
             break
         images, labels = images[: n - done], labels[: n - done]
         x = to_input(images)
-        cols["labels"].append(labels.numpy())
+        cols["labels"].append(labels)
         if isinstance(model, SACViT):
             out = model(x, clustering=True)
             ee_probs = out.ee_logits.softmax(-1)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sacvit_edge.bench.report import markdown, markdown_latency, markdown_paper
+from sacvit_edge.bench.report import BenchReport, markdown, markdown_latency, markdown_paper
 
 res = json.loads(Path(sys.argv[1]).read_text())
 rows = [r for r in res["rows"] if r["backend"] == "onnxruntime"]
@@ -78,7 +78,7 @@ FLOP-ideal speedup.
 
 ## Trained small model (tiny_112), cluttered Fashion-MNIST test split
 
-{markdown(res)}
+{markdown(BenchReport(**res))}
 
 ## Paper geometry (deit_s_224, untrained weights, exit pattern of the trained model)
 

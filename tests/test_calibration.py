@@ -32,7 +32,7 @@ def user_folder(tmp_path_factory) -> Path:
     ds = fashion_split("calibration", limit=600)
     per_class: dict[int, int] = {}
     for images, labels in ds.batches(200):
-        for img, label in zip(images.permute(0, 2, 3, 1).numpy(), labels.tolist()):
+        for img, label in zip(images, labels.tolist()):
             if per_class.get(label, 0) >= 12:
                 continue
             folder = root / folder_name(ds.classes[label])

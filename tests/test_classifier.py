@@ -25,7 +25,7 @@ SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sacvit_edge" / "assets"
 def canvases():
     ds = ClutteredFashionMNIST("test", limit=24)
     x, y = next(ds.batches(24))
-    return x.permute(0, 2, 3, 1).numpy().copy(), y.numpy()
+    return x.copy(), y
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_batch_equals_one_at_a_time_with_mixed_counts(clf, canvases):
 
 def test_matches_pytorch_reference(clf, random_ckpt, canvases):
     model = load_checkpoint(random_ckpt).model
-    x = to_input(torch.from_numpy(canvases[0]).permute(0, 3, 1, 2))
+    x = to_input(canvases[0])
     ref = torch_early_exit(model, x, clf.eta, per_image=True)  # one image at a time, unpadded
     res = clf.run(x.numpy())
     assert 0 < res.exited.sum() < len(x) and len(set(res.counts[~res.exited])) >= 2  # grouped, padded calls

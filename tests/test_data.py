@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sacvit_edge.data import ClutteredFashionMNIST, ImageFolder, load_fashion_mnist
+from sacvit_edge.data import ClutteredFashionMNIST, load_fashion_mnist
+from sacvit_edge.folders import NO_AUGMENT, Augment, ImageFolderSource
 from sacvit_edge.errors import DataError
 
 
@@ -53,12 +54,49 @@ def test_image_folder(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.fromarray(np.full((40, 50, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
-    ds = ImageFolder(tmp_path, 112)
+    ds = ImageFolderSource(tmp_path)
     assert ds.classes == ("cat", "dog") and len(ds) == 6
-    x, y = next(ds.batches(4))
-    assert x.shape == (4, 3, 112, 112) and x.dtype == torch.uint8 and y.tolist() == [0, 0, 0, 1]
+    x, y = next(ds.batches(4, size=112))
+    assert x.shape == (4, 112, 112, 3) and x.dtype == np.uint8 and y.tolist() == [0, 0, 0, 1]
+    assert (x[1] == 40).all()  # decoded and stretched as the deployment path does: a flat grey stays flat
     with pytest.raises(DataError):
-        ImageFolder(tmp_path / "cat", 112)
+        ImageFolderSource(tmp_path / "cat")
+
+
+def test_builtin_and_folder_batches_are_one_format():
+    """One data stack: the built-in canvases come as (B, H, W, 3) uint8 like a folder's batches."""
+    x, y = next(ClutteredFashionMNIST("test", limit=8).batches(8))
+    assert x.shape == (8, 112, 112, 3) and x.dtype == np.uint8 and y.dtype == np.int64
+    ref = ClutteredFashionMNIST("test", limit=8).render(np.arange(8)).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(x, ref)
+    with pytest.raises(DataError, match="224x224"):
+        next(ClutteredFashionMNIST("test", limit=8).batches(8, size=224))
+
+
+def test_augment_moves_the_object_and_keeps_the_size():
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[24:40, 24:40] = 255  # a bright square in the middle
+    rng = np.random.default_rng(0)
+    outs = [Augment(shift=0.2, scale=(0.8, 1.2)).apply(img, rng) for _ in range(8)]
+    assert all(o.shape == img.shape and o.dtype == np.uint8 for o in outs)
+    centres = {tuple(np.round(np.argwhere(o[..., 0] > 128).mean(0)).astype(int)) for o in outs}
+    areas = {int((o[..., 0] > 128).sum()) for o in outs}
+    assert len(centres) >= 4 and len(areas) >= 4  # shifted and scaled, not returned as it came
+    assert np.array_equal(NO_AUGMENT.apply(img, rng), img)
+
+
+def test_folder_augmentation_is_per_epoch_and_reproducible(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            arr = np.zeros((48, 48, 3), np.uint8)
+            arr[10 + 5 * i:30, 12:30] = 200
+            Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
+    folder = ImageFolderSource(tmp_path)
+    run = lambda epoch: next(folder.batches(4, epoch=epoch, size=48, augment=Augment()))[0]  # noqa: E731
+    plain = next(folder.batches(4, size=48))[0]
+    assert np.array_equal(run(0), run(0)) and not np.array_equal(run(0), run(1))
+    assert not np.array_equal(run(0), plain)
 
 
 def test_an_unreadable_training_image_is_reported_once(tmp_path, caplog):
@@ -67,17 +105,15 @@ def test_an_unreadable_training_image_is_reported_once(tmp_path, caplog):
 
     from PIL import Image
 
-    from sacvit_edge.data import ImageFolder
-
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         for i in range(3):
             Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / c / f"{i}.png")
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    folder = ImageFolder(tmp_path, 16, max_bad_share=0.5)
+    folder = ImageFolderSource(tmp_path, max_bad_share=0.5)
     with caplog.at_level(logging.WARNING):
         for epoch in range(3):
-            seen = sum(len(y) for _, y in folder.batches(4, epoch=epoch, shuffle=True))
+            seen = sum(len(y) for _, y in folder.batches(4, epoch=epoch, shuffle=True, size=16))
             assert seen == 6
     lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(lines) == 1 and lines[0].count("broken.png") == 1, lines

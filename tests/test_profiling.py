@@ -161,8 +161,8 @@ def test_bench_report_structure(tmp_path, random_ckpt):
                       latency_iters=3, batch=16, etas=(0.2, 0.9, 1.0), backends=("onnxruntime", "pytorch", "tensorrt"),
                       paper_geometry=False, work_dir=tmp_path / "w", include_default_eta=False)
     res = run_bench(cfg)
-    rows = res["rows"]
-    assert res["config"]["backends"] == ["onnxruntime", "pytorch"]  # unavailable TensorRT is skipped
+    rows = res.rows
+    assert res.config["backends"] == ["onnxruntime", "pytorch"]  # unavailable TensorRT is skipped
     assert {(r["method"], r["backend"]) for r in rows} == {(m, b) for m in ("deit", "sac", "cf", "lf")
                                                           for b in ("onnxruntime", "pytorch")}
     for r in rows:

@@ -34,7 +34,7 @@ def canvases():
     from sacvit_edge.data import ClutteredFashionMNIST
 
     x, y = next(ClutteredFashionMNIST("test", limit=24).batches(24))
-    return x.permute(0, 2, 3, 1).numpy().copy(), y.numpy()
+    return x.copy(), y
 
 
 @pytest.fixture

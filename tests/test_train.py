@@ -21,7 +21,7 @@ def test_a_few_steps_reduce_the_loss():
     model = build_model(cfg)
     ds = ClutteredFashionMNIST("train", limit=16)
     x, y = next(ds.batches(16))
-    x = to_input(x)
+    x, y = to_input(x), torch.from_numpy(y)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(25):
@@ -105,6 +105,7 @@ def test_evaluate_early_exit_extremes_match_each_head(random_ckpt):
     assert nobody_exits["gflops"] > everyone_exits["gflops"]
 
     images, labels = next(test.batches(48))
+    labels = torch.from_numpy(labels)
     with torch.no_grad():
         out = model(to_input(images), clustering=True)
     conf, ee_pred = out.ee_logits.softmax(-1).max(-1)

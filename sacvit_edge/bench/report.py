@@ -7,6 +7,7 @@ the SDK, so they live here with the report and not in the measuring code.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,29 @@ LABELS = {"deit": "DeiT (baseline)", "sac": "SAC-ViT", "cf": "CF-ViT mode", "lf"
 
 TARGETS = {"accuracy_margin_pt": 0.3,  # SAC-ViT points count when within this of DeiT's top-1
            "speedup": 2.5, "flops_ratio": 0.38, "realised_over_ideal": 0.9}
+
+
+@dataclass
+class BenchReport:
+    """One `sacvit-edge bench` run: every row measured side by side, the DeiT baseline's accuracy
+    and cost, the environment, and (paper geometry) the geometry tables. Rows stay dicts: their
+    columns differ by method (CF/LF points carry a k, DeiT rows none) and they go straight to JSON."""
+
+    config: dict[str, Any]
+    deit_top1: float
+    deit_gflops: float
+    rows: list[dict[str, Any]]
+    environment: dict[str, Any]
+    paper_geometry: list[dict[str, Any]] | None = None
+    latency_geometries: list[dict[str, Any]] | None = None
+    targets: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            self.targets = check_targets(self.rows, self.deit_top1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def _best_at_accuracy(rows, method: str, backend: str, min_top1: float) -> dict | None:
@@ -52,11 +76,11 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: BenchReport) -> str:
     lines = ["| method | backend | eta | top-1 % | exit rate | mean k | GFLOPs | img/s @32 | p50 ms @1 | p99 ms @1 "
              "| speedup | FLOP-ideal | realised/ideal | host share |",
              "|" + "---|" * 14]
-    for r in result["rows"]:
+    for r in result.rows:
         lines.append(f"| {LABELS[r['method']]} | {r['backend']} | {_f(r['eta'], '.2f')} | {_f(r['top1'], '.2f')} "
                      f"| {_f(r['exit_rate'], '.3f')} | {_f(r.get('mean_target_tokens'), '.1f')} | {r['gflops']:.4f} "
                      f"| {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
@@ -90,7 +114,7 @@ def markdown_latency(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Path:
+def plot(result: BenchReport, path: Path, backend: str = "onnxruntime") -> Path:
     """Accuracy against GFLOPs and against images/s, one curve per method, DeiT marked."""
     require_extra("bench", "the benchmark plot")
     import matplotlib
@@ -101,14 +125,14 @@ def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Pa
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = {"sac": "tab:red", "cf": "tab:blue", "lf": "tab:green", "deit": "black"}
     for ax, key, xlabel in ((axes[0], "gflops", "expected GFLOPs / image"),
-                            (axes[1], "images_per_s", f"images/s (batch {result['config']['batch']}, {backend})")):
+                            (axes[1], "images_per_s", f"images/s (batch {result.config['batch']}, {backend})")):
         for method in ("sac", "cf", "lf"):
-            rows = sorted((r for r in result["rows"] if r["method"] == method and r["backend"] == backend),
+            rows = sorted((r for r in result.rows if r["method"] == method and r["backend"] == backend),
                           key=lambda r: r["eta"])  # one curve along the eta sweep
             pts = [(r[key], r["top1"]) for r in rows]
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors[method], label=LABELS[method])
-        deit = [r for r in result["rows"] if r["method"] == "deit" and r["backend"] == backend]
+        deit = [r for r in result.rows if r["method"] == "deit" and r["backend"] == backend]
         if deit:
             ax.scatter([deit[0][key]], [deit[0]["top1"]], marker="*", s=250, color="black", label=LABELS["deit"], zorder=5)
             margin = TARGETS["accuracy_margin_pt"]
@@ -124,18 +148,17 @@ def plot(result: dict[str, Any], path: Path, backend: str = "onnxruntime") -> Pa
     return path
 
 
-def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_reports(result: BenchReport, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "bench.png"}
-    result.setdefault("targets", check_targets(result["rows"], result["deit_top1"]))
-    paths["json"].write_text(json.dumps(result, indent=2, default=str))
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=2, default=str))
     md = ["## Trained small model (tiny_112), cluttered Fashion-MNIST test split", "", markdown(result)]
-    if "paper_geometry" in result:
+    if result.paper_geometry is not None:
         md += ["", "## Paper geometry (deit_s_224, untrained weights, exit pattern of the trained model)", "",
-               markdown_paper(result["paper_geometry"])]
-    if "latency_geometries" in result:
+               markdown_paper(result.paper_geometry)]
+    if result.latency_geometries is not None:
         md += ["", "## Batch-1 latency and batch-32 throughput by geometry (ONNX Runtime, the shipped exit pattern)", "",
-               markdown_latency(result["latency_geometries"])]
+               markdown_latency(result.latency_geometries)]
     paths["markdown"].write_text("\n".join(md) + "\n")
     plot(result, paths["plot"])
     return paths

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sacvit_edge.bench import DEFAULT_ETAS
-from sacvit_edge.bench.report import LABELS
+from sacvit_edge.bench.report import LABELS, BenchReport
 from sacvit_edge.classifier import EdgeClassifier, ImposedDecisions
 from sacvit_edge.extras import require_extra
 
@@ -128,8 +128,8 @@ def eval_images(n: int, mean, std, batch: int = 500, data: Path | None = None, c
     ds = fashion_split("test", limit=n)
     xs, ys = [], []
     for images, labels in ds.batches(batch):
-        xs.append(normalize(images.numpy(), mean, std))
-        ys.append(labels.numpy())
+        xs.append(normalize(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), mean, std))
+        ys.append(labels)
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -187,8 +187,8 @@ def forced_two_stage(clf: EdgeClassifier, x: np.ndarray, exited: np.ndarray, cou
     return clf.run(x, imposed=ImposedDecisions(exited=exited, counts=counts)).timings
 
 
-def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The whole benchmark; returns a JSON-able dict (rows, targets, environment).
+def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> BenchReport:
+    """The whole benchmark, as a typed report (rows, targets, environment; to_dict() for JSON).
 
     Engines are exported into cfg.work_dir, or into a temporary directory removed at the end
     (the paper-geometry engines alone are hundreds of MB).
@@ -199,7 +199,7 @@ def run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) ->
     return _run_bench(cfg, on_step)
 
 
-def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -> BenchReport:
     from sacvit_edge.profiling import environment
     from sacvit_edge.runtimes import available_backends
 
@@ -269,19 +269,18 @@ def _run_bench(cfg: BenchConfig, on_step: Callable[[str], None] | None = None) -
         r["realised_speedup"] = r["images_per_s"] / deit_ips if deit_ips else None
         r["realised_over_ideal"] = r["realised_speedup"] / r["flop_ideal_speedup"] if base else None
 
-    result: dict[str, Any] = {
-        "config": {"sac_checkpoint": str(cfg.sac_checkpoint), "deit_checkpoint": str(cfg.deit_checkpoint),
-                   "eval_images": len(y), "speed_images": len(speed_x), "batch": cfg.batch,
-                   "latency_iters": cfg.latency_iters, "backends": backends, "etas": list(cfg.etas)},
-        "deit_top1": deit_top1, "deit_gflops": deit_cost.full, "rows": rows,
-        "environment": environment({"threads": cfg.threads}),
-    }
+    paper = latency = None
     if cfg.paper_geometry:
         step("paper geometry (deit_s_224)")
-        result["paper_geometry"] = paper_geometry_table(rows, cfg, work)
+        paper = paper_geometry_table(rows, cfg, work)
         step("batch-1 latency at three geometries")
-        result["latency_geometries"] = latency_geometry_table(cfg, work, step)
-    return result
+        latency = latency_geometry_table(cfg, work, step)
+    return BenchReport(
+        config={"sac_checkpoint": str(cfg.sac_checkpoint), "deit_checkpoint": str(cfg.deit_checkpoint),
+                "eval_images": len(y), "speed_images": len(speed_x), "batch": cfg.batch,
+                "latency_iters": cfg.latency_iters, "backends": backends, "etas": list(cfg.etas)},
+        deit_top1=deit_top1, deit_gflops=deit_cost.full, rows=rows, environment=environment({"threads": cfg.threads}),
+        paper_geometry=paper, latency_geometries=latency)
 
 
 def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list[dict[str, Any]]:
