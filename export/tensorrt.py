@@ -22,7 +22,6 @@ TF32 is switched off where the flag exists, so fp32 engines are fp32 (parity <= 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

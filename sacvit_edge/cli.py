@@ -26,7 +26,6 @@ from .calibration.calibrate import calibrate_export
 from .calibration.evaluate import evaluate_export
 from .calibration.sweep import Request
 from .classifier import default_cache_dir, EdgeClassifier
-from .config import preset as get_preset
 from .datasets import open_source
 from .folders import check_seed
 from .errors import BackendError, ConfigError, ImageError, SacvitError

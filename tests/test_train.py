@@ -114,3 +114,81 @@ def test_evaluate_early_exit_extremes_match_each_head(random_ckpt):
     assert middle["top1"] == pytest.approx((final == labels).float().mean().item() * 100)
     assert middle["exit_rate"] == pytest.approx((conf >= 0.5).float().mean().item())
     assert middle["mean_target_tokens_all"] == pytest.approx(np.mean(out.split.counts))
+
+
+def test_recipe_settings_follow_the_data_size():
+    """A 1,300-image folder gets a batch that gives 30+ steps an epoch (batch 128 gave 9 and did not
+    converge); the built-in 55,000 canvases keep batch 128; a given value is kept and not explained."""
+    from sacvit_edge.recipe import MIN_STEPS_PER_EPOCH, choose_settings
+
+    small = choose_settings(1132, epochs=8)
+    assert small.batch_size == 32 and -(-1132 // 32) >= MIN_STEPS_PER_EPOCH > -(-1132 // 64)
+    assert small.steps == 8 * 36 and small.warmup_steps == round(0.1 * small.steps)
+    assert any("batch 32" in r for r in small.reasons) and any("warm-up" in r for r in small.reasons)
+    big = choose_settings(55000, epochs=5)
+    assert big.batch_size == 128 and big.warmup_steps == 200
+    tiny = choose_settings(40, epochs=1)
+    assert tiny.batch_size == 16 and any(r.startswith("warning") for r in tiny.reasons)
+    given = choose_settings(1132, epochs=8, batch_size=64, lr=3e-4, warmup_steps=5)
+    assert (given.batch_size, given.lr, given.warmup_steps) == (64, 3e-4, 5) and given.reasons == ()
+
+
+def _two_class_folder(root, n=24):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 40, (112, 112, 3), dtype=np.uint8)
+            x = int(rng.integers(4, 40)) + 56 * c  # a bright block on the left or the right half
+            y = int(rng.integers(4, 80))
+            img[y:y + 24, x:x + 12] = 230
+            Image.fromarray(img).save(root / name / f"{i}.png")
+
+
+def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
+    """One call: train, then the exit threshold tuned on the held-out share is the one the
+    checkpoint carries, and it is the sweep's choice on those images (recomputed here)."""
+    from sacvit_edge.calibration.sweep import Request
+    from sacvit_edge.datasets import open_source
+    from sacvit_edge.recipe import TrainRequest, run_training
+    from sacvit_edge.train import choose_eta
+
+    _two_class_folder(tmp_path / "data")
+    small = dict(embed_dim=32, depth=2, num_heads=2, reuse_layer=1, gca_start_block=0)
+    req = TrainRequest(out=tmp_path / "m.pt", data=tmp_path / "data", epochs=1, val_share=0.25, eta_drop=1.0,
+                       model_options=small, eval_limit=100)
+    report = run_training(req)
+    ck = load_checkpoint(tmp_path / "m.pt")
+    assert report.settings.batch_size == 16 and report.eta is not None and report.eta.images == 12
+    assert ck.eta == pytest.approx(report.eta.eta) and ck.training["eta_tuning"]["images"] == 12
+    assert ck.training["recipe"] == list(report.settings.reasons) and ck.class_names == ["left", "right"]
+    # the held-out share is the one stratified_split leaves out: the sweep on it chooses the same eta
+    from sacvit_edge.folders import ImageFolderSource, stratified_split
+
+    folder = ImageFolderSource(tmp_path / "data")
+    held = folder.subset(stratified_split(folder.labels, 0.25, 0)[1])
+    _, chosen = choose_eta(ck.model, held, Request("max_drop", 1.0))
+    assert (1.0 if chosen["eta"] == "never" else chosen["eta"]) == pytest.approx(ck.eta)
+    # the DeiT baseline with the same request: the same settings, no threshold
+    base = run_training(TrainRequest(out=tmp_path / "d.pt", arch="deit", data=tmp_path / "data", epochs=1,
+                                     val_share=0.25, model_options=small))
+    same = lambda s: (s.batch_size, s.lr, s.warmup_steps, s.steps)  # noqa: E731
+    assert base.eta is None and same(base.settings) == same(report.settings)
+    # a folder fine-tuning: the model options the user left open are the recipe's, the given one kept
+    assert ck.config.k_min == 12 and ck.config.reuse_layer == 1
+    assert any(r.startswith("k_min 12") for r in report.settings.reasons)
+    assert not any("reuse layer" in r for r in report.settings.reasons)
+    assert open_source(tmp_path / "data", "test", ck.class_names).classes == ("left", "right")
+
+
+def test_recipe_refuses_bad_options_before_training(tmp_path):
+    from sacvit_edge.errors import ConfigError
+    from sacvit_edge.recipe import TrainRequest, run_training
+
+    for bad in (dict(epochs=0), dict(lr=-1.0), dict(augment="flip"), dict(batch_size=0), dict(arch="vit"),
+                dict(warmup_share=1.5), dict(eta_drop=float("nan"))):
+        with pytest.raises(ConfigError):
+            run_training(TrainRequest(out=tmp_path / "m.pt", **bad))
+    assert not (tmp_path / "m.pt").exists()
