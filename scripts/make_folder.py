@@ -14,6 +14,7 @@ fragments of other items as clutter, a random tint and background), written as
     python scripts/make_folder.py digits /tmp/digits
     python scripts/make_folder.py glyphs /tmp/glyphs --per-class 180
 
+Needs scikit-learn (digits) or matplotlib (glyphs; in the [bench] extra): `pip install scikit-learn`.
 The folder is a measurement fixture for issue-style accuracy checks (``sacvit-edge train
 --data OUT/train``, ``sacvit-edge eval model.pt --data OUT/test``); it is never written into the
 repository.
