@@ -274,7 +274,7 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
     """`calibrate model.pt` and `tune-eta`: one library call (recipe.tune_checkpoint_eta), rendered."""
     require_extra("train", f"sacvit-edge {what} on a checkpoint")
     from .checkpoint import check_checkpoint_output, load_checkpoint
-    from .recipe import tune_checkpoint_eta
+    from .recipe import require_sacvit, tune_checkpoint_eta
     from .train import check_checkpoint_request
 
     check_checkpoint_request(request)
@@ -283,8 +283,7 @@ def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, spl
     if out is not None:
         check_checkpoint_output(out)
     ck = load_checkpoint(model_path)
-    if ck.config.arch != "sacvit":  # before any data is read
-        raise SacvitError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
+    require_sacvit(ck.model, model_path)  # before any data is read
     source = open_source(data, split, ck.class_names, seed=seed, limit=limit)
     target = out if out is not None else (model_path if in_place else None)
     with _progress() as progress:

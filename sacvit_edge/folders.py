@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
-from .errors import DataError
+from .errors import ConfigError, DataError, ImageError
+from .images import IMAGE_SUFFIXES, load_image, resize_uint8
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,6 @@ class ImageFolderSource:
 
     def __init__(self, root: str | Path, class_names: Sequence[str] | None = None,
                  max_bad_share: float = DEFAULT_MAX_BAD_SHARE) -> None:
-        from .images import IMAGE_SUFFIXES
-
         self.root = Path(root)
         self.name = str(self.root)
         self.max_bad_share = max_bad_share
@@ -124,9 +124,6 @@ class ImageFolderSource:
         decoded and fitted as the deployment path does (load_image, stretch to `size`), in this
         epoch's order (`shuffle`), this rank's disjoint shard; `augment` jitters each image. An
         unreadable file is reported once and skipped in every later epoch."""
-        from .errors import ImageError
-        from .images import load_image, resize_uint8
-
         order = shard_order(len(self), shuffle, (seed, epoch), rank, world)
         bad = BadImages(len(self), self.max_bad_share)
         for start in range(0, len(order), batch_size):
@@ -160,8 +157,6 @@ class Augment:
     scale: tuple[float, float] = (0.85, 1.15)
 
     def apply(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from PIL import Image
-
         size = img.shape[0]
         side = max(2, int(round(size * rng.uniform(*self.scale))))
         if side != size:
@@ -202,15 +197,11 @@ def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.nd
 
 def check_seed(seed: object) -> None:
     """A layout / sampling seed numpy accepts: an integer in [0, 2**32)."""
-    from .errors import ConfigError
-
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed!r} must be an integer in [0, 2**32)")
 
 
 def check_options(limit: int | None, max_bad_share: float, seed: int = 0) -> None:
-    from .errors import ConfigError
-
     check_seed(seed)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit {limit!r} must be a positive number of images")

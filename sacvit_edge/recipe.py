@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ from .checkpoint import check_checkpoint_output, load_checkpoint, load_init_stat
 from .config import ModelConfig, preset as get_preset
 from .data import fashion_split
 from .datasets import LabelledSource
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .folders import ImageFolderSource, check_seed, stratified_split
 from .model import SACViT
 from .train import AUGMENTS, TrainConfig, choose_eta, train
@@ -182,14 +182,12 @@ def _check(req: TrainRequest) -> None:
 def _datasets(req: TrainRequest) -> tuple[LabelledSource, LabelledSource | None, LabelledSource | None, int, str, str]:
     """(train, per-epoch validation, eta held-out, classes, data name, validation name)."""
     if req.data is None:  # train items 0..54999; the calibration split (55000..) holds the threshold out
-        train_set = fashion_split("train", seed=req.seed, limit=req.limit)
+        train_set = fashion_split("train", seed=req.seed)
         held = fashion_split("calibration", seed=req.seed, limit=BUILTIN_HELD_OUT)
         return (train_set, fashion_split("test", seed=req.seed), held, len(train_set.classes),
                 "cluttered-fashion-mnist", "cluttered-fashion-mnist test")
     folder = ImageFolderSource(req.data)
     train_idx, val_idx = stratified_split(folder.labels, req.val_share, req.seed)
-    if req.limit is not None:
-        train_idx = train_idx[:req.limit]
     val = folder.subset(val_idx) if len(val_idx) else None
     return (folder.subset(train_idx), val, val, len(folder.classes), str(req.data),
             f"{req.val_share:.0%} of {req.data} (stratified, seed {req.seed})")
@@ -209,12 +207,13 @@ def run_training(req: TrainRequest, on_step: Callable[[int, int, float], None] |
     if req.data is not None and req.arch == "sacvit":
         options, option_reasons = folder_model_options(options)
     model_cfg: ModelConfig = get_preset(req.preset, arch=req.arch, num_classes=n_classes, **options)
-    settings = choose_settings(len(train_set), req.epochs, batch_size=req.batch_size, lr=req.lr,
+    n_train = len(train_set) if req.limit is None else min(req.limit, len(train_set))
+    settings = choose_settings(n_train, req.epochs, batch_size=req.batch_size, lr=req.lr,
                                warmup_steps=req.warmup_steps)
-    settings = Settings(**{**asdict(settings), "reasons": settings.reasons + option_reasons})
+    settings = replace(settings, reasons=settings.reasons + option_reasons)
     tcfg = TrainConfig(epochs=req.epochs, batch_size=settings.batch_size, lr=settings.lr,
                        warmup_steps=settings.warmup_steps, warmup_share=req.warmup_share, seed=req.seed,
-                       train_limit=None, eval_limit=req.eval_limit, threads=req.threads,
+                       train_limit=req.limit, eval_limit=req.eval_limit, threads=req.threads,
                        augment=req.augment if req.data is not None else "none")
     meta = {"command": req.command, "init": str(req.init) if req.init else None, "dataset": data_name,
             "validation": val_name, "recipe": list(settings.reasons)}
@@ -235,13 +234,18 @@ def run_training(req: TrainRequest, on_step: Callable[[int, int, float], None] |
     return report
 
 
+def require_sacvit(model: Any, model_path: Path) -> None:
+    """Only SAC-ViT has an exit threshold: a DeiT checkpoint is refused before any data is read."""
+    if not isinstance(model, SACViT):
+        raise CheckpointError(f"{model_path} is a {model.cfg.arch} model; only SAC-ViT has an exit threshold")
+
+
 def tune_checkpoint_eta(model_path: Path, dataset: LabelledSource, request: Request, out: Path | None,
                         name: str, on_batch: Callable[[int, int], None] | None = None) -> EtaTuning:
     """A checkpoint's default eta, chosen through PyTorch on held-out `dataset` (`calibrate model.pt`,
     `tune-eta`, and the end of `train`); written into `out` when given."""
     ck = load_checkpoint(model_path)
-    if not isinstance(ck.model, SACViT):
-        raise ConfigError(f"{model_path} is a {ck.config.arch} model; only SAC-ViT has an exit threshold")
+    require_sacvit(ck.model, model_path)
     curve, chosen = choose_eta(ck.model, dataset, request, on_batch=on_batch)
     eta = 1.0 if chosen["eta"] == "never" else float(chosen["eta"])
     tuning = EtaTuning(eta=eta, request=request.describe(), data=name, images=len(dataset), chosen=chosen, curve=curve)
@@ -253,4 +257,4 @@ def tune_checkpoint_eta(model_path: Path, dataset: LabelledSource, request: Requ
 
 
 __all__ = ["Settings", "TrainRequest", "TrainReport", "EtaTuning", "choose_settings", "run_training",
-           "tune_checkpoint_eta"]
+           "tune_checkpoint_eta", "require_sacvit"]
