@@ -1,4 +1,5 @@
-"""Export directories: ee.onnx + sac.onnx (+ model.pt) + manifest.json, written atomically.
+"""Export directories: ee.onnx + sac.onnx (+ ee.attention.onnx + sac.attention.onnx) (+ model.pt)
++ manifest.json, written atomically.
 
 The manifest (sacvit_edge.manifest, torch-free) is the contract between this exporter and
 every runtime: what the engines accept (batch range, target-count range), how to feed them
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import math
 import shutil
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
 from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export, remove_temporary, staging_dir  # noqa: E402
-from sacvit_edge.manifest import (CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
+from sacvit_edge.manifest import (ATTENTION_GRAPH_FILES, CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
                                   MANIFEST_VERSION, CostTable, Manifest, content_digest, manifest_content,
                                   read_manifest, sha256_file)
 
@@ -59,7 +61,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
                       batch_max: int = 64, k_min: int | None = None, k_max: int | None = None,
                       exporter: Exporter = "torchscript", overwrite: bool = True, force: bool = False,
                       include_checkpoint: bool = True, on_wait: Callable[[str], None] | None = None,
-                      locked: bool = False) -> Manifest:
+                      locked: bool = False, attention_graphs: bool = True) -> Manifest:
     """Export model.pt into an engine directory; returns its manifest.
 
     The directory is assembled in a temporary sibling and renamed into place, so an
@@ -79,6 +81,9 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         on_wait: told when another process is writing out_dir and this one waits for it.
         locked: the caller already holds out_dir's DirectoryLock (calibrate --apply-k-range
             re-exports into the directory it is calibrating).
+        attention_graphs: also write ee.attention.onnx / sac.attention.onnx, the stages with the
+            ONNX Attention operator (opset 23) that ONNX Runtime runs (torch2onnx); skipped with a
+            warning where the dynamo exporter's onnxscript is not installed.
     Raises:
         ExportError, CheckpointError, ConfigError.
     """
@@ -109,17 +114,28 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         raise ExportError(f"{out_dir}: cannot create the export's parent directory ({exc.strerror or exc})") from exc
     with contextlib.nullcontext() if locked else DirectoryLock(out_dir, on_wait):
         return _export(ckpt, model, cfg, out_dir, opset=opset, batch_max=batch_max, exporter=exporter, force=force,
-                             include_checkpoint=include_checkpoint)
+                       include_checkpoint=include_checkpoint,
+                       attention_graphs=attention_graphs and cfg.arch == "sacvit" and attention_op_exportable())
+
+
+def attention_op_exportable() -> bool:
+    """Whether this torch can write the ONNX Attention graphs (torch >= 2.8 and onnxscript)."""
+    if importlib.util.find_spec("onnxscript") is None or not hasattr(torch.onnx, "ops"):
+        log.warning("ee.attention.onnx / sac.attention.onnx not written: the ONNX Attention graphs need torch >= 2.8 "
+                    "and onnxscript (pip install onnxscript); ONNX Runtime runs the opset-17 graphs instead")
+        return False
+    return True
 
 
 def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_max: int, exporter: Exporter,
-            force: bool, include_checkpoint: bool) -> Manifest:
+            force: bool, include_checkpoint: bool, attention_graphs: bool) -> Manifest:
     lo, hi = cfg.target_range() if cfg.arch == "sacvit" else (0, 0)
     cfg = cfg.replace(eta=ckpt.eta)  # the checkpoint's threshold, stored once: in model_config
     manifest = manifest_content(fingerprint=ckpt.fingerprint, class_names=ckpt.class_names, mean=ckpt.mean,
                                 std=ckpt.std, config=cfg, batch_max=batch_max,
                                 cost=_cost_table(model, lo, hi) if cfg.arch == "sacvit" else None, opset=opset,
-                                exporter=exporter, versions={"torch": torch.__version__, "onnx": onnx.__version__})
+                                exporter=exporter, versions={"torch": torch.__version__, "onnx": onnx.__version__},
+                                attention_graphs=attention_graphs)
     tmp = staging_dir(out_dir)
     try:
         # the engines carry the checkpoint fingerprint and the digest of the manifest's content, so an
@@ -127,10 +143,13 @@ def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_ma
         meta = {FINGERPRINT_KEY: ckpt.fingerprint, MANIFEST_DIGEST_KEY: content_digest(manifest),
                 "sacvit_edge.manifest_version": str(MANIFEST_VERSION)}
         export_stages(model, tmp, opset=opset, exporter=exporter, metadata=meta)
+        if attention_graphs:
+            export_stages(model, tmp, attention="onnx", metadata=meta)
         if include_checkpoint:
             shutil.copyfile(ckpt.path, tmp / CHECKPOINT_FILE)  # the PyTorch reference backend runs from it
         manifest["files"] = {name: sha256_file(tmp / name)
-                             for name in (*ENGINE_FILES, *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
+                             for name in (*ENGINE_FILES, *(ATTENTION_GRAPH_FILES if attention_graphs else ()),
+                                          *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
         publish_export(tmp, out_dir, manifest, sources=(ckpt.path,), force=force)
     except BaseException:
         remove_temporary(tmp)

@@ -15,18 +15,22 @@ sends less data to a GPU). Everything after, the re-embedding with the fine posi
 embedding, the feature-reuse MLP, the gather of reused non-target tokens and the
 cluster-local attention, is inside sac.onnx.
 
-Exporter choice: the TorchScript-based exporter (``dynamo=False``) at opset 17. Both graphs
-are static-control-flow transformers, which it traces to plain MatMul / Softmax / Gather /
-GatherElements / LayerNormalization nodes: opset 17 has a native LayerNormalization that
-ONNX Runtime and TensorRT 10/11 both fuse, and every node here is in TensorRT's supported
-operator list. The dynamo exporter emits opset >= 18 graphs with local functions and
-symbolic-shape guards that older TensorRT parsers (JetPack 6 ships TensorRT 10.3) handle less
-reliably; it is still available with ``exporter="dynamo"``. Attention is exported in explicit
-matmul/softmax form (model.fused_attention(False, module)), see timm's note on SDPA export.
+Two graph sets, both standard ONNX:
+- ee.onnx / sac.onnx: the TorchScript-based exporter (``dynamo=False``) at opset 17, attention in
+  explicit MatMul / Softmax form (model.attention_impl("explicit")). Plain MatMul / Softmax /
+  Gather / GatherElements / LayerNormalization nodes that ONNX Runtime, OpenVINO and TensorRT
+  10/11 (JetPack 6 ships 10.3) all parse: what TensorRT builds from, and what fp16 / INT8
+  derivation starts from.
+- ee.attention.onnx / sac.attention.onnx (attention="onnx"): the dynamo exporter at opset 23,
+  every attention call one standard ONNX Attention node on (B, L, h*d) tensors
+  (model.onnx_attention), the GCA readout taken from that node's probabilities output. No head
+  reshapes, transposes or shape bookkeeping around attention: a no-exit frame runs about half the
+  nodes, and ONNX Runtime runs these (docs/latency.md has the A/B figures).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -42,7 +46,8 @@ import torch.nn as nn  # noqa: E402
 
 from sacvit_edge.errors import ExportError  # noqa: E402
 from sacvit_edge.engine_io import STAGES, dynamic_axes  # noqa: E402
-from sacvit_edge.model import SACViT, fused_attention  # noqa: E402
+from sacvit_edge.manifest import ATTENTION_GRAPH_FILES, ATTENTION_OPSET, ENGINE_FILES  # noqa: E402
+from sacvit_edge.model import SACViT, attention_impl  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ log = logging.getLogger(__name__)
 EE_INPUTS, EE_OUTPUTS = STAGES["ee"].input_names, STAGES["ee"].output_names
 SAC_INPUTS, SAC_OUTPUTS = STAGES["sac"].input_names, STAGES["sac"].output_names
 Exporter = Literal["torchscript", "dynamo"]
+Attention = Literal["explicit", "onnx"]
 
 
 class EEStage(nn.Module):
@@ -78,21 +84,46 @@ class SACStage(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic: dict[str, dict[int, str]], opset: int, exporter: Exporter) -> None:
-    with torch.no_grad(), fused_attention(False, module), warnings.catch_warnings():
+            dynamic: dict[str, dict[int, str]], opset: int, exporter: Exporter, attention: Attention = "explicit") -> None:
+    if attention == "onnx" and (exporter != "dynamo" or opset < ATTENTION_OPSET):
+        raise ExportError(f"the ONNX Attention operator needs the dynamo exporter at opset >= {ATTENTION_OPSET}")
+    with torch.no_grad(), attention_impl(attention, module), warnings.catch_warnings():
         # Tracing warns about the shape-dependent Python branches of forward_sac; they are
         # static for every export (the non-target cluster is never empty when k < n).
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's own pytree deprecations
+        # the dynamo exporter's note that two inputs share a dynamic axis (k, batch): they do, by design
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
         if exporter == "torchscript":
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=inputs,
                               output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
         else:
-            dims = {name: {ax: torch.export.Dim(label, min=1) for ax, label in axes.items()}
-                    for name, axes in dynamic.items() if name in inputs}
-            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=inputs,
-                                        output_names=outputs, dynamic_shapes=dims, optimize=True)
+            # one entry per positional input, in order (the forward's argument names may differ)
+            dims = tuple({ax: torch.export.Dim(label, min=1) for ax, label in dynamic.get(name, {}).items()} or None
+                         for name in inputs)
+            with _quiet_registration():
+                program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=inputs,
+                                            output_names=outputs, dynamic_shapes=dims, optimize=True, verbose=False)
             program.save(str(path))
+
+
+class _DropOptionalOpNotes(logging.Filter):
+    """The dynamo exporter logs a warning per torchvision operator it cannot register when
+    torchvision is absent (this project does not use it): noise on the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision is not installed" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_registration():
+    logger, note_filter = logging.getLogger("torch.onnx._internal.exporter._registration"), _DropOptionalOpNotes()
+    logger.addFilter(note_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note_filter)
 
 
 def add_metadata(path: Path, metadata: dict[str, str]) -> None:
@@ -107,8 +138,11 @@ def add_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Exporter = "torchscript",
-                  example_k: int | None = None, metadata: dict[str, str] | None = None) -> tuple[Path, Path]:
-    """Write ee.onnx and sac.onnx for `model` into out_dir (which must exist).
+                  attention: Attention = "explicit", example_k: int | None = None,
+                  metadata: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write the EE and SAC graphs of `model` into out_dir (which must exist): ee.onnx and
+    sac.onnx, or with attention="onnx" (dynamo exporter, opset >= 23) ee.attention.onnx and
+    sac.attention.onnx.
 
     Raises:
         ExportError: the model is not a SAC-ViT, the token range cannot be exported, or a
@@ -116,6 +150,8 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
     """
     if not isinstance(model, SACViT):
         raise ExportError(f"only SAC-ViT checkpoints split into two engines; this is arch={model.cfg.arch!r}")
+    if attention == "onnx":
+        exporter, opset = "dynamo", max(opset, ATTENTION_OPSET)
     cfg = model.cfg
     if example_k is None:
         example_k = max(1, min(cfg.num_coarse - 1, (cfg.k_min + cfg.k_max) // 2))
@@ -124,14 +160,15 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
     with torch.no_grad():
         ee = model.forward_ee(image)
     order = torch.arange(cfg.num_coarse).repeat(2, 1)
-    ee_path, sac_path = out_dir / "ee.onnx", out_dir / "sac.onnx"
+    names = ATTENTION_GRAPH_FILES if attention == "onnx" else ENGINE_FILES
+    ee_path, sac_path = out_dir / names[0], out_dir / names[1]
     try:
-        _export(EEStage(model), (image,), ee_path, EE_INPUTS, EE_OUTPUTS, dynamic_axes("ee"), opset, exporter)
+        _export(EEStage(model).eval(), (image,), ee_path, EE_INPUTS, EE_OUTPUTS, dynamic_axes("ee"), opset, exporter, attention)
         patches = model.crop_targets(image, order[:, :example_k])
         keep_t = torch.ones(2, example_k, dtype=torch.bool)
         keep_n = torch.ones(2, cfg.num_coarse - example_k, dtype=torch.bool)
-        _export(SACStage(model), (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden, keep_t, keep_n),
-                sac_path, SAC_INPUTS, SAC_OUTPUTS, dynamic_axes("sac"), opset, exporter)
+        _export(SACStage(model).eval(), (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden, keep_t, keep_n),
+                sac_path, SAC_INPUTS, SAC_OUTPUTS, dynamic_axes("sac"), opset, exporter, attention)
         for path, stage in ((ee_path, "ee"), (sac_path, "sac")):
             add_metadata(path, {"sacvit_edge.stage": stage, **(metadata or {})})
             check_no_training_nodes(path)
@@ -152,13 +189,17 @@ def check_no_training_nodes(path: Path) -> None:
         raise ExportError(f"{path.name} contains training-only nodes {found}")
 
 
-def export_single(model: nn.Module, path: Path, *, opset: int = 17) -> Path:
-    """A plain one-graph classifier (the DeiT baseline): image (B,3,H,W) -> logits (B,C)."""
+def export_single(model: nn.Module, path: Path, *, opset: int = 17, attention: Attention = "explicit") -> Path:
+    """A plain one-graph classifier (the DeiT baseline): image (B,3,H,W) -> logits (B,C); with
+    attention="onnx" the same graph style as SAC-ViT's attention graphs (a fair baseline)."""
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    exporter: Exporter = "dynamo" if attention == "onnx" else "torchscript"
+    if attention == "onnx":
+        opset = max(opset, ATTENTION_OPSET)
     try:
         _export(model.eval(), (image,), path, ["image"], ["logits"], {"image": {0: "batch"}, "logits": {0: "batch"}},
-                opset, "torchscript")
+                opset, exporter, attention)
         add_metadata(path, {"sacvit_edge.stage": "full"})
     except Exception as exc:
         raise ExportError(f"ONNX export of the baseline failed: {type(exc).__name__}: {exc}") from exc

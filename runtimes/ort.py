@@ -125,7 +125,8 @@ class OrtBackend(HostBackend):
     def from_manifest(cls, manifest, threads: int | None = None, precision: str = "fp32") -> "OrtBackend":
         """Open an export directory's engines of a precision and check that they are the ones its
         manifest describes: embedded fingerprint and manifest digest, and the shapes they accept."""
-        files = dict(zip(("ee", "sac"), manifest.engine_files(precision)))
+        # fp32: the graphs with the ONNX Attention operator where the export has them (fewer nodes)
+        files = dict(zip(("ee", "sac"), manifest.engine_files(precision, attention_op=True)))
         backend = cls(manifest.path(files["ee"]), manifest.path(files["sac"]), threads=threads,
                       batch1_threads=None if threads else manifest.batch1_threads)  # an explicit `threads` wins
         backend.precision = precision
@@ -157,7 +158,9 @@ class OrtBackend(HostBackend):
         return cpu_name() if self.providers[0] == "CPUExecutionProvider" else self.providers[0]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "precision": getattr(self, "precision", "fp32"), "providers": self.ee.get_providers(), "threads": self.threads or "onnxruntime default",
+        return {"backend": self.name, "precision": getattr(self, "precision", "fp32"),
+                "graphs": [Path(p).name for p in self.paths.values()],
+                "providers": self.ee.get_providers(), "threads": self.threads or "onnxruntime default",
                 "batch1_threads": getattr(self, "batch1_threads", None) or "as threads",
                 "onnxruntime": self._ort.__version__, "device": self.device()}
 

@@ -616,10 +616,12 @@ def export(
     batch_opt: Annotated[Optional[int], typer.Option(help="engine: the batch TensorRT tunes for (default 1, the camera case)")] = None,
     fp16_mode: Annotated[Optional[str], typer.Option(help="engine fp16: graph (strongly typed fp16 graph, default) or flag (BuilderFlag.FP16, TensorRT 10 only)")] = None,
     with_checkpoint: Annotated[bool, typer.Option(help="copy model.pt into the export (the pytorch backend runs from it)", metavar="")] = True,
+    attention_graphs: Annotated[bool, typer.Option(help="also write ee/sac.attention.onnx: the stages with the ONNX Attention operator (opset 23), which ONNX Runtime runs faster", metavar="")] = True,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP, metavar="")] = False,
 ) -> None:
-    """Export a trained SAC-ViT: ee.onnx + sac.onnx with a manifest, and for --format engine the
-    TensorRT engines built for the GPU here."""
+    """Export a trained SAC-ViT: ee.onnx + sac.onnx (opset 17, what TensorRT and OpenVINO build
+    from), ee/sac.attention.onnx (opset 23, what ONNX Runtime runs) and a manifest, and for
+    --format engine the TensorRT engines built for the GPU here."""
 
     with _handled():
         fmt = get_format(format)
@@ -647,7 +649,8 @@ def export(
             m = export_checkpoint(model_path, out, opset=17 if opset is None else opset,
                                   batch_max=64 if batch_max is None else batch_max, k_min=k_min, k_max=k_max,
                                   exporter=exporter or "torchscript", include_checkpoint=with_checkpoint, force=force,
-                                  on_wait=lambda msg: status.update(escape(msg)))  # type: ignore[arg-type]
+                                  on_wait=lambda msg: status.update(escape(msg)),  # type: ignore[arg-type]
+                                  attention_graphs=attention_graphs)
         if precision == "fp16":
             with err.status("deriving the fp16 graphs"):
                 m = ensure_fp16_graphs(m)
@@ -657,6 +660,8 @@ def export(
     table = Table("file", "what", title=f"exported {model_path}")
     table.add_row("ee.onnx", f"EE stage, batch {m.batch_range[0]}..{m.batch_range[1]}")
     table.add_row("sac.onnx", f"SAC stage, k {m.k_range[0]}..{m.k_range[1]} targets")
+    if m.attention_graphs:
+        table.add_row(", ".join(m.attention_graphs), "the same stages with the ONNX Attention operator (ONNX Runtime runs these)")
     if "fp16" in m.derived.graphs:
         table.add_row(", ".join(m.derived.graphs["fp16"]), "fp16 graphs (fp32 inputs and outputs)")
     _engine_rows(table, m)

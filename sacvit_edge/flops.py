@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .model import SACViT, VisionTransformer, fused_attention
+from .model import SACViT, VisionTransformer, attention_impl
 
 
 def _count(module: torch.nn.Module, fn, *args) -> float:
-    with torch.no_grad(), fused_attention(False, module), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), attention_impl("explicit", module), FlopCounterMode(display=False) as counter:
         fn(*args)
     return counter.get_total_flops() / 2 / 1e9
 

@@ -28,6 +28,11 @@ MANIFEST_VERSION = 4  # 2: SAC engine takes target patches and keep masks; 3: en
 #                      4: written from this module's schema (manifest_content), every value stored once
 READABLE_VERSIONS = (3, 4)  # export directories users already have (format 3) still load
 ENGINE_FILES = ("ee.onnx", "sac.onnx")
+# the same stages with every attention call one standard ONNX Attention node (opset 23): written by
+# export beside ENGINE_FILES and run by ONNX Runtime at fp32; TensorRT, OpenVINO and the fp16 / INT8
+# derivations keep to ENGINE_FILES (opset 17, parsed by every version)
+ATTENTION_GRAPH_FILES = ("ee.attention.onnx", "sac.attention.onnx")
+ATTENTION_OPSET = 23
 CHECKPOINT_FILE = "model.pt"
 CALIBRATION_FILE = "calibration.json"  # written by `sacvit-edge calibrate`; listed (hashed) in `files`
 CALIBRATION_FORMAT = "sacvit-edge-calibration"
@@ -277,6 +282,7 @@ class Manifest:
     content_sha256: str = ""  # content_digest of the file as read
     calibration: Calibration | None = None  # from calibration.json, when the directory was calibrated
     derived: Derived = field(default_factory=Derived)
+    attention_graphs: tuple[str, str] | None = None  # (ee, sac) ATTENTION_GRAPH_FILES when exported
 
     def engine_problems(self, stage: str, metadata: dict[str, str]) -> list[str]:
         """Why an engine's embedded metadata does not belong to this manifest (empty: it does)."""
@@ -330,10 +336,14 @@ class Manifest:
         have = {"fp32", *self.derived.graphs, *(self.calibration.precisions if self.calibration else ())}
         return [p for p in PRECISIONS if p in have]
 
-    def engine_files(self, precision: str = "fp32") -> tuple[str, str]:
+    def engine_files(self, precision: str = "fp32", attention_op: bool = False) -> tuple[str, str]:
         """(ee, sac) ONNX graphs of a precision: fp32 exported, fp16 derived (`export --precision
-        fp16` / `build-engine --precision fp16`), int8 from `calibrate --int8`."""
+        fp16` / `build-engine --precision fp16`), int8 from `calibrate --int8`. With attention_op
+        (a runtime that runs the ONNX Attention operator), fp32 is the attention graphs where the
+        export has them."""
         if precision == "fp32":
+            if attention_op and self.attention_graphs is not None:
+                return self.attention_graphs
             return self.engines["ee"].file, self.engines["sac"].file
         if precision in self.derived.graphs:
             return self.derived.graphs[precision]
@@ -385,15 +395,19 @@ def _engine(r: _Reader, stage: str) -> EngineSpec:
 
 def manifest_content(*, fingerprint: str, class_names: list[str], mean: tuple[float, ...], std: tuple[float, ...],
                      config: ModelConfig, batch_max: int, cost: CostTable | None, opset: int, exporter: str,
-                     versions: dict[str, str]) -> dict:
+                     versions: dict[str, str], attention_graphs: bool = False) -> dict:
     """manifest.json's content (the exporter adds `files`), written from the same fields
     parse_manifest reads back: the schema in one place. Each value is stored once: the exit
     threshold, the input size and the target-count clamp live in model_config (the SAC engine's k
     range is the config's target_range()); the engines' tensor names are engine_io's contract."""
+    engines: dict[str, Any] = {"ee": {"file": ENGINE_FILES[0]}, "sac": {"file": ENGINE_FILES[1]}, "batch_max": int(batch_max)}
+    if attention_graphs:
+        engines["attention_graphs"] = {"ee": ATTENTION_GRAPH_FILES[0], "sac": ATTENTION_GRAPH_FILES[1],
+                                       "opset": ATTENTION_OPSET}
     return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "checkpoint_fingerprint": fingerprint,
             "class_names": list(class_names), "input": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
             "model_config": config.to_dict(),
-            "engines": {"ee": {"file": ENGINE_FILES[0]}, "sac": {"file": ENGINE_FILES[1]}, "batch_max": int(batch_max)},
+            "engines": engines,
             "cost": None if cost is None else cost.to_dict(), "opset": opset, "exporter": exporter,
             "versions": dict(versions)}
 
@@ -439,9 +453,15 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _plain_name(k) and isinstance(h, str)
                                                                    and len(h) == 64 for k, h in v.items()),
                   "an object mapping plain file names (no path) to sha256 hex digests")
-    for spec_ in engines.values():  # every engine is covered by the integrity check
-        if spec_.file not in files:
-            raise ExportError(f"{source}: files lacks the hash of engine {spec_.file!r}; re-export the checkpoint")
+    attention_graphs = None
+    if version >= 4 and eng.data.get("attention_graphs") is not None:
+        a = eng.section("attention_graphs")
+        plain = lambda v: isinstance(v, str) and _plain_name(v)  # noqa: E731
+        attention_graphs = (a.get("ee", plain, "a plain file name inside the directory"),
+                            a.get("sac", plain, "a plain file name inside the directory"))
+    for file in (*(spec_.file for spec_ in engines.values()), *(attention_graphs or ())):  # all under the integrity check
+        if file not in files:
+            raise ExportError(f"{source}: files lacks the hash of engine {file!r}; re-export the checkpoint")
     eta = r.float_("eta") if version == 3 else config.eta
     if not 0.0 <= eta <= 1.0:
         raise ExportError(f"{source}: manifest field '{'eta' if version == 3 else 'model_config.eta'}' must be in "
@@ -469,7 +489,8 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     return Manifest(directory=directory, checkpoint_fingerprint=r.str_("checkpoint_fingerprint"), class_names=class_names,
                     input=spec, eta=eta, config=config, engines=engines, files=dict(files),
                     opset=data.get("opset"), exporter=data.get("exporter"), versions={str(k): str(v) for k, v in versions.items()},
-                    cost=cost, content_sha256=_digest_or_fail(data, source), derived=derived)
+                    cost=cost, content_sha256=_digest_or_fail(data, source), derived=derived,
+                    attention_graphs=attention_graphs)
 
 
 def _derived(r: _Reader, files: dict[str, str], source: Path) -> Derived:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 import torch.nn as nn
@@ -29,24 +29,48 @@ from .tokens import build_sac_group, crop_target_patches
 
 log = logging.getLogger(__name__)
 
-@contextlib.contextmanager
-def fused_attention(enabled: bool, module: nn.Module) -> Iterator[None]:
-    """Switch `module`'s attention layers between F.scaled_dot_product_attention and the
-    explicit matmul/softmax form, for the duration of the block (that module only: other
-    models and threads are unaffected).
+AttentionImpl = Literal["sdpa", "explicit", "onnx"]
+ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "explicit", "onnx")
 
-    The explicit form is used for ONNX export (it maps to MatMul/Softmax, which every
-    ONNX Runtime and TensorRT version parses identically) and for FLOP counting.
+
+@contextlib.contextmanager
+def attention_impl(impl: AttentionImpl, module: nn.Module) -> Iterator[None]:
+    """Compute `module`'s attention layers another way for the duration of the block (that
+    module only: other models and threads are unaffected). Same numbers, different graphs:
+
+      "sdpa"      F.scaled_dot_product_attention (training, the PyTorch backend; the default)
+      "explicit"  MatMul / Softmax, which every ONNX Runtime and TensorRT version parses
+                  identically (the opset-17 graphs) and which FLOP counting sees
+      "onnx"      the standard ONNX Attention operator (opset 23) on (B, L, h*d) tensors: one
+                  node per attention call, no head reshapes or transposes (export only; see
+                  onnx_attention)
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl {impl!r}: expected one of {ATTENTION_IMPLS}")
     layers = [m for m in module.modules() if isinstance(m, Attention)]
-    previous = [m.fused for m in layers]
+    previous = [m.impl for m in layers]
     for m in layers:
-        m.fused = enabled
+        m.impl = impl
     try:
         yield
     finally:
         for m, was in zip(layers, previous):
-            m.fused = was
+            m.impl = was
+
+
+def onnx_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, keep: torch.Tensor | None = None,
+                   probs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention as ONE standard ONNX Attention node (opset 23). q (B,Lq,h*d), k/v
+    (B,Lk,h*d), keep (B,Lk) bool key mask or None -> (B,Lq,h*d); with probs, also the softmax
+    probabilities (B,h,Lq,Lk) (the op's qk_matmul_output in mode 3), which the GCA readout takes
+    its CLS row from instead of recomputing it. The mask is given with the query length spelled
+    out: ONNX Runtime's kernel does not broadcast it over queries. In eager PyTorch this runs
+    torch's reference implementation of the op; it exists for the exporter.
+    """
+    mask = None if keep is None else keep[:, None, None, :].expand(-1, 1, q.shape[1], -1)
+    out, _, _, qk = torch.onnx.ops.attention(q, k, v, mask, q_num_heads=heads, kv_num_heads=heads,
+                                             qk_matmul_output_mode=3 if probs else 0)
+    return (out, qk) if probs else out
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None,
@@ -88,32 +112,51 @@ class Attention(nn.Module):
         self.num_heads = cfg.num_heads
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.fused = True  # F.scaled_dot_product_attention; False: explicit form (see fused_attention)
+        self.impl: AttentionImpl = "sdpa"  # see attention_impl
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v: (B, h, N, d) each, or (B, N, h*d) for the "onnx" impl (its op splits the heads)."""
+        if self.impl == "onnx":
+            q, k, v = self.qkv(x).chunk(3, -1)  # the (3, h, d) layout of timm's qkv weight
+            return q, k, v
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]  # each (B, h, N, d)
+        return qkv[0], qkv[1], qkv[2]
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
+        if self.impl == "onnx":
+            return self.proj(o)
         b, h, n, d = o.shape
         return self.proj(o.transpose(1, 2).reshape(b, n, h * d))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        if self.impl == "onnx":
+            return onnx_attention(q, k, v, self.num_heads, keep)  # type: ignore[return-value]
+        return attend(q, k, v, keep, fused=self.impl == "sdpa")
+
+    def _tokens(self, t: torch.Tensor, start: int, end: int | None = None) -> torch.Tensor:
+        """Tokens start:end of q, k or v, whichever layout the impl uses."""
+        return t[:, start:end] if self.impl == "onnx" else t[:, :, start:end]
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Full attention over all tokens (DeiT, CF-ViT / LF-ViT SAC stage)."""
         q, k, v = self._qkv(x)
-        return self._out(attend(q, k, v, keep, self.fused))
+        return self._out(self._attend(q, k, v, keep))
 
     def forward_with_cls_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full attention, plus CLS->patch attention averaged over heads, (B, N-1).
 
-        The CLS row is recomputed explicitly (one query row, negligible) so that the
-        fused kernel can still serve the whole map.
+        The CLS row is recomputed explicitly (one query row, negligible) so that the fused
+        kernel can still serve the whole map; the "onnx" impl reads it from the one Attention
+        node's probabilities output instead.
         """
         q, k, v = self._qkv(x)
+        if self.impl == "onnx":
+            out, probs = onnx_attention(q, k, v, self.num_heads, probs=True)
+            return self.proj(out), probs[:, :, 0, 1:].mean(1)
         cls_scores = (q[:, :, :1] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B,h,1,N)
         cls_attn = cls_scores.softmax(-1)[:, :, 0, 1:].mean(1)  # (B, N-1)
-        return self._out(attend(q, k, v, fused=self.fused)), cls_attn
+        return self._out(self._attend(q, k, v, None)), cls_attn
 
     def forward_clusters(
         self,
@@ -127,23 +170,26 @@ class Attention(nn.Module):
         [CLS, targets], non-targets to [CLS, non-targets]; CLS belongs to both clusters
         and attends to every token ([choice]: the class decision sees the whole image).
         Cost: T(T+1) + N(N+1) + (T+N+1) ~ (T+1)^2 + (N+1)^2 instead of (T+N+1)^2.
+        (One call with a block-diagonal mask computes the masked-out scores too; measured no
+        faster, docs/latency.md.)
 
         Args:
             x: (B, 1+T+N, D).
             num_targets: T.
             keep: optional (B, 1+T+N) key mask (padding in mixed-count training batches).
         """
-        q, k, v = self._qkv(x)  # (B, h, L, d)
-        t_end = 1 + num_targets
-        outs = [attend(q[:, :, :1], k, v, keep, self.fused)]  # CLS -> everything
-        outs.append(attend(q[:, :, 1:t_end], k[:, :, :t_end], v[:, :, :t_end],
-                           None if keep is None else keep[:, :t_end], self.fused))
+        q, k, v = self._qkv(x)
+        tok, t_end = self._tokens, 1 + num_targets
+        axis = 1 if self.impl == "onnx" else 2
+        outs = [self._attend(tok(q, 0, 1), k, v, keep)]  # CLS -> everything
+        outs.append(self._attend(tok(q, 1, t_end), tok(k, 0, t_end), tok(v, 0, t_end),
+                                 None if keep is None else keep[:, :t_end]))
         if x.shape[1] > t_end:
-            kn = torch.cat([k[:, :, :1], k[:, :, t_end:]], 2)
-            vn = torch.cat([v[:, :, :1], v[:, :, t_end:]], 2)
+            kn = torch.cat([tok(k, 0, 1), tok(k, t_end)], axis)
+            vn = torch.cat([tok(v, 0, 1), tok(v, t_end)], axis)
             keep_n = None if keep is None else torch.cat([keep[:, :1], keep[:, t_end:]], 1)
-            outs.append(attend(q[:, :, t_end:], kn, vn, keep_n, self.fused))
-        return self._out(torch.cat(outs, 2))
+            outs.append(self._attend(tok(q, t_end), kn, vn, keep_n))
+        return self._out(torch.cat(outs, axis))
 
 
 class Mlp(nn.Module):

@@ -53,10 +53,13 @@ def _feeds(*arrays):
     return dict(zip(SAC_FEEDS, arrays))
 
 
-def _parity(export_dir, ckpt_path, batches=(1, 5)):
+GRAPH_SETS = {"opset17": ("ee.onnx", "sac.onnx"), "attention": ("ee.attention.onnx", "sac.attention.onnx")}
+
+
+def _parity(export_dir, ckpt_path, batches=(1, 5), graphs=GRAPH_SETS["opset17"]):
     model = load_checkpoint(ckpt_path).model
     cfg = model.cfg
-    backend = OrtBackend(export_dir / "ee.onnx", export_dir / "sac.onnx")
+    backend = OrtBackend(export_dir / graphs[0], export_dir / graphs[1])
     worst = {"ee": 0.0, "sac": 0.0}
     for b in batches:
         img = np.random.default_rng(b).standard_normal((b, 3, 112, 112)).astype(np.float32)
@@ -80,14 +83,71 @@ def _parity(export_dir, ckpt_path, batches=(1, 5)):
     return worst
 
 
-def test_parity_random_model_every_k(random_export, random_ckpt):
-    worst = _parity(random_export, random_ckpt)
+@pytest.mark.parametrize("graphs", list(GRAPH_SETS))
+def test_parity_random_model_every_k(random_export, random_ckpt, graphs):
+    worst = _parity(random_export, random_ckpt, graphs=GRAPH_SETS[graphs])
     assert worst["ee"] <= ATOL and worst["sac"] <= ATOL, worst
 
 
-def test_parity_shipped_model_every_k(shipped_export, shipped_sac):
-    worst = _parity(shipped_export, shipped_sac, batches=(1, 8))
+@pytest.mark.parametrize("graphs", list(GRAPH_SETS))
+def test_parity_shipped_model_every_k(shipped_export, shipped_sac, graphs):
+    worst = _parity(shipped_export, shipped_sac, batches=(1, 8), graphs=GRAPH_SETS[graphs])
     assert worst["ee"] <= ATOL and worst["sac"] <= ATOL, worst
+
+
+def test_attention_graphs_are_one_attention_node_per_call(random_export, random_ckpt):
+    """The ONNX Runtime graphs: opset 23, every attention call one standard Attention node (EE: one
+    per block, the GCA readout from its probabilities output; SAC: CLS + targets in every block,
+    + non-targets from the reuse layer on), no Softmax left, and far fewer nodes than the opset-17
+    graphs; listed in the manifest, hashed, carrying the export's metadata; ONNX Runtime runs them."""
+    m = read_manifest(random_export)
+    cfg = load_checkpoint(random_ckpt).config
+    assert m.attention_graphs == ("ee.attention.onnx", "sac.attention.onnx")
+    assert m.engine_files("fp32", attention_op=True) == m.attention_graphs
+    assert m.engine_files("fp32") == ("ee.onnx", "sac.onnx")  # TensorRT / OpenVINO / fp16 / INT8 start here
+    expected_calls = {"ee": cfg.depth, "sac": 2 * cfg.depth + (cfg.depth - cfg.reuse_layer)}
+    for stage, name, old in (("ee", m.attention_graphs[0], "ee.onnx"), ("sac", m.attention_graphs[1], "sac.onnx")):
+        assert name in m.files
+        model = onnx.load(str(random_export / name))
+        onnx.checker.check_model(model, full_check=True)
+        assert {o.domain: o.version for o in model.opset_import}[""] >= 23
+        ops = op_histogram(random_export / name)
+        assert ops["Attention"] == expected_calls[stage], ops
+        assert "Softmax" not in ops
+        assert sum(ops.values()) < 0.8 * sum(op_histogram(random_export / old).values())
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert m.engine_problems(stage, meta) == []
+    backend = OrtBackend.from_manifest(m)
+    assert backend.describe()["graphs"] == list(m.attention_graphs)
+
+
+def test_export_without_attention_graphs(tmp_path, random_ckpt):
+    """--no-attention-graphs (or a torch that cannot write them): the opset-17 graphs alone, which
+    ONNX Runtime then runs."""
+    m = export_checkpoint(random_ckpt, tmp_path / "e", attention_graphs=False)
+    assert m.attention_graphs is None and not list((tmp_path / "e").glob("*.attention.onnx"))
+    assert OrtBackend.from_manifest(m).describe()["graphs"] == ["ee.onnx", "sac.onnx"]
+
+
+def test_manifest_refuses_unhashed_or_swapped_attention_graphs(tmp_path, random_export, shipped_export):
+    from sacvit_edge.errors import BackendError
+
+    d = tmp_path / "e"
+    shutil.copytree(random_export, d)
+    data = json.loads((d / "manifest.json").read_text())
+    data["files"].pop("sac.attention.onnx")
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="files lacks the hash of engine 'sac.attention.onnx'"):
+        read_manifest(d)
+    # an attention graph of another export, its hash updated: its embedded digest gives it away
+    shutil.rmtree(d)
+    shutil.copytree(random_export, d)
+    shutil.copyfile(shipped_export / "ee.attention.onnx", d / "ee.attention.onnx")
+    data = json.loads((d / "manifest.json").read_text())
+    data["files"]["ee.attention.onnx"] = bundle.sha256_file(d / "ee.attention.onnx")
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BackendError, match="ee.attention.onnx"):
+        OrtBackend.from_manifest(read_manifest(d))
 
 
 def test_interrupted_export_leaves_nothing_that_loads(tmp_path, random_ckpt, monkeypatch):

@@ -5,7 +5,7 @@ import torch
 from sacvit_edge.config import preset, with_mode
 from sacvit_edge.errors import CheckpointError, ConfigError
 from sacvit_edge.flops import CostModel, deit_gflops
-from sacvit_edge.model import (SACViT, VisionTransformer, build_model, fused_attention,
+from sacvit_edge.model import (SACViT, VisionTransformer, build_model, attention_impl,
                                load_deit_state_dict)
 
 
@@ -27,18 +27,45 @@ def masked_full_attention(attn, x, num_targets):
     return attn.proj(o)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_cluster_attention_equals_masked_full_attention(fused):
+@pytest.mark.parametrize("impl", ["sdpa", "explicit", "onnx"])
+def test_cluster_attention_equals_masked_full_attention(impl):
     torch.manual_seed(0)
     model = build_model(preset("tiny_112"))
     attn = model.blocks[0].attn
     x = torch.randn(3, 1 + 4 * 7 + 42, 64)
-    with fused_attention(fused, attn):
+    with attention_impl(impl, attn):
         got = attn.forward_clusters(x, 4 * 7)
     ref = masked_full_attention(attn, x, 4 * 7)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     # ... and differs from unrestricted attention (the test would catch a no-op "clustering")
     assert (attn(x) - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("impl", ["explicit", "onnx"])
+def test_attention_impls_compute_the_same(impl):
+    """Each way of writing attention (the exported graphs use "explicit" at opset 17 and "onnx",
+    the ONNX Attention operator, at opset 23) equals the SDPA the model trains with: full
+    attention, the GCA readout's CLS row, and the cluster attention with padding masks."""
+    torch.manual_seed(0)
+    model = build_model(preset("tiny_112"))
+    attn = model.blocks[0].attn
+    x = torch.randn(3, 1 + 4 * 6 + 40, 64)
+    keep = torch.ones(3, x.shape[1], dtype=torch.bool)
+    keep[0, 20:25] = False  # padded targets of image 0
+    keep[2, -3:] = False  # padded non-targets of image 2
+    ref_full, ref_cls = attn.forward_with_cls_attn(x)
+    ref_clusters = attn.forward_clusters(x, 24, keep)
+    with attention_impl(impl, attn):
+        full, cls = attn.forward_with_cls_attn(x)
+        clusters = attn.forward_clusters(x, 24, keep)
+        assert attn.impl == impl
+    assert attn.impl == "sdpa"  # restored
+    for got, ref in ((full, ref_full), (cls, ref_cls), (clusters, ref_clusters)):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert (ref_clusters - attn.forward_clusters(x, 24)).abs().max() > 1e-3  # the mask mattered
+    with pytest.raises(ValueError, match="attention impl"):
+        with attention_impl("fast", attn):
+            pass
 
 
 def test_cluster_attention_costs_fewer_flops():
@@ -49,7 +76,7 @@ def test_cluster_attention_costs_fewer_flops():
     x = torch.randn(1, 1 + 40 + 39, 64)
 
     def count(fn):
-        with fused_attention(False, attn), FlopCounterMode(display=False) as c:
+        with attention_impl("explicit", attn), FlopCounterMode(display=False) as c:
             fn()
         return c.get_total_flops()
 

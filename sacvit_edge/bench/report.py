@@ -111,6 +111,13 @@ def markdown_latency(rows: list[dict[str, Any]]) -> str:
                      f"{k['mean']:.2f} ({r['no_exit_over_deit_b1']:.2f}x DeiT) | {r['realised_b1']:.2f}x "
                      f"({r['realised_over_ideal_b1']:.2f}) | {r['deit_images_per_s']:.1f} | {r['sac_images_per_s']:.1f} "
                      f"| {r['realised_b32']:.2f}x ({r['realised_over_ideal_b32']:.2f}) | {r['flop_ideal_speedup']:.2f}x |")
+    graphs = [r for r in rows if r.get("graphs")]
+    if graphs:  # which graph each method ran, and its size
+        lines += ["", "| geometry | DeiT graph (nodes) | SAC-ViT graphs (nodes) |", "|---|---|---|"]
+        for r in graphs:
+            g = r["graphs"]
+            fmt = lambda d: ", ".join(f"{name} ({n})" for name, n in d.items())  # noqa: E731
+            lines.append(f"| {r['geometry']} | {fmt(g['deit'])} | {fmt(g['sac'])} |")
     return "\n".join(lines)
 
 

@@ -84,16 +84,23 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 class DeitRunner:
-    """The baseline on one backend, with the same timing interface as EdgeClassifier.run."""
+    """The baseline on one backend, with the same timing interface as EdgeClassifier.run. On
+    ONNX Runtime it runs the graph style SAC-ViT's export gives ONNX Runtime (the ONNX Attention
+    operator at opset 23 where this torch writes it), so both get the same exporter and fusions."""
 
     def __init__(self, model, backend: str, work: Path, threads: int | None) -> None:
         self.model = model.eval()
         self.backend = backend
+        self.graph: str | None = None
         if backend == "onnxruntime":
+            from sacvit_edge.export.bundle import attention_op_exportable
             from sacvit_edge.export.torch2onnx import export_single
             from sacvit_edge.runtimes.ort import OrtSingle
 
-            path = export_single(model, work / f"deit_{model.cfg.img_size}.onnx")
+            attention = "onnx" if attention_op_exportable() else "explicit"
+            path = export_single(model, work / f"deit_{model.cfg.img_size}_{attention}.onnx", attention=attention)
+            self.graph = path.name
+            self.nodes = {path.name: graph_nodes(path)}
             self._ort = OrtSingle(path, threads)
         elif backend.startswith("pytorch"):
             self._dev = torch.device("cuda" if backend == "pytorch-cuda" else "cpu")
@@ -107,6 +114,18 @@ class DeitRunner:
         with torch.inference_mode():
             out = self.model(torch.from_numpy(x).to(self._dev)).float().cpu().numpy()
         return out
+
+
+def graph_nodes(path: Path) -> int:
+    """Nodes of an ONNX graph as written (before ONNX Runtime's own fusions)."""
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _sac_graphs(clf: EdgeClassifier) -> dict[str, int]:
+    """The graphs an ONNX Runtime classifier runs, with their node counts."""
+    return {Path(p).name: graph_nodes(Path(p)) for p in getattr(clf.backend, "paths", {}).values()}
 
 
 def eval_images(n: int, mean, std, batch: int = 500, data: Path | None = None, class_names=None,
@@ -422,6 +441,7 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
                     "deit_images_per_s": cfg.batch / t_deit, "sac_images_per_s": cfg.batch / t_sac,
                     "realised_b1": rb1, "realised_over_ideal_b1": rb1 / ideal,
                     "realised_b32": rb32, "realised_over_ideal_b32": rb32 / ideal,
-                    "no_exit_over_deit_b1": kmax_b1["mean"] / deit_b1["mean"]})
+                    "no_exit_over_deit_b1": kmax_b1["mean"] / deit_b1["mean"],
+                    "graphs": {"deit": deit.nodes, "sac": _sac_graphs(clf)}})
         clf.close()
     return out
