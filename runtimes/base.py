@@ -136,10 +136,12 @@ def patch_size_of(image_shape: tuple[int, ...], num_coarse: int) -> int:
 
 def host_sac_feeds(ee: EEResult, rows: np.ndarray, group: SacGroup) -> dict[str, np.ndarray]:
     """The SAC engine's named inputs for `rows` of a batch whose EE results are NumPy arrays."""
-    image = ee.image[rows]
+    every = len(rows) == len(ee.image) and (rows == np.arange(len(rows))).all()  # no copies: the batch-1 case
+    pick = (lambda a: a) if every else (lambda a: a[rows])  # noqa: E731
+    image = pick(ee.image)
     patch = patch_size_of(image.shape, ee.final.shape[1])
     return {"target_patches": crop_target_patches(image, group.target_idx, patch), "target_idx": group.target_idx,
-            "nontarget_idx": group.nontarget_idx, "ee_final": ee.final[rows], "ee_hidden": ee.hidden[rows],
+            "nontarget_idx": group.nontarget_idx, "ee_final": pick(ee.final), "ee_hidden": pick(ee.hidden),
             "target_keep": group.target_keep, "nontarget_keep": group.nontarget_keep}
 
 

@@ -44,7 +44,7 @@ class Split:
         return mask
 
 
-def two_means_split(scores: np.ndarray) -> np.ndarray:
+def two_means_split(scores: np.ndarray, presorted: bool = False) -> np.ndarray:
     """Exact 1-D 2-means: the number of top-scored tokens forming the high cluster.
 
     Sort once and scan every split point of the sorted scores with prefix sums; the split
@@ -53,10 +53,11 @@ def two_means_split(scores: np.ndarray) -> np.ndarray:
 
     Args:
         scores: (B, n) scores, n >= 2.
+        presorted: scores are already sorted descending along each row (select_targets has them).
     Returns:
         (B,) int64 count t in [1, n-1] of the high-score cluster.
     """
-    s = -np.sort(-scores.astype(np.float64), axis=1)  # (B, n) descending
+    s = scores.astype(np.float64) if presorted else -np.sort(-scores.astype(np.float64), axis=1)  # (B, n) descending
     n = s.shape[1]
     csum = np.cumsum(s, axis=1)  # csum[:, t-1] = sum of top t
     csq = np.cumsum(s * s, axis=1)
@@ -94,8 +95,9 @@ def select_targets(scores: np.ndarray, config: ModelConfig) -> Split:
     # Stable sort by descending score so that equal scores break ties by index everywhere.
     order = np.argsort(-scores, axis=1, kind="stable").astype(np.int64)
     if config.selection == "sac":
-        space = np.log(np.maximum(scores, 1e-12)) if config.cluster_space == "log" else scores
-        raw = two_means_split(space).astype(np.int64)
+        ranked = np.take_along_axis(scores, order, axis=1)  # descending; log is monotonic, so it stays sorted
+        space = np.log(np.maximum(ranked, 1e-12)) if config.cluster_space == "log" else ranked
+        raw = two_means_split(space, presorted=True)
         return Split(order=order, counts=np.clip(raw, config.k_min, config.k_max).astype(np.int64), raw_counts=raw)
     elif config.selection == "topalpha":
         counts = np.full(b, config.target_range()[0], dtype=np.int64)

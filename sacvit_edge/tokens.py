@@ -59,10 +59,14 @@ def plan_sac_groups(counts: np.ndarray, num_coarse: int, overhead_tokens: float 
     Returns:
         [(rows, k_lo, k_hi)]: indices into counts, and the group's smallest and largest count.
     """
+    counts = np.asarray(counts)
+    if counts.size == 0:
+        return []
+    if counts.size == 1 or (counts == counts[0]).all():  # one count (every batch-1 call): one unpadded group
+        k = int(counts[0])
+        return [(np.arange(counts.size), k, k)]
     values, inverse, mult = np.unique(counts, return_inverse=True, return_counts=True)
     u = len(values)
-    if u == 0:
-        return []
     best = np.full(u + 1, np.inf)
     best[0] = 0.0
     cut = np.zeros(u + 1, dtype=np.int64)

@@ -207,16 +207,23 @@ def test_bad_directories_and_backends(tmp_path, random_export, random_ckpt):
     (d / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ExportError, match="do not match the manifest"):
         EdgeClassifier(d)
-    # engines swapped: hashes updated so only the I/O check can catch it
-    shutil.rmtree(d)
-    shutil.copytree(random_export, d)
-    (d / "ee.onnx").write_bytes((random_export / "sac.onnx").read_bytes())
-    data = json.loads((d / "manifest.json").read_text())
+    # engines swapped: hashes updated so only the I/O check can catch it (ONNX Runtime runs the
+    # attention graphs; the opset-17 pair is what the other backends open, checked the same way)
     import hashlib
-    data["files"]["ee.onnx"] = hashlib.sha256((d / "ee.onnx").read_bytes()).hexdigest()
-    (d / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(BackendError, match="not the ee engine"):
-        EdgeClassifier(d, backend="onnxruntime")
+    from sacvit_edge.runtimes.ort import OrtBackend
+
+    for ee_file, sac_file in (("ee.attention.onnx", "sac.attention.onnx"), ("ee.onnx", "sac.onnx")):
+        shutil.rmtree(d)
+        shutil.copytree(random_export, d)
+        (d / ee_file).write_bytes((random_export / sac_file).read_bytes())
+        data = json.loads((d / "manifest.json").read_text())
+        data["files"][ee_file] = hashlib.sha256((d / ee_file).read_bytes()).hexdigest()
+        (d / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(BackendError, match="not the ee engine"):
+            if ee_file == "ee.onnx":
+                OrtBackend(d / ee_file, d / sac_file)
+            else:
+                EdgeClassifier(d, backend="onnxruntime")
     with pytest.raises(BackendError, match="unknown backend"):
         EdgeClassifier(random_export, backend="tpu")
     with pytest.raises(ConfigError, match="eta"):
