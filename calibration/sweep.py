@@ -87,6 +87,9 @@ class ExitRecords:
         lo, hi = wilson_interval(correct, len(self.labels))
         row: dict[str, Any] = {"eta": NEVER_EXIT if math.isinf(value) else value, "top1": self.top1(pred),
                                "top1_ci95": [lo, hi], "exit_rate": float(exited.mean()) if len(exited) else 0.0}
+        if len(self.labels) > 1:  # the drop against never exiting, paired per image, and its standard error
+            d = (self.sac_pred == self.labels).astype(np.float64) - (pred == self.labels)
+            row["drop"], row["drop_se"] = float(100 * d.mean()), float(100 * d.std(ddof=1) / math.sqrt(len(d)))
         if self.counts is not None:
             live = self.counts[~exited]
             row["mean_target_tokens"] = float(live.mean()) if live.size else 0.0
@@ -120,15 +123,39 @@ Objective = Literal["max_drop", "gflops_budget", "latency_budget_ms"]
 
 @dataclass(frozen=True)
 class Request:
-    """What the user asks calibration for (exactly one)."""
+    """What the user asks calibration for (exactly one).
+
+    confidence_z (max_drop only): 0 takes the measured drop at face value; z > 0 asks that the
+    drop's one-sided upper bound, drop + z * its standard error (paired per image), stay within
+    `value` at the chosen eta and at every eta above it. On a few hundred tuning images a lower
+    eta often "passes" by lucky swaps (the EE head right where the SAC head was wrong) and loses
+    points on new images; the bound does not count on luck (train's held-out share uses z = 1).
+    """
 
     kind: Objective
     value: float
+    confidence_z: float = 0.0
 
     def describe(self) -> str:
-        return {"max_drop": f"accuracy within {self.value:g} points of never exiting, at the lowest cost",
+        bound = f" (upper bound, z = {self.confidence_z:g})" if self.confidence_z else ""
+        return {"max_drop": f"accuracy within {self.value:g} points of never exiting{bound}, at the lowest cost",
                 "gflops_budget": f"the best accuracy within {self.value:g} GFLOPs per image",
                 "latency_budget_ms": f"the best accuracy within {self.value:g} ms per image"}[self.kind]
+
+
+def _bounded_drop_choice(curve: list[dict[str, Any]], never: dict[str, Any], request: Request) -> dict[str, Any]:
+    """max_drop with confidence_z > 0: the lowest eta whose drop bound, and that of every eta above
+    it, is within the request (higher etas exit a subset of the images, so the bound should only
+    shrink with eta; where it does not, noise is speaking)."""
+    def bound(p: dict[str, Any]) -> float:
+        return p.get("drop", 0.0) + request.confidence_z * p.get("drop_se", 0.0)
+
+    chosen = never
+    for p in sorted((p for p in curve if p["eta"] != NEVER_EXIT), key=_eta_key, reverse=True):
+        if bound(p) > request.value + 1e-9:
+            break
+        chosen = p
+    return chosen
 
 
 def choose(curve: list[dict[str, Any]], request: Request) -> dict[str, Any]:
@@ -146,6 +173,8 @@ def choose(curve: list[dict[str, Any]], request: Request) -> dict[str, Any]:
     if request.kind == "max_drop":
         if request.value < 0:
             raise ConfigError(f"--max-drop {request.value} must be >= 0 points")
+        if request.confidence_z > 0:
+            return _bounded_drop_choice(curve, never, request)
         ok = [p for p in curve if p["top1"] >= never["top1"] - request.value - 1e-9]
         return min(ok, key=lambda p: (p.get(cost_key, 0.0), _eta_key(p)))
     key = "gflops" if request.kind == "gflops_budget" else "latency_ms"

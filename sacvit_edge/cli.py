@@ -177,7 +177,8 @@ def train(
     warmup_steps: Annotated[Optional[int], typer.Option(help="linear learning-rate warm-up steps (default: a tenth of the steps, at most 200)")] = None,
     warmup_share: Annotated[float, typer.Option(help="share of steps before clustering switches on (the all-targets warm stage)")] = 2 / 3,
     augment: Annotated[str, typer.Option(help="--data: 'shift-scale' (a random scale and shift per image and epoch) or 'none'")] = "shift-scale",
-    eta_drop: Annotated[float, typer.Option(help="accuracy points on the held-out images the tuned exit threshold may cost")] = 0.5,
+    eta_drop: Annotated[float, typer.Option(help="accuracy points on the held-out images the tuned exit threshold may cost (its upper bound, z = 1)")] = 0.5,
+    distill_from: Annotated[Optional[str], typer.Option(help="when the EE head's distillation starts: 'start' or 'clustering' (default: clustering on --data, start on the built-in data)")] = None,
     tune_eta: Annotated[bool, typer.Option("--tune-eta/--no-tune-eta", help="tune the exit threshold on the held-out images at the end")] = True,
     limit: Annotated[Optional[int], typer.Option(help="train on the first N items only")] = None,
     eval_limit: Annotated[int, typer.Option(help="validation images evaluated after each epoch")] = 2000,
@@ -204,7 +205,7 @@ def train(
         request = TrainRequest(out=out, arch=arch, preset=preset, init=init, data=data, val_share=val_share, epochs=epochs,
                                batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share,
                                limit=limit, eval_limit=eval_limit, seed=seed, threads=threads, augment=augment,
-                               tune_eta=tune_eta, eta_drop=eta_drop, model_options=options,
+                               tune_eta=tune_eta, eta_drop=eta_drop, distill_from=distill_from, model_options=options,
                                command=" ".join(["sacvit-edge", *sys.argv[1:]]))
         with _progress() as progress:
             task = progress.add_task(f"train {arch}", total=None, info="")

@@ -475,3 +475,26 @@ def test_bench_reads_a_user_folder_by_class_name(user_folder, shipped_export):
     assert x.shape == (40, 3, 112, 112) and x.dtype == np.float32 and len(y) == 40
     src = ImageFolderSource(user_folder, manifest.class_names)
     assert set(y.tolist()) <= set(src.labels.tolist()) and len(set(y.tolist())) > 3  # a sample across classes
+
+
+def test_drop_bound_does_not_count_on_lucky_swaps():
+    """100 images; below eta 0.5 ten more images exit, five of them turning a right SAC answer
+    wrong and five a wrong one right: net drop 0, so the plain rule takes eta 0.3. The upper
+    bound (z = 1) sees ten changed answers in a hundred and stops at 0.5, where nothing changed;
+    an eta above a failing one never passes either (the bound is checked downwards from 1)."""
+    n, c = 100, 4
+    labels = np.zeros(n, dtype=np.int64)
+    sac_pred = np.zeros(n, dtype=np.int64)
+    sac_pred[95:] = 1  # five images the SAC head gets wrong
+    ee_probs = np.full((n, c), 0.1, dtype=np.float32)
+    ee_probs[:, 0] = 0.7  # EE agrees with SAC-right answers at confidence 0.7 (exits from eta 0.7 down)
+    ee_probs[85:90] = [0.4, 0.6, 0.0, 0.0]  # five confident at 0.4/0.6 on a wrong class: harmful exits below 0.6
+    ee_probs[95:] = [0.4, 0.2, 0.2, 0.2]  # five where EE is right and SAC wrong: helpful exits at eta <= 0.4
+    records = ExitRecords(labels=labels, sac_pred=sac_pred, ee_probs=ee_probs, counts=np.full(n, 9))
+    curve = records.curve()
+    plain = choose(curve, Request("max_drop", 0.5))
+    bounded = choose(curve, Request("max_drop", 0.5, confidence_z=1.0))
+    assert plain["eta"] <= 0.4 and plain["drop"] == pytest.approx(0.0)  # five lost, five won back
+    assert bounded["eta"] == pytest.approx(0.605) and bounded["drop"] == pytest.approx(0.0)
+    assert bounded["drop_se"] == pytest.approx(0.0) and bounded["exit_rate"] == pytest.approx(0.9)
+    assert "upper bound" in Request("max_drop", 0.5, confidence_z=1.0).describe()

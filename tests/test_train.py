@@ -10,6 +10,7 @@ import torch
 from sacvit_edge.checkpoint import load_checkpoint
 from sacvit_edge.config import preset
 from sacvit_edge.data import ClutteredFashionMNIST
+from sacvit_edge.errors import ConfigError
 from sacvit_edge.gate import NEVER_EXIT
 from sacvit_edge.model import build_model
 from sacvit_edge.train import TrainConfig, evaluate, sac_loss, to_input, train
@@ -169,7 +170,7 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
 
     folder = ImageFolderSource(tmp_path / "data")
     held = folder.subset(stratified_split(folder.labels, 0.25, 0)[1])
-    _, chosen = choose_eta(ck.model, held, Request("max_drop", 1.0))
+    _, chosen = choose_eta(ck.model, held, Request("max_drop", 1.0, confidence_z=1.0))
     assert (1.0 if chosen["eta"] == "never" else chosen["eta"]) == pytest.approx(ck.eta)
     # the DeiT baseline with the same request: the same settings, no threshold
     base = run_training(TrainRequest(out=tmp_path / "d.pt", arch="deit", data=tmp_path / "data", epochs=1,
@@ -181,6 +182,27 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     assert any(r.startswith("k_min 12") for r in report.settings.reasons)
     assert not any("reuse layer" in r for r in report.settings.reasons)
     assert open_source(tmp_path / "data", "test", ck.class_names).classes == ("left", "right")
+    assert ck.training["train_config"]["distill_from"] == "clustering"  # a folder's default
+    assert any(r.startswith("EE distillation from the clustering stage") for r in report.settings.reasons)
+
+
+@pytest.mark.parametrize("distill_from", ["start", "clustering"])
+def test_distill_from_holds_the_ee_head_out_of_the_warm_stage(tmp_path, distill_from):
+    """distill_from="clustering": while every token is a target (here: the whole run, warmup_share
+    1), the loss is the SAC head's CE alone, so the EE head, read by nothing else, keeps its
+    initial weights exactly; "start" trains it from the first step."""
+    torch.manual_seed(0)
+    cfg = preset("tiny_112", embed_dim=32, depth=2, reuse_layer=1, gca_start_block=0)
+    init = build_model(cfg).state_dict()
+    ds = ClutteredFashionMNIST("train", limit=32)
+    train(cfg, TrainConfig(epochs=1, batch_size=16, warmup_steps=1, warmup_share=1.0, eval_limit=None,
+                           distill_from=distill_from), ds, tmp_path / "m.pt", init_state=init)
+    trained = load_checkpoint(tmp_path / "m.pt").model.state_dict()
+    unchanged = torch.equal(trained["ee_head.weight"], init["ee_head.weight"])
+    assert unchanged == (distill_from == "clustering")
+    assert not torch.equal(trained["head.weight"], init["head.weight"])  # the SAC head trained either way
+    with pytest.raises(ConfigError, match="distill_from"):
+        train(cfg, TrainConfig(distill_from="late"), ds, tmp_path / "x.pt")
 
 
 def test_recipe_refuses_bad_options_before_training(tmp_path):
@@ -188,7 +210,7 @@ def test_recipe_refuses_bad_options_before_training(tmp_path):
     from sacvit_edge.recipe import TrainRequest, run_training
 
     for bad in (dict(epochs=0), dict(lr=-1.0), dict(augment="flip"), dict(batch_size=0), dict(arch="vit"),
-                dict(warmup_share=1.5), dict(eta_drop=float("nan"))):
+                dict(warmup_share=1.5), dict(eta_drop=float("nan")), dict(distill_from="late")):
         with pytest.raises(ConfigError):
             run_training(TrainRequest(out=tmp_path / "m.pt", **bad))
     assert not (tmp_path / "m.pt").exists()
