@@ -10,6 +10,7 @@ the tensorrt and cuda-python packages.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 
 from sacvit_edge.errors import BackendError
@@ -34,12 +35,13 @@ def tensorrt_usable() -> tuple[bool, str]:
                        "or JetPack's python3-libnvinfer)")
     if importlib.util.find_spec("cuda") is None:
         return False, "cuda-python is not installed (pip install 'sacvit-edge[tensorrt]')"
-    try:  # pragma: no cover - needs a CUDA machine
-
+    try:
         CudaRuntime()
-    except BackendError as exc:  # pragma: no cover
+    except BackendError as exc:
         return False, f"no CUDA GPU is usable ({exc})"
-    return True, "ok"  # pragma: no cover
+    except Exception as exc:  # noqa: BLE001 - cuda-python's own failures without a driver (RuntimeError, ...)
+        return False, f"no CUDA GPU is usable (cuda-python: {type(exc).__name__}: {exc})"
+    return True, "ok"  # pragma: no cover - needs a CUDA machine
 
 
 def available_backends() -> list[str]:
@@ -100,10 +102,11 @@ def open_backend(name: str, manifest, threads: int | None = None, precision: str
         if not ok:
             raise BackendError(f"backend 'tensorrt' cannot run here: {why}")
 
-        try:
-            return TensorRTBackend.from_manifest(manifest, precision=precision, builder=engine_builder, **(options or {}))
-        except TypeError as exc:  # an unknown option name
-            raise BackendError(f"backend 'tensorrt': {exc}") from None
+        known = set(inspect.signature(TensorRTBackend.__init__).parameters) - {"self", "manifest", "precision", "builder"}
+        unknown = sorted(set(options or {}) - known)
+        if unknown:  # checked by name: a TypeError from inside the backend is a bug to see, not an "unknown option"
+            raise BackendError(f"backend 'tensorrt': unknown option(s) {unknown}; it takes {sorted(known)}")
+        return TensorRTBackend.from_manifest(manifest, precision=precision, builder=engine_builder, **(options or {}))
     raise BackendError(f"unknown backend {name!r}; choose 'auto' or one of {list(BACKENDS)}")
 
 

@@ -34,7 +34,7 @@ def _cudart():
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[no-redef]  # cuda-python <= 12.5
-        except ImportError as exc:
+        except (ImportError, RuntimeError, OSError) as exc:
             raise BackendError("the TensorRT backend needs cuda-python (NVIDIA's CUDA bindings): "
                                "pip install 'sacvit-edge[tensorrt]', on a Jetson a cuda-python matching "
                                "JetPack's CUDA (JetPack 6: pip install 'cuda-python>=12,<13')") from exc
@@ -53,7 +53,11 @@ class CudaRuntime:
 
     def __init__(self, device: int = 0) -> None:
         self.rt = _cudart()
-        self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
+        try:
+            result = self.rt.cudaSetDevice(device)
+        except (RuntimeError, OSError) as exc:  # cuda-python without a driver: "Failed to dlopen libcuda.so.1", ...
+            raise BackendError(f"CUDA is not usable here: cudaSetDevice raised {type(exc).__name__}: {exc}") from None
+        self._check(result, "cudaSetDevice")
         self.device_index = device
 
     def _check(self, result: Any, call: str) -> Any:

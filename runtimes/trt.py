@@ -151,12 +151,14 @@ def python_logger(trt):
 
 
 
-def _np_dtype(trt, dtype) -> np.dtype:
-    """TensorRT's dtype as NumPy's; one trt.nptype does not map is reported, not raised."""
+def _np_dtype(trt, dtype, where: str) -> np.dtype:
+    """TensorRT's dtype as NumPy's. trt.nptype maps seven types and raises TypeError for the rest
+    (BF16, FP8, INT4, FP4, ...): an engine with such an I/O tensor is refused, naming it."""
     try:
         return np.dtype(trt.nptype(dtype))
     except TypeError:
-        return np.dtype("V")
+        raise BackendError(f"{where}: TensorRT dtype {getattr(dtype, 'name', dtype)} has no NumPy equivalent; this "
+                           "engine's I/O is not the engine I/O contract's (rebuild it from this export)") from None
 
 
 @dataclass
@@ -508,8 +510,8 @@ class TensorRTBackend(BackendBase):
         trt, engine = self.trt, self.engines[stage]
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         check_engine(stage, f"{stage} engine {self.files.get(stage, '')}".strip(), {
-            name: (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, _np_dtype(trt, engine.get_tensor_dtype(name)),
-                   None) for name in names})
+            name: (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                   _np_dtype(trt, engine.get_tensor_dtype(name), f"{stage} engine tensor {name}"), None) for name in names})
         maxima = {}
         for name, (is_input, dtype) in ENGINE_IO[stage].items():
             if is_input:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from doubles.fake_cuda import CudaContractError, FakeCuda
-from doubles.fake_tensorrt import TrtContractError, make_tensorrt
+from doubles.fake_tensorrt import make_tensorrt
 from sacvit_edge.errors import BackendError, ConfigError, EngineBuildError
 from sacvit_edge.export.tensorrt import build_engines, build_recipe, profile_shapes
 from sacvit_edge.manifest import read_manifest
@@ -313,7 +313,7 @@ def test_double_dtype_mismatch_is_refused(export_copy, double, monkeypatch):
     def int32_indices(self, blob):
         engine = real(self, blob)
         if "target_idx" in engine.dtypes:
-            engine.dtypes["target_idx"] = "int32"
+            engine.dtypes["target_idx"] = double.trt.DataType.INT32
         return engine
 
     monkeypatch.setattr(double.trt.Runtime, "deserialize_cuda_engine", int32_indices)
@@ -476,18 +476,19 @@ def test_double_read_only_directory_simulated(export_copy, monkeypatch):
 
 
 def test_double_enforces_the_contract(export_copy):
-    """The double is strict: executing with an unset input shape or a buffer too small fails."""
+    """The double is strict where TensorRT is: executing with an unset input shape reports False (as
+    the real execute_async_v3 does, the reason in last_error), and a buffer too small faults."""
     api = fake_api()
     m = build_engines(read_manifest(export_copy), "fp32", api=api)
-    runtime = api.trt.Runtime(None)
+    runtime = api.trt.Runtime(api.trt.ILogger())
     from sacvit_edge.runtimes.trt import read_plan
 
     ee = next(r for r in m.derived.tensorrt_engines if r.stage == "ee")
     engine = runtime.deserialize_cuda_engine(read_plan(m.path(ee.file)))
     ctx = engine.create_execution_context()
-    with pytest.raises(TrtContractError, match="set_input_shape"):
-        ctx.execute_async_v3(0)
+    assert ctx.execute_async_v3(0) is False and "set_input_shape" in ctx.last_error
     assert ctx.set_input_shape("image", (2, 3, 112, 112)) and not ctx.set_input_shape("image", (2, 3, 64, 64))
+    assert ctx.set_input_shape("gca", (2, 49)) is False  # not an input: False, as in TensorRT
     stream = api.cuda.stream()
     for name in ("image", "ee_logits", "gca", "ee_final", "ee_hidden"):
         ctx.set_tensor_address(name, api.cuda.malloc(16))  # far too small

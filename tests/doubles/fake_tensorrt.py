@@ -13,11 +13,20 @@ it exercises the backend's control flow and enforces TensorRT's documented contr
 - a captured CUDA graph is replayed only while its context keeps the shapes it was captured at.
 It is NOT TensorRT: no kernels, no precision behaviour, no timing. Nothing verified through it is
 TensorRT verification.
+
+Where the real API reports by return value, so does the double: set_input_shape, set_tensor_address
+and execute_async_v3 return False (the reason kept in `last_error`), deserialize_cuda_engine and
+create_execution_context may return None (`fail=` makes any of them fail on demand, standing in for
+an out-of-memory GPU). Enum types and values, trt.nptype's table, the constructors' TypeErrors and
+set_shape's ValueError are the real bindings' (10.x and 11.x): tests/test_tensorrt_api.py checks
+them against tests/fixtures/tensorrt_api.json, recorded from NVIDIA's real bindings by
+scripts/record_tensorrt_api.py.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import json
 from types import SimpleNamespace
 
@@ -28,18 +37,25 @@ class TrtContractError(AssertionError):
     """The backend broke TensorRT's documented contract."""
 
 
-class _Severity(int):
-    pass
+class _Severity(enum.IntEnum):  # trt.ILogger.Severity (trt.Logger.WARNING etc.): the same in 10.x and 11.x
+    INTERNAL_ERROR = 0
+    ERROR = 1
+    WARNING = 2
+    INFO = 3
+    VERBOSE = 4
 
 
 class Logger:
-    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (_Severity(i) for i in range(5))
+    Severity = _Severity
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = _Severity
 
     def __init__(self, severity=None) -> None:
         self.severity = severity
 
 
 class ILogger:
+    Severity = _Severity
+
     def __init__(self) -> None:
         pass
 
@@ -49,24 +65,53 @@ class IProgressMonitor:
         pass
 
 
-class DataType:
-    FLOAT, HALF, INT64, INT32, BOOL = "float32", "float16", "int64", "int32", "bool"
+class DataType(enum.IntEnum):  # the real values (10.x and 11.x alike)
+    FLOAT = 0
+    HALF = 1
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    UINT8 = 5
+    FP8 = 6
+    BF16 = 7
+    INT64 = 8
+    INT4 = 9
+    FP4 = 10
+    E8M0 = 11
 
 
-class TensorIOMode:
-    INPUT, OUTPUT = "input", "output"
+# trt.nptype: the real table maps these seven and raises TypeError for the rest (BF16, FP8, INT4, FP4, E8M0)
+_NPTYPE = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
+           DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
 
 
-class MemoryPoolType:
-    WORKSPACE = "workspace"
+class TensorIOMode(enum.IntEnum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
 
 
-def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
-    """A module-like namespace standing in for `import tensorrt` at `version`, bound to a FakeCuda."""
+class MemoryPoolType(enum.IntEnum):
+    WORKSPACE = 0
+
+
+FAILURES = ("deserialize_cuda_engine", "create_execution_context", "set_tensor_address", "execute_async_v3")
+
+
+def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()) -> SimpleNamespace:
+    """A module-like namespace standing in for `import tensorrt` at `version`, bound to a FakeCuda.
+    `fail`: calls of FAILURES that report failure as the real API does (None or False)."""
     major = int(version.split(".")[0])
-    flags = {"TF32": 1 << 0}
+    # the real enums of each major version (values: tests/fixtures/tensorrt_api.json)
     if major < 11:
-        flags.update(FP16=1 << 1, INT8=1 << 2)  # removed in TensorRT 11
+        BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 6})
+        NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+            "EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3})
+    else:  # 11.x removed FP16 / INT8 builder flags and EXPLICIT_BATCH; STRONGLY_TYPED is 0 and ignored
+        BuilderFlag = enum.IntEnum("BuilderFlag", {"TF32": 6})
+        NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+            "STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2})
+    failing = set(fail)
     builds: list[dict] = []  # what each build was given (tests assert the version dispatch)
 
     class Network:
@@ -76,6 +121,8 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
 
     class OnnxParser:
         def __init__(self, network: Network, logger) -> None:
+            if not isinstance(network, Network) or not isinstance(logger, ILogger):
+                raise TypeError("OnnxParser(): incompatible constructor arguments (network, logger)")
             self.network, self.errors = network, []
 
         def parse(self, data: bytes) -> bool:
@@ -102,7 +149,7 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
 
         def set_shape(self, name, lo, opt, hi) -> None:
             if not (len(lo) == len(opt) == len(hi)) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
-                raise TrtContractError(f"profile {name}: min {lo} <= opt {opt} <= max {hi} violated")
+                raise ValueError(f"Invalid shapes for {name}: min {lo} <= opt {opt} <= max {hi} violated")
             self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
 
     class Config:
@@ -115,11 +162,15 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
         def set_memory_pool_limit(self, pool, size: int) -> None:
             self.workspace = size
 
-        def set_flag(self, flag: int) -> None:
-            self.flags.add(next(k for k, v in flags.items() if v == flag))
+        def set_flag(self, flag) -> None:
+            if not isinstance(flag, BuilderFlag):  # the real binding takes the enum, not an int
+                raise TypeError(f"set_flag(): incompatible function arguments ({flag!r})")
+            self.flags.add(flag.name)
 
-        def clear_flag(self, flag: int) -> None:
-            self.flags.discard(next(k for k, v in flags.items() if v == flag))
+        def clear_flag(self, flag) -> None:
+            if not isinstance(flag, BuilderFlag):
+                raise TypeError(f"clear_flag(): incompatible function arguments ({flag!r})")
+            self.flags.discard(flag.name)
 
         def add_optimization_profile(self, profile: Profile) -> int:
             self.profiles.append(profile)
@@ -128,12 +179,12 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
     class Builder:
         def __init__(self, logger) -> None:
             if not isinstance(logger, ILogger):
-                raise TrtContractError("Builder needs an ILogger")
+                raise TypeError("Builder(): incompatible constructor arguments (an ILogger is needed)")
             self.logger = logger
 
         def create_network(self, flags_: int = 0) -> Network:
-            if major >= 11 and flags_:
-                raise TrtContractError("TensorRT 11 networks are strongly typed; no creation flags are needed")
+            if not isinstance(flags_, int):
+                raise TypeError("create_network(): flags is a bit mask of NetworkDefinitionCreationFlag values")
             return Network(flags_)
 
         def create_builder_config(self) -> Config:
@@ -147,7 +198,8 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
                 raise TrtContractError("build without a parsed network")
             if len(config.profiles) != 1:
                 raise TrtContractError("dynamic shapes need exactly one optimisation profile here")
-            strongly = major >= 11 or bool(network.flags & 1)
+            # 10.x: strongly typed iff the STRONGLY_TYPED bit is set (bit 0 is the ignored EXPLICIT_BATCH)
+            strongly = major >= 11 or bool(network.flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED))
             if strongly and config.flags & {"FP16", "INT8"}:
                 raise TrtContractError("precision builder flags on a strongly typed network")
             if config.progress_monitor is not None:
@@ -163,9 +215,13 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
 
     class Runtime:
         def __init__(self, logger) -> None:
+            if not isinstance(logger, ILogger):
+                raise TypeError("Runtime(): incompatible constructor arguments (an ILogger is needed)")
             self.logger = logger
 
         def deserialize_cuda_engine(self, blob: bytes):
+            if "deserialize_cuda_engine" in failing:
+                return None
             try:
                 payload = json.loads(blob)
             except ValueError:
@@ -183,7 +239,7 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
             self.inputs = {i.name: i for i in self.session.get_inputs()}
             self.outputs = {o.name: o for o in self.session.get_outputs()}
             ort_types = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int64)": DataType.INT64,
-                         "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL}
+                         "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL, "tensor(bfloat16)": DataType.BF16}
             self.dtypes = {v.name: ort_types[v.type] for v in (*self.inputs.values(), *self.outputs.values())}
             self.names = [*self.inputs, *self.outputs]
             if set(profile) != set(self.inputs):
@@ -212,7 +268,7 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
             return self.profile[name]
 
         def create_execution_context(self):
-            return Context(self)
+            return None if "create_execution_context" in failing else Context(self)
 
     class Context:
         def __init__(self, engine: Engine) -> None:
@@ -220,21 +276,26 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
             self.shapes: dict[str, tuple] = {}
             self.addresses: dict[str, int] = {}
             self._out_shapes: dict = {}
+            self.last_error = ""  # what real TensorRT would have logged with a False return
+
+        def _refuse(self, why: str) -> bool:
+            self.last_error = why
+            return False
 
         def set_input_shape(self, name: str, shape) -> bool:
             if name not in self.engine.inputs:
-                raise TrtContractError(f"set_input_shape on {name!r}, which is not an input")
+                return self._refuse(f"set_input_shape on {name!r}, which is not an input")
             lo, _, hi = self.engine.profile[name]
             shape = tuple(int(d) for d in shape)
             if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
-                return False
+                return self._refuse(f"{name}: shape {shape} outside the profile {lo} .. {hi}")
             self.shapes[name] = shape
             return True
 
         def _outputs_at(self) -> dict[str, tuple]:
             key = tuple(sorted(self.shapes.items()))
             if key not in self._out_shapes:
-                feeds = {n: np.zeros(self.shapes[n], dtype=self.engine.dtypes[n]) for n in self.engine.inputs}
+                feeds = {n: np.zeros(self.shapes[n], dtype=nptype(self.engine.dtypes[n])) for n in self.engine.inputs}
                 outs = self.engine.session.run(list(self.engine.outputs), feeds)
                 self._out_shapes[key] = {n: o.shape for n, o in zip(self.engine.outputs, outs)}
             return self._out_shapes[key]
@@ -248,23 +309,27 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
 
         def set_tensor_address(self, name: str, ptr: int) -> bool:
             if name not in self.engine.names:
-                raise TrtContractError(f"set_tensor_address on unknown tensor {name!r}")
+                return self._refuse(f"set_tensor_address on unknown tensor {name!r}")
+            if "set_tensor_address" in failing:
+                return self._refuse("address refused (injected failure)")
             self.addresses[name] = int(ptr)
             return True
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             missing = set(self.engine.inputs) - set(self.shapes)
             if missing:
-                raise TrtContractError(f"execute before set_input_shape of {sorted(missing)}")
+                return self._refuse(f"execute before set_input_shape of {sorted(missing)}")
             unbound = set(self.engine.names) - set(self.addresses)
             if unbound:
-                raise TrtContractError(f"execute with no address bound for {sorted(unbound)}")
+                return self._refuse(f"execute with no address bound for {sorted(unbound)}")
+            if "execute_async_v3" in failing:
+                return self._refuse("enqueue failed (injected failure)")
             shapes = {**self.shapes, **self._outputs_at()}
             if cuda is None:
                 raise TrtContractError("the fake TensorRT needs a FakeCuda to reach buffers")
 
             def views(name):
-                dtype = np.dtype(self.engine.dtypes[name])
+                dtype = np.dtype(nptype(self.engine.dtypes[name]))
                 nbytes = int(np.prod(shapes[name])) * dtype.itemsize
                 return cuda.device_view(self.addresses[name], nbytes).view(dtype).reshape(shapes[name])
 
@@ -285,12 +350,16 @@ def make_tensorrt(version: str = "10.3.0", cuda=None) -> SimpleNamespace:
             cuda.enqueue(stream_handle, work)
             return True
 
-    def nptype(dtype) -> type:
-        return np.dtype(dtype).type
-
     return SimpleNamespace(
         __version__=version, Logger=Logger, ILogger=ILogger, IProgressMonitor=IProgressMonitor, DataType=DataType,
         TensorIOMode=TensorIOMode, MemoryPoolType=MemoryPoolType, nptype=nptype,
-        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0) if major < 11 else SimpleNamespace(),
-        BuilderFlag=SimpleNamespace(**flags), Builder=Builder, OnnxParser=OnnxParser, Runtime=Runtime,
-        builds=builds, is_test_double=True)
+        NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag, BuilderFlag=BuilderFlag, Builder=Builder,
+        OnnxParser=OnnxParser, Runtime=Runtime, builds=builds, is_test_double=True)
+
+
+def nptype(dtype) -> type:
+    """trt.nptype: the real table, TypeError for the types it does not map."""
+    try:
+        return _NPTYPE[dtype]
+    except (KeyError, TypeError):
+        raise TypeError(f"Could not resolve TensorRT datatype to an equivalent numpy datatype: {dtype!r}") from None
