@@ -34,7 +34,7 @@ from sacvit_edge.runtimes.ort import OrtBackend, OrtSingle
 ap = argparse.ArgumentParser()
 ap.add_argument("--geometry", default="tiny_112", choices=["tiny_112", "deit_ti_224", "deit_s_224"])
 ap.add_argument("--rounds", type=int, default=8)
-ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--threads", type=int, default=1, help="SAC-ViT intra-op threads; 0: ONNX Runtime's default")
 ap.add_argument("--json", type=Path)
 args = ap.parse_args()
 logging.disable(logging.WARNING)
@@ -58,9 +58,10 @@ else:
 
 variants = {}
 for style, files in (("opset17", ("ee.onnx", "sac.onnx")), ("attention", ("ee.attention.onnx", "sac.attention.onnx"))):
-    clf = EdgeClassifier(ckpt, backend="onnxruntime", threads=args.threads)
+    threads = args.threads or None
+    clf = EdgeClassifier(ckpt, backend="onnxruntime", threads=threads)
     pipe = clf._pipeline()
-    pipe.backend = OrtBackend(Path(ckpt) / files[0], Path(ckpt) / files[1], threads=args.threads)  # this graph set
+    pipe.backend = OrtBackend(Path(ckpt) / files[0], Path(ckpt) / files[1], threads=threads)  # this graph set
     deit = OrtSingle(export_single(deit_model, tmp / f"deit_{style}.onnx",
                                    attention="onnx" if style == "attention" else "explicit"))
     variants[style] = (clf, deit)
