@@ -113,11 +113,12 @@ def markdown_latency(rows: list[dict[str, Any]]) -> str:
                      f"| {r['realised_b32']:.2f}x ({r['realised_over_ideal_b32']:.2f}) | {r['flop_ideal_speedup']:.2f}x |")
     graphs = [r for r in rows if r.get("graphs")]
     if graphs:  # which graph each method ran, and its size
-        lines += ["", "| geometry | DeiT graph (nodes) | SAC-ViT graphs (nodes) |", "|---|---|---|"]
+        lines += ["", "| geometry | DeiT graph (nodes) | SAC-ViT graphs (nodes) | batch-1 threads DeiT / SAC-ViT |",
+                  "|---|---|---|---|"]
         for r in graphs:
-            g = r["graphs"]
+            g, t = r["graphs"], r.get("batch1_threads", {})
             fmt = lambda d: ", ".join(f"{name} ({n})" for name, n in d.items())  # noqa: E731
-            lines.append(f"| {r['geometry']} | {fmt(g['deit'])} | {fmt(g['sac'])} |")
+            lines.append(f"| {r['geometry']} | {fmt(g['deit'])} | {fmt(g['sac'])} | {t.get('deit', '-')} / {t.get('sac', '-')} |")
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from sacvit_edge.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from sacvit_edge.config import preset, with_mode  # noqa: E402
 from sacvit_edge.flops import CostModel  # noqa: E402
+from sacvit_edge.calibration.collect import tune_batch1_threads  # noqa: E402
 from sacvit_edge.calibration.sweep import ExitRecords  # noqa: E402
 from sacvit_edge.errors import ConfigError  # noqa: E402
 from sacvit_edge.gate import NEVER_EXIT  # noqa: E402
@@ -350,6 +351,21 @@ def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list
     return out
 
 
+def _best_deit_threads(model, work: Path, frames: list[np.ndarray], rounds: int = 6, calls: int = 20) -> int | None:
+    """The baseline's batch-1 thread count, measured as tune_batch1_threads measures SAC-ViT's:
+    1 thread against ONNX Runtime's default, interleaved rounds, median per-frame time."""
+    runners = {1: DeitRunner(model, "onnxruntime", work, 1), None: DeitRunner(model, "onnxruntime", work, None)}
+    times: dict[int | None, list[float]] = {t: [] for t in runners}
+    for r in range(rounds + 1):
+        for t, runner in runners.items():
+            start = time.perf_counter()
+            for i in range(calls):
+                runner.logits(frames[i % len(frames)])
+            if r:
+                times[t].append(time.perf_counter() - start)
+    return min(times, key=lambda t: float(np.median(times[t])))
+
+
 def _interleaved_latency_ms(fns: dict[str, Callable[[int], Any]], iters: int, rounds: int = 10,
                             warmup: int = 10) -> dict[str, dict[str, float]]:
     """Per-call latency of several callables measured in alternating blocks (rounds of
@@ -403,20 +419,30 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
             big = preset("deit_s_224", num_classes=10, k_min=sac_small.config.k_min, k_max=hi, **extra)
             sac_model, deit_model = build_model(big), build_model(big.replace(arch="deit"))
             path = save_checkpoint(work / f"{geo}_sac.pt", sac_model, sac_small.class_names)
-        clf = EdgeClassifier(_exported(path, work), backend="onnxruntime", threads=cfg.threads)
-        deit = DeitRunner(deit_model, "onnxruntime", work, cfg.threads)
         size = sac_model.cfg.img_size
         x = np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
         one = [np.ascontiguousarray(x[i][None]) for i in range(len(x))]
         iters = cfg.latency_iters
+        export_dir = _exported(path, work)
+        # batch 1: each method at its best intra-op thread count on this device, measured the way
+        # calibrate measures it for a deployment (1 thread against ONNX Runtime's default), unless given
+        b1_threads = cfg.threads
+        deit_b1_threads = cfg.threads
+        if cfg.threads is None:
+            b1_threads = tune_batch1_threads(export_dir, x[:16], exited, counts)["onnxruntime_batch1_threads"]
+            deit_b1_threads = _best_deit_threads(deit_model, work, one)
+        clf = EdgeClassifier(export_dir, backend="onnxruntime", threads=cfg.threads)  # batch 32
+        clf1 = EdgeClassifier(export_dir, backend="onnxruntime", threads=b1_threads)  # batch 1
+        deit = DeitRunner(deit_model, "onnxruntime", work, cfg.threads)
+        deit1 = DeitRunner(deit_model, "onnxruntime", work, deit_b1_threads)
 
-        def frame(e: bool, k: int, clf=clf, one=one):
+        def frame(e: bool, k: int, clf=clf1, one=one):
             imp = ImposedDecisions(np.array([e]), np.array([0 if e else k], np.int64))
             return lambda i: clf.run(one[i % len(one)], imposed=imp)
 
         lat = _interleaved_latency_ms({
-            "deit": lambda i: deit.logits(one[i % len(one)]),
-            "sac": lambda i: clf.run(one[i % len(one)], imposed=ImposedDecisions(exited[i % n][None], counts[i % n][None])),
+            "deit": lambda i: deit1.logits(one[i % len(one)]),
+            "sac": lambda i: clf1.run(one[i % len(one)], imposed=ImposedDecisions(exited[i % n][None], counts[i % n][None])),
             "exit": frame(True, 0), "no_exit": frame(False, hi)}, iters)
         deit_b1, sac_b1, exit_b1, kmax_b1 = lat["deit"], lat["sac"], lat["exit"], lat["no_exit"]
         xb = np.ascontiguousarray(np.resize(x, (cfg.batch, 3, size, size)))
@@ -442,6 +468,8 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
                     "realised_b1": rb1, "realised_over_ideal_b1": rb1 / ideal,
                     "realised_b32": rb32, "realised_over_ideal_b32": rb32 / ideal,
                     "no_exit_over_deit_b1": kmax_b1["mean"] / deit_b1["mean"],
-                    "graphs": {"deit": deit.nodes, "sac": _sac_graphs(clf)}})
+                    "graphs": {"deit": deit.nodes, "sac": _sac_graphs(clf)},
+                    "batch1_threads": {"deit": deit_b1_threads or "default", "sac": b1_threads or "default"}})
         clf.close()
+        clf1.close()
     return out
