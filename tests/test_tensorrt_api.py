@@ -237,3 +237,29 @@ def test_cuda_python_without_a_driver_means_tensorrt_unavailable(monkeypatch):
     assert not ok and "Failed to dlopen libcuda.so.1" in why
     names = runtimes.available_backends()
     assert "tensorrt" not in names and names[0] == "onnxruntime"
+
+
+def test_the_double_streams_are_asynchronous_enough_to_expose_a_missing_wait(random_export, tmp_path):
+    """FakeCuda runs queued work only when the host waits: the backend's results are right with its
+    event wait, and stale (the staging buffers' old zeros) when the wait is removed."""
+    import shutil
+
+    from sacvit_edge.export.tensorrt import build_engines
+    from sacvit_edge.manifest import read_manifest
+    from sacvit_edge.runtimes.trt import TensorRTBackend, TrtApi
+
+    d = shutil.copytree(random_export, tmp_path / "e")
+    cuda = FakeCuda()
+    api = TrtApi(trt=make_tensorrt("10.16.1", cuda), cuda=cuda)
+    m = build_engines(read_manifest(d), "fp32", api=api)
+    image = np.random.default_rng(0).standard_normal((2, 3, 112, 112)).astype(np.float32)
+    backend = TensorRTBackend(m, api=api, rebuild=False)
+    first = backend.run_ee(image)
+    waited = first.logits.copy()
+    backend.release(first)
+    assert np.abs(waited).max() > 0
+    cuda.record_and_wait = lambda event, stream: None  # the missing synchronisation
+    second = backend.run_ee(image)
+    assert not np.allclose(second.logits, waited), "a missing wait must show"
+    backend.release(second)
+    backend.close()

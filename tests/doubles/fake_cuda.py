@@ -3,7 +3,9 @@
 It enforces what the TensorRT backend must respect on a real GPU: device buffers are only
 touched through copies (host side staged in pinned memory), copies stay inside allocations,
 nothing is freed twice, and work queued on a stream while it is being captured runs only when
-the captured graph is launched. Work otherwise runs at once (a synchronous stream).
+the captured graph is launched. Streams are asynchronous: queued work (copies, engine runs) runs
+only when the host waits for it (record_and_wait) or the stream is destroyed, so a result read
+from a staging buffer before the wait is stale, as it would be on a GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ class FakeStream:
     def __init__(self, handle: int) -> None:
         self.handle = handle
         self.capture: list | None = None
+        self.pending: list = []  # queued, not yet run: runs when the host waits
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.pop(0)()
 
 
 class FakeCuda:
@@ -45,7 +52,13 @@ class FakeCuda:
         self.device[arr.ctypes.data] = arr
         return arr.ctypes.data
 
+    def _synchronize(self) -> None:
+        """cudaFree / cudaFreeHost wait for the device's queued work first (they synchronise)."""
+        for stream in self.streams.values():
+            stream.drain()
+
     def free(self, ptr: int) -> None:
+        self._synchronize()
         if ptr not in self.device:
             raise CudaContractError(f"cudaFree of {ptr:#x}: not a live device allocation")
         del self.device[ptr]
@@ -56,6 +69,7 @@ class FakeCuda:
         return arr.ctypes.data, arr
 
     def host_free(self, ptr: int) -> None:
+        self._synchronize()
         if ptr not in self.pinned:
             raise CudaContractError(f"cudaFreeHost of {ptr:#x}: not live pinned memory")
         del self.pinned[ptr]
@@ -93,6 +107,7 @@ class FakeCuda:
     def destroy_stream(self, stream: FakeStream) -> None:
         if self.streams.pop(stream.handle, None) is None:
             raise CudaContractError("cudaStreamDestroy of a destroyed stream")
+        stream.drain()  # CUDA completes the queued work of a destroyed stream
 
     def event(self) -> object:
         self.events += 1
@@ -108,11 +123,12 @@ class FakeCuda:
         if s.capture is not None:
             s.capture.append(work)
         else:
-            work()
+            s.pending.append(work)
 
     def record_and_wait(self, event, stream) -> None:
         if stream.capture is not None:
             raise CudaContractError("waiting on an event of a stream that is being captured")
+        stream.drain()
 
     def begin_capture(self, stream) -> None:
         stream.capture = []
