@@ -81,14 +81,15 @@ def build_plan(trt, onnx_path: Path, shapes: dict, recipe: BuildRecipe, workspac
         monitor = _progress_monitor(trt, progress)
         if monitor is not None:
             config.progress_monitor = monitor
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in shapes.items():
-        try:
-            profile.set_shape(name, lo, opt, hi)
-        except ValueError as exc:  # the real binding's answer to inconsistent shapes
-            raise EngineBuildError(f"{onnx_path.name}: TensorRT refused the optimisation profile of {name} "
-                                   f"(min {lo}, opt {opt}, max {hi}): {exc}") from None
-    config.add_optimization_profile(profile)
+    for _ in range(recipe.profiles):  # identical profiles, one per execution context in use (runtimes.trt.PROFILES)
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            try:
+                profile.set_shape(name, lo, opt, hi)
+            except ValueError as exc:  # the real binding's answer to inconsistent shapes
+                raise EngineBuildError(f"{onnx_path.name}: TensorRT refused the optimisation profile of {name} "
+                                       f"(min {lo}, opt {opt}, max {hi}): {exc}") from None
+        config.add_optimization_profile(profile)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         detail = "; ".join(logger.errors[-3:]) or "see the TensorRT log"

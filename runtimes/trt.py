@@ -57,6 +57,15 @@ FP16_MODES = ("graph", "flag")
 TRT_DOCS = "https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x.html"
 
 
+# Identical optimisation profiles built into every engine: TensorRT gives each execution context in
+# use a profile index of its own ("the optimization profile must be set at least once with a unique
+# profile index that is not used by other execution contexts", the TensorRT(-RTX) developer guide on
+# dynamic shapes; NVIDIA/TensorRT#1590 for TensorRT 8). Four serve the default two slots and, with
+# cuda_graph, each slot's EE CUDA-graph context. Each profile is tuned separately, so the build takes
+# about that many times longer (once per device).
+PROFILES = 4
+
+
 @dataclass(frozen=True)
 class BuildRecipe:
     """How one TensorRT version builds one precision.
@@ -67,6 +76,7 @@ class BuildRecipe:
         network_flags: NetworkDefinitionCreationFlag names to set (empty: create_network(0)).
         builder_flags: BuilderFlag names to set.
         graph_precision: which graph pair to parse (fp32, fp16 or int8).
+        profiles: identical optimisation profiles per engine, one per execution context in use (PROFILES).
     """
 
     major: int
@@ -74,10 +84,12 @@ class BuildRecipe:
     network_flags: tuple[str, ...]
     builder_flags: tuple[str, ...]
     graph_precision: str
+    profiles: int = PROFILES
 
     def to_dict(self) -> dict:
         return {"major": self.major, "strongly_typed": self.strongly_typed, "network_flags": list(self.network_flags),
-                "builder_flags": list(self.builder_flags), "graph_precision": self.graph_precision}
+                "builder_flags": list(self.builder_flags), "graph_precision": self.graph_precision,
+                "profiles": self.profiles}
 
 
 def build_recipe(version: str, precision: str, fp16_mode: str = "graph") -> BuildRecipe:
@@ -307,7 +319,7 @@ class _Slot:
     """One execution slot: a context per engine, a stream, an event, device buffers at the profile
     maxima with every tensor address bound once, and pinned host staging."""
 
-    def __init__(self, backend: "TensorRTBackend") -> None:
+    def __init__(self, backend: "TensorRTBackend", index: int) -> None:
         self.cuda = cuda = backend.cuda
         self.device: dict[str, int] = {}
         self.host: dict[str, tuple[int, np.ndarray]] = {}
@@ -325,6 +337,7 @@ class _Slot:
                     raise BackendError(f"TensorRT could not create an execution context for the {stage} engine "
                                        "(out of GPU memory?)")
                 self.contexts[stage] = ctx
+                backend.select_profile(ctx, stage, index, self.handle)  # a profile of its own, before any shape
                 for name, (is_input, _) in ENGINE_IO[stage].items():
                     if is_input:
                         backend.set_shape(ctx, stage, name, backend.max_shapes[stage][name])
@@ -343,6 +356,7 @@ class _Slot:
                 if ctx is None:
                     raise BackendError("TensorRT could not create the EE engine's CUDA-graph context (out of GPU memory?)")
                 cfg = backend.manifest.config
+                backend.select_profile(ctx, "ee", backend.slots + index, self.handle)  # after the slots' profiles
                 backend.set_shape(ctx, "ee", "image", (1, cfg.in_chans, cfg.img_size, cfg.img_size))
                 self.contexts["ee_graph"] = ctx
             for stage_ctx, ctx in self.contexts.items():
@@ -429,10 +443,18 @@ class TensorRTBackend(BackendBase):
         for stage in STAGES:
             self.engines[stage] = self._deserialize(stage, self.manifest.path(self.files[stage]))
         self.max_shapes = {stage: self._check_io(stage) for stage in STAGES}
+        self.slots = slots
+        available = min(int(engine.num_optimization_profiles) for engine in self.engines.values())
+        needed = slots * (2 if self.cuda_graph else 1)  # the EE engine's CUDA-graph contexts take one each
+        if needed > available:
+            raise BackendError(f"slots={slots}{' with cuda_graph' if self.cuda_graph else ''} needs {needed} optimisation "
+                               f"profiles per engine and these engines have {available} (TensorRT gives every execution "
+                               f"context in use a profile of its own); use slots <= "
+                               f"{available // (2 if self.cuda_graph else 1)}")
         made: list[_Slot] = []
         try:
-            for _ in range(slots):
-                made.append(_Slot(self))
+            for index in range(slots):
+                made.append(_Slot(self, index))
         except BaseException:
             for slot in made:
                 slot.free()
@@ -519,6 +541,11 @@ class TensorRTBackend(BackendBase):
                 maxima[name] = tuple(hi)
                 self._profiles[(stage, name)] = (tuple(lo), tuple(hi))
         return maxima
+
+    def select_profile(self, ctx, stage: str, index: int, stream_handle: int) -> None:
+        """set_optimization_profile_async, its result checked (False: the index is out of range or taken)."""
+        if ctx.set_optimization_profile_async(index, stream_handle) is False:
+            raise BackendError(f"TensorRT refused optimisation profile {index} for a {stage} engine context")
 
     def set_shape(self, ctx, stage: str, name: str, shape: tuple[int, ...]) -> None:
         """set_input_shape, with its result checked: an out-of-profile shape is named, not a failure later."""

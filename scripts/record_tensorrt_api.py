@@ -39,8 +39,9 @@ USED = {
     "OnnxParser": ["__init__", "parse", "num_errors", "get_error"],
     "Runtime": ["__init__", "deserialize_cuda_engine"],
     "ICudaEngine": ["num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape",
-                    "get_tensor_profile_shape", "create_execution_context"],
-    "IExecutionContext": ["set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3"],
+                    "get_tensor_profile_shape", "create_execution_context", "num_optimization_profiles"],
+    "IExecutionContext": ["set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3",
+                          "set_optimization_profile_async"],
     "ILogger": ["__init__", "log"],
     "IProgressMonitor": ["__init__", "phase_start", "step_complete", "phase_finish"],
 }

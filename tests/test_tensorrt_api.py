@@ -88,6 +88,7 @@ def _returns(api, member: str) -> set[str]:
 @pytest.mark.parametrize("member,returns", [
     ("IExecutionContext.set_input_shape", {"bool"}), ("IExecutionContext.set_tensor_address", {"bool"}),
     ("IExecutionContext.execute_async_v3", {"bool"}), ("IOptimizationProfile.set_shape", {"None"}),
+    ("IExecutionContext.set_optimization_profile_async", {"bool"}),
     ("ICudaEngine.get_tensor_profile_shape", {"list[tensorrt_bindings.tensorrt.Dims]", "Dims]", "list[Dims]"}),
     ("Builder.build_serialized_network", {"IHostMemory"}),
     ("ICudaEngine.get_tensor_dtype", {"DataType"}), ("ICudaEngine.get_tensor_mode", {"TensorIOMode"}),
@@ -112,7 +113,7 @@ def test_every_tensorrt_call_of_the_project_exists_in_both_versions(real):
                             r"build_serialized_network|deserialize_cuda_engine|create_network|create_execution_context|"
                             r"create_optimization_profile|add_optimization_profile|set_flag|clear_flag|"
                             r"set_memory_pool_limit|get_tensor_dtype|get_tensor_mode|get_tensor_shape|get_tensor_name|"
-                            r"create_builder_config|set_shape|get_error)\(", sources))
+                            r"create_builder_config|set_shape|get_error|set_optimization_profile_async)\(", sources))
     assert called and called <= recorded, called - recorded
 
 
@@ -155,6 +156,7 @@ def test_each_false_or_none_of_the_real_api_is_a_named_backend_error(random_expo
     cuda = FakeCuda()
     api = TrtApi(trt=make_tensorrt("10.16.1", cuda, fail=(failure,)), cuda=cuda)
     expected = {"deserialize_cuda_engine": "could not deserialise", "create_execution_context": "execution context",
+                "set_optimization_profile_async": "refused optimisation profile 0",
                 "set_tensor_address": "refused the address", "execute_async_v3": "failed to enqueue"}[failure]
     with pytest.raises(BackendError, match=expected):
         backend = TensorRTBackend(m, api=api, rebuild=False)
@@ -263,3 +265,37 @@ def test_the_double_streams_are_asynchronous_enough_to_expose_a_missing_wait(ran
     assert not np.allclose(second.logits, waited), "a missing wait must show"
     backend.release(second)
     backend.close()
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_every_execution_context_has_an_optimisation_profile_of_its_own(random_export, tmp_path, cuda_graph):
+    """TensorRT's guide: each execution context in use needs a profile index no other context holds.
+    Engines are built with runtimes.trt.PROFILES identical profiles; slot i's contexts take profile i
+    and, with cuda_graph, its EE graph context takes profile slots + i. More slots than profiles is a
+    BackendError saying how many fit, before any context is made."""
+    import shutil
+
+    from sacvit_edge.errors import BackendError
+    from sacvit_edge.export.tensorrt import build_engines
+    from sacvit_edge.manifest import read_manifest
+    from sacvit_edge.runtimes.trt import PROFILES, TensorRTBackend, TrtApi
+
+    d = shutil.copytree(random_export, tmp_path / "e")
+    cuda = FakeCuda()
+    trt = make_tensorrt("10.16.1", cuda)
+    api = TrtApi(trt=trt, cuda=cuda)
+    m = build_engines(read_manifest(d), "fp32", api=api)
+    assert {b["profiles"] for b in trt.builds} == {PROFILES}
+    backend = TensorRTBackend(m, api=api, rebuild=False, slots=2, cuda_graph=cuda_graph)
+    for stage in ("ee", "crop", "sac"):
+        held = [slot.contexts[stage].profile_index for slot in backend.pool.slots]
+        if stage == "ee" and cuda_graph:
+            held += [slot.contexts["ee_graph"].profile_index for slot in backend.pool.slots]
+        assert sorted(held) == list(range(len(held))), (stage, held)
+    out = backend.run_ee(np.zeros((1, 3, 112, 112), np.float32))
+    assert np.isfinite(out.logits).all()
+    backend.release(out)
+    backend.close()
+    too_many = PROFILES // 2 + 1 if cuda_graph else PROFILES + 1
+    with pytest.raises(BackendError, match=f"needs {too_many * (2 if cuda_graph else 1)} optimisation profiles"):
+        TensorRTBackend(m, api=api, rebuild=False, slots=too_many, cuda_graph=cuda_graph)

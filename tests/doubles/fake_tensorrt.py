@@ -10,7 +10,10 @@ it exercises the backend's control flow and enforces TensorRT's documented contr
   its current shape (the sizes get_tensor_shape reports);
 - tensors are read and written with the dtype get_tensor_dtype reports;
 - version 11 has no BuilderFlag.FP16 / INT8 (removed) and builds strongly typed networks;
-- a captured CUDA graph is replayed only while its context keeps the shapes it was captured at.
+- a captured CUDA graph is replayed only while its context keeps the shapes it was captured at;
+- every execution context uses an optimisation profile no other context of the engine holds (the
+  first context created gets profile 0 implicitly; set_optimization_profile_async refuses a taken
+  or missing index with False), as TensorRT's guide asks of dynamic-shape engines.
 It is NOT TensorRT: no kernels, no precision behaviour, no timing. Nothing verified through it is
 TensorRT verification.
 
@@ -95,7 +98,8 @@ class MemoryPoolType(enum.IntEnum):
     WORKSPACE = 0
 
 
-FAILURES = ("deserialize_cuda_engine", "create_execution_context", "set_tensor_address", "execute_async_v3")
+FAILURES = ("deserialize_cuda_engine", "create_execution_context", "set_optimization_profile_async",
+            "set_tensor_address", "execute_async_v3")
 
 
 def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()) -> SimpleNamespace:
@@ -196,8 +200,8 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
         def build_serialized_network(self, network: Network, config: Config):
             if network.onnx is None:
                 raise TrtContractError("build without a parsed network")
-            if len(config.profiles) != 1:
-                raise TrtContractError("dynamic shapes need exactly one optimisation profile here")
+            if not config.profiles:
+                raise TrtContractError("dynamic shapes need at least one optimisation profile")
             # 10.x: strongly typed iff the STRONGLY_TYPED bit is set (bit 0 is the ignored EXPLICIT_BATCH)
             strongly = major >= 11 or bool(network.flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED))
             if strongly and config.flags & {"FP16", "INT8"}:
@@ -210,8 +214,10 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
                     config.progress_monitor.phase_finish(phase)
             builds.append({"strongly_typed": strongly, "builder_flags": sorted(config.flags),
                            "network_flags": network.flags, "workspace": config.workspace})
+            builds[-1]["profiles"] = len(config.profiles)
             return json.dumps({"fake_tensorrt": version, "onnx": base64.b64encode(network.onnx).decode(),
-                               "profile": {k: [list(s) for s in v] for k, v in config.profiles[0].shapes.items()}}).encode()
+                               "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()}
+                                            for p in config.profiles]}).encode()
 
     class Runtime:
         def __init__(self, logger) -> None:
@@ -228,22 +234,30 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
                 return None
             if payload.get("fake_tensorrt") != version:
                 return None  # TensorRT refuses plans of another version
-            return Engine(base64.b64decode(payload["onnx"]), {k: tuple(map(tuple, v)) for k, v in payload["profile"].items()})
+            return Engine(base64.b64decode(payload["onnx"]),
+                          [{k: tuple(map(tuple, v)) for k, v in p.items()} for p in payload["profiles"]])
 
     class Engine:
-        def __init__(self, onnx_bytes: bytes, profile: dict) -> None:
+        def __init__(self, onnx_bytes: bytes, profiles: list[dict]) -> None:
             import onnxruntime as ort
 
             self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-            self.profile = profile
+            self.profiles = profiles
+            self.profile = profiles[0]
+            self.profile_owner: dict[int, object] = {}  # profile index -> the context that holds it
             self.inputs = {i.name: i for i in self.session.get_inputs()}
             self.outputs = {o.name: o for o in self.session.get_outputs()}
             ort_types = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int64)": DataType.INT64,
                          "tensor(int32)": DataType.INT32, "tensor(bool)": DataType.BOOL, "tensor(bfloat16)": DataType.BF16}
             self.dtypes = {v.name: ort_types[v.type] for v in (*self.inputs.values(), *self.outputs.values())}
             self.names = [*self.inputs, *self.outputs]
-            if set(profile) != set(self.inputs):
-                raise TrtContractError(f"profile covers {sorted(profile)}, the network's inputs are {sorted(self.inputs)}")
+            for profile in profiles:
+                if set(profile) != set(self.inputs):
+                    raise TrtContractError(f"profile covers {sorted(profile)}, the network's inputs are {sorted(self.inputs)}")
+
+        @property
+        def num_optimization_profiles(self) -> int:
+            return len(self.profiles)
 
         @property
         def num_io_tensors(self) -> int:
@@ -263,12 +277,18 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
             return tuple(d if isinstance(d, int) else -1 for d in t.shape)
 
         def get_tensor_profile_shape(self, name: str, index: int):
-            if index != 0 or name not in self.profile:
+            if not 0 <= index < len(self.profiles) or name not in self.profiles[index]:
                 raise TrtContractError(f"no profile {index} for {name}")
-            return self.profile[name]
+            return self.profiles[index][name]
 
         def create_execution_context(self):
-            return None if "create_execution_context" in failing else Context(self)
+            if "create_execution_context" in failing:
+                return None
+            ctx = Context(self)
+            if 0 not in self.profile_owner:  # the first context gets profile 0 implicitly
+                self.profile_owner[0] = ctx
+                ctx.profile_index = 0
+            return ctx
 
     class Context:
         def __init__(self, engine: Engine) -> None:
@@ -277,15 +297,33 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
             self.addresses: dict[str, int] = {}
             self._out_shapes: dict = {}
             self.last_error = ""  # what real TensorRT would have logged with a False return
+            self.profile_index: int | None = None
 
         def _refuse(self, why: str) -> bool:
             self.last_error = why
             return False
 
+        def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
+            if "set_optimization_profile_async" in failing:
+                return self._refuse("profile refused (injected failure)")
+            owners = self.engine.profile_owner
+            if not 0 <= index < len(self.engine.profiles):
+                return self._refuse(f"optimisation profile {index} does not exist ({len(self.engine.profiles)} built)")
+            if owners.get(index, self) is not self:
+                return self._refuse(f"optimisation profile {index} is used by another execution context")
+            if self.profile_index is not None:
+                owners.pop(self.profile_index, None)
+            owners[index] = self
+            self.profile_index = index
+            self.shapes.clear()  # switching profiles invalidates the input shapes
+            return True
+
         def set_input_shape(self, name: str, shape) -> bool:
             if name not in self.engine.inputs:
                 return self._refuse(f"set_input_shape on {name!r}, which is not an input")
-            lo, _, hi = self.engine.profile[name]
+            if self.profile_index is None:
+                return self._refuse("no optimisation profile selected for this context")
+            lo, _, hi = self.engine.profiles[self.profile_index][name]
             shape = tuple(int(d) for d in shape)
             if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
                 return self._refuse(f"{name}: shape {shape} outside the profile {lo} .. {hi}")
