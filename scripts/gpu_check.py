@@ -9,6 +9,10 @@
    256 test canvases, at the shipped eta and with no exit; max probability difference, agreement.
 3. batch-1 and batch-32 latency of SAC-ViT against DeiT on the GPU (PyTorch, the shipped models),
    interleaved, median ms.
+4. the TensorRT backend's slot pool, buffers, pinned copies and events on real device memory, with
+   the TensorRT TEST DOUBLE (tests/doubles/fake_tensorrt.py, which runs the graphs with ONNX Runtime
+   and reaches the device buffers by cudaMemcpy) standing in for TensorRT alone: answers against
+   ONNX Runtime, also with two threads sharing the slots.
 TensorRT is not on these machines: nothing here runs it. Each part is recorded as ok / skipped with
 its reason / failed with the error, so one failing part does not hide the others.
 """
@@ -111,20 +115,74 @@ def part_latency(export_dir: Path, iters: int, backend: str) -> dict:
     return res
 
 
+def part_tensorrt_double_on_device(export_dir: Path) -> dict:
+    import shutil
+    import sys
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from doubles.fake_tensorrt import make_tensorrt  # the TEST DOUBLE of TensorRT, not TensorRT
+
+    import sacvit_edge.runtimes as runtimes
+    import sacvit_edge.runtimes.trt as trt_mod
+    from sacvit_edge import EdgeClassifier
+    from sacvit_edge.bench.run import eval_images
+    from sacvit_edge.export.tensorrt import build_engines
+    from sacvit_edge.manifest import read_manifest
+    from sacvit_edge.runtimes.cuda import CudaRuntime
+    from sacvit_edge.runtimes.trt import TrtApi
+
+    cuda = CudaRuntime()
+    api = TrtApi(trt=make_tensorrt("10.16.1", cuda), cuda=cuda)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-trt-") as tmp:
+        d = Path(shutil.copytree(export_dir, Path(tmp) / "e"))
+        build_engines(read_manifest(d), "fp32", api=api)
+        trt_mod.load_api = lambda: api  # this process only: the double stands in for TensorRT
+        runtimes.tensorrt_usable = lambda: (True, "TensorRT test double on real CUDA memory")
+        clf = EdgeClassifier(d, backend="tensorrt")
+        ref = EdgeClassifier(d, backend="onnxruntime")
+        x, _ = eval_images(256, ref.manifest.mean, ref.manifest.std)
+        a, b = clf.run(x, eta="never"), ref.run(x, eta="never")
+        with ThreadPoolExecutor(2) as pool:  # two callers share the two slots
+            parts = list(pool.map(lambda i: clf.run(x[i * 64:(i + 1) * 64], eta="never").probs, range(4)))
+        threaded = np.concatenate(parts)
+        out = {"device": cuda.properties()["name"], "max_prob_diff": float(np.abs(a.probs - b.probs).max()),
+               "threaded_max_prob_diff": float(np.abs(threaded - b.probs).max()),
+               "same_counts": bool((a.counts == b.counts).all())}
+        clf.close()
+        ref.close()
+    out["ok"] = out["max_prob_diff"] < 1e-3 and out["threaded_max_prob_diff"] < 1e-3 and out["same_counts"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--cpu", action="store_true", help="run parts 2 and 3 on backend 'pytorch' (CPU): checks the script's logic where no GPU is lent")
+    ap.add_argument("--cpu", action="store_true", help="check the script's logic where no GPU is lent: parts 2 and 3 on "
+                    "backend 'pytorch', parts 1 and 4 over the cuda-python TEST DOUBLE (tests/doubles/fake_cudart.py)")
     args = ap.parse_args()
-    backend = "pytorch" if args.cpu else "pytorch-cuda"
     report: dict = {}
+    backend = "pytorch" if args.cpu else "pytorch-cuda"
+    if args.cpu:
+        import sys
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from doubles.fake_cudart import make_cudart
+
+        import sacvit_edge.runtimes.cuda as cuda_mod
+
+        fake = make_cudart()
+        cuda_mod._cudart = lambda: fake  # this process only
+        report["cuda"] = "cuda-python TEST DOUBLE (--cpu): a logic check, not CUDA"
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         from sacvit_edge.export.bundle import export_checkpoint
 
         export_dir = export_checkpoint(ROOT / "checkpoints" / "sacvit_tiny_112.pt", Path(tmp) / "e").directory
         for name, fn in (("cuda_runtime", part_cuda_runtime), ("parity", lambda: part_parity(export_dir, backend)),
-                         ("latency", lambda: part_latency(export_dir, args.iters, backend))):
+                         ("latency", lambda: part_latency(export_dir, args.iters, backend)),
+                         ("tensorrt_double_on_device", lambda: part_tensorrt_double_on_device(export_dir))):
             t = time.perf_counter()
             try:
                 report[name] = fn()

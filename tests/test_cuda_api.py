@@ -99,3 +99,33 @@ def test_an_error_code_is_a_backend_error_naming_the_call(monkeypatch, call):
         ptr, _ = cuda.host_alloc(64)
         dev = cuda.malloc(64)
         cuda.copy_to_device(dev, ptr, 64, cuda.stream())
+
+
+def test_tensorrt_backend_runs_over_the_real_cuda_wrapper(runtime, random_export, tmp_path, monkeypatch):
+    """The TensorRT backend (slot pool, buffers at the profile maxima, pinned staging, copies, events)
+    over the REAL runtimes/cuda.CudaRuntime, with the cuda-python double beneath it and the TensorRT
+    double above it (which reaches device buffers by cudaMemcpy, as it does on a GPU in
+    scripts/gpu_check.py): the same answers as ONNX Runtime. Still no TensorRT and no CUDA."""
+    import shutil
+
+    from doubles.fake_tensorrt import make_tensorrt
+    from sacvit_edge import EdgeClassifier
+    from sacvit_edge.export.tensorrt import build_engines
+    from sacvit_edge.manifest import read_manifest
+    import sacvit_edge.runtimes as runtimes
+    import sacvit_edge.runtimes.trt as trt_mod
+    from sacvit_edge.runtimes.trt import TrtApi
+
+    cuda, rt = runtime
+    d = shutil.copytree(random_export, tmp_path / "e")
+    api = TrtApi(trt=make_tensorrt("10.16.1", cuda), cuda=cuda)
+    m = build_engines(read_manifest(d), "fp32", api=api)
+    x = np.random.default_rng(0).standard_normal((5, 3, 112, 112)).astype(np.float32)
+    want = EdgeClassifier(d, backend="onnxruntime").run(x, eta="never")
+    monkeypatch.setattr(trt_mod, "load_api", lambda: api)
+    monkeypatch.setattr(runtimes, "tensorrt_usable", lambda: (True, "test doubles of TensorRT and cuda-python"))
+    clf = EdgeClassifier(m.directory, backend="tensorrt")
+    assert clf.backend.name == "tensorrt" and clf.backend.cuda is cuda
+    got = clf.run(x, eta="never")
+    assert np.abs(got.probs - want.probs).max() < 1e-4 and (got.counts == want.counts).all()
+    clf.close()

@@ -76,6 +76,21 @@ def make_cudart(fail: tuple[str, ...] = ()) -> SimpleNamespace:
             return (cudaError_t.cudaErrorInvalidValue,)
         return (enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), int(nbytes))),)
 
+    def cudaMemcpy(dst, src, nbytes, kind):  # noqa: N802 - synchronous; the host side may be pageable memory
+        device = int(src) if kind == cudaMemcpyKind.cudaMemcpyDeviceToHost else int(dst)
+        if not inside(device, int(nbytes)):
+            return (cudaError_t.cudaErrorInvalidValue,)
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaStreamSynchronize(stream):  # noqa: N802
+        s = streams.get(int(stream))
+        if s is None:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        while s["pending"]:
+            s["pending"].pop(0)()
+        return (cudaError_t.cudaSuccess,)
+
     def cudaStreamCreateWithFlags(flags):  # noqa: N802
         handle = next(ids)
         streams[handle] = {"pending": [], "capture": None}
@@ -121,7 +136,8 @@ def make_cudart(fail: tuple[str, ...] = ()) -> SimpleNamespace:
         cudaGetErrorName=lambda code: (cudaError_t.cudaSuccess, cudaError_t(code).name.encode()),
         cudaMalloc=lambda nbytes: alloc("cudaMalloc", nbytes), cudaMallocHost=lambda nbytes: alloc("cudaMallocHost", nbytes),
         cudaFree=lambda ptr: release("cudaFree", ptr), cudaFreeHost=lambda ptr: release("cudaFreeHost", ptr),
-        cudaMemcpyAsync=cudaMemcpyAsync, cudaStreamCreateWithFlags=cudaStreamCreateWithFlags,
+        cudaMemcpyAsync=cudaMemcpyAsync, cudaMemcpy=cudaMemcpy, cudaStreamSynchronize=cudaStreamSynchronize,
+        cudaStreamCreateWithFlags=cudaStreamCreateWithFlags,
         cudaStreamDestroy=cudaStreamDestroy,
         cudaEventCreateWithFlags=lambda flags: (cudaError_t.cudaSuccess, next(ids)),
         cudaEventDestroy=lambda event: (cudaError_t.cudaSuccess,), cudaEventRecord=cudaEventRecord,

@@ -364,7 +364,9 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
                 return self._refuse("enqueue failed (injected failure)")
             shapes = {**self.shapes, **self._outputs_at()}
             if cuda is None:
-                raise TrtContractError("the fake TensorRT needs a FakeCuda to reach buffers")
+                raise TrtContractError("the fake TensorRT needs a FakeCuda or a CudaRuntime to reach buffers")
+            if not hasattr(cuda, "device_view"):  # the real runtimes.cuda.CudaRuntime: device memory via copies
+                return self._execute_on_device(stream_handle, shapes)
 
             def views(name):
                 dtype = np.dtype(nptype(self.engine.dtypes[name]))
@@ -386,6 +388,31 @@ def make_tensorrt(version: str = "10.3.0", cuda=None, fail: tuple[str, ...] = ()
                     views(name)[...] = value
 
             cuda.enqueue(stream_handle, work)
+            return True
+
+        def _execute_on_device(self, stream_handle: int, shapes: dict) -> bool:
+            """Buffers in real device memory (runtimes.cuda.CudaRuntime on a GPU, or over
+            tests/doubles/fake_cudart): wait for the stream's earlier work, copy the inputs to the host,
+            run ONNX Runtime, copy the outputs back. Synchronous, so it cannot be captured in a CUDA graph."""
+            rt = cuda.rt
+
+            def ok(result, call: str) -> None:
+                code = result[0] if isinstance(result, tuple) else result
+                if code != rt.cudaError_t.cudaSuccess:
+                    raise TrtContractError(f"{call} failed: {code}")
+
+            ok(rt.cudaStreamSynchronize(stream_handle), "cudaStreamSynchronize")
+            feeds = {}
+            for name in self.engine.inputs:
+                host = np.empty(shapes[name], np.dtype(nptype(self.engine.dtypes[name])))
+                ok(rt.cudaMemcpy(host.ctypes.data, self.addresses[name], host.nbytes,
+                                 rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy(device->host)")
+                feeds[name] = host
+            outs = self.engine.session.run(list(self.engine.outputs), feeds)
+            for name, value in zip(self.engine.outputs, outs):
+                value = np.ascontiguousarray(value, np.dtype(nptype(self.engine.dtypes[name])))
+                ok(rt.cudaMemcpy(self.addresses[name], value.ctypes.data, value.nbytes,
+                                 rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy(host->device)")
             return True
 
     return SimpleNamespace(
