@@ -85,8 +85,8 @@ class SACStage(nn.Module):
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic: dict[str, dict[int, str]], opset: int, exporter: Exporter, attention: Attention = "explicit") -> None:
-    if attention == "onnx" and (exporter != "dynamo" or opset < ATTENTION_OPSET):
-        raise ExportError(f"the ONNX Attention operator needs the dynamo exporter at opset >= {ATTENTION_OPSET}")
+    if attention == "onnx":  # the ONNX Attention operator: the dynamo exporter, opset >= 23
+        exporter, opset = "dynamo", max(opset, ATTENTION_OPSET)
     with torch.no_grad(), attention_impl(attention, module), warnings.catch_warnings():
         # Tracing warns about the shape-dependent Python branches of forward_sac; they are
         # static for every export (the non-target cluster is never empty when k < n).
@@ -150,8 +150,6 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
     """
     if not isinstance(model, SACViT):
         raise ExportError(f"only SAC-ViT checkpoints split into two engines; this is arch={model.cfg.arch!r}")
-    if attention == "onnx":
-        exporter, opset = "dynamo", max(opset, ATTENTION_OPSET)
     cfg = model.cfg
     if example_k is None:
         example_k = max(1, min(cfg.num_coarse - 1, (cfg.k_min + cfg.k_max) // 2))
@@ -194,12 +192,9 @@ def export_single(model: nn.Module, path: Path, *, opset: int = 17, attention: A
     attention="onnx" the same graph style as SAC-ViT's attention graphs (a fair baseline)."""
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size)
-    exporter: Exporter = "dynamo" if attention == "onnx" else "torchscript"
-    if attention == "onnx":
-        opset = max(opset, ATTENTION_OPSET)
     try:
         _export(model.eval(), (image,), path, ["image"], ["logits"], {"image": {0: "batch"}, "logits": {0: "batch"}},
-                opset, exporter, attention)
+                opset, "torchscript", attention)
         add_metadata(path, {"sacvit_edge.stage": "full"})
     except Exception as exc:
         raise ExportError(f"ONNX export of the baseline failed: {type(exc).__name__}: {exc}") from exc

@@ -62,7 +62,7 @@ def plan_sac_groups(counts: np.ndarray, num_coarse: int, overhead_tokens: float 
     counts = np.asarray(counts)
     if counts.size == 0:
         return []
-    if counts.size == 1 or (counts == counts[0]).all():  # one count (every batch-1 call): one unpadded group
+    if (counts == counts[0]).all():  # one count (every batch-1 call): one unpadded group
         k = int(counts[0])
         return [(np.arange(counts.size), k, k)]
     values, inverse, mult = np.unique(counts, return_inverse=True, return_counts=True)

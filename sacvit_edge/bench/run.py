@@ -89,25 +89,29 @@ class DeitRunner:
     ONNX Runtime it runs the graph style SAC-ViT's export gives ONNX Runtime (the ONNX Attention
     operator at opset 23 where this torch writes it), so both get the same exporter and fusions."""
 
-    def __init__(self, model, backend: str, work: Path, threads: int | None) -> None:
+    def __init__(self, model, backend: str, work: Path, threads: int | None, graph: Path | None = None) -> None:
         self.model = model.eval()
         self.backend = backend
-        self.graph: str | None = None
         if backend == "onnxruntime":
             from sacvit_edge.export.bundle import attention_op_exportable
             from sacvit_edge.export.torch2onnx import export_single
             from sacvit_edge.runtimes.ort import OrtSingle
 
-            attention = "onnx" if attention_op_exportable() else "explicit"
-            path = export_single(model, work / f"deit_{model.cfg.img_size}_{attention}.onnx", attention=attention)
-            self.graph = path.name
-            self.nodes = {path.name: graph_nodes(path)}
-            self._ort = OrtSingle(path, threads)
+            if graph is None:
+                attention = "onnx" if attention_op_exportable() else "explicit"
+                graph = export_single(model, work / f"deit_{model.cfg.img_size}_{attention}.onnx", attention=attention)
+            self.path, self.work = graph, work
+            self.nodes = {graph.name: graph_nodes(graph)}
+            self._ort = OrtSingle(graph, threads)
         elif backend.startswith("pytorch"):
             self._dev = torch.device("cuda" if backend == "pytorch-cuda" else "cpu")
             self.model.to(self._dev)
         else:
             raise ValueError(f"the DeiT baseline has no {backend!r} runner in the benchmark")
+
+    def with_threads(self, threads: int | None) -> "DeitRunner":
+        """The same exported graph in sessions with another intra-op thread count (no re-export)."""
+        return DeitRunner(self.model, self.backend, self.work, threads, graph=self.path)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         if self.backend == "onnxruntime":
@@ -351,10 +355,10 @@ def paper_geometry_table(rows: list[dict], cfg: BenchConfig, work: Path) -> list
     return out
 
 
-def _best_deit_threads(model, work: Path, frames: list[np.ndarray], rounds: int = 6, calls: int = 20) -> int | None:
+def _best_deit_threads(deit: DeitRunner, frames: list[np.ndarray], rounds: int = 6, calls: int = 20) -> int | None:
     """The baseline's batch-1 thread count, measured as tune_batch1_threads measures SAC-ViT's:
     1 thread against ONNX Runtime's default, interleaved rounds, median per-frame time."""
-    runners = {1: DeitRunner(model, "onnxruntime", work, 1), None: DeitRunner(model, "onnxruntime", work, None)}
+    runners = {1: deit.with_threads(1), None: deit.with_threads(None)}
     times: dict[int | None, list[float]] = {t: [] for t in runners}
     for r in range(rounds + 1):
         for t, runner in runners.items():
@@ -426,15 +430,14 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
         export_dir = _exported(path, work)
         # batch 1: each method at its best intra-op thread count on this device, measured the way
         # calibrate measures it for a deployment (1 thread against ONNX Runtime's default), unless given
-        b1_threads = cfg.threads
-        deit_b1_threads = cfg.threads
+        deit = DeitRunner(deit_model, "onnxruntime", work, cfg.threads)  # batch 32
+        b1_threads = deit_b1_threads = cfg.threads
         if cfg.threads is None:
             b1_threads = tune_batch1_threads(export_dir, x[:16], exited, counts)["onnxruntime_batch1_threads"]
-            deit_b1_threads = _best_deit_threads(deit_model, work, one)
+            deit_b1_threads = _best_deit_threads(deit, one)
         clf = EdgeClassifier(export_dir, backend="onnxruntime", threads=cfg.threads)  # batch 32
         clf1 = EdgeClassifier(export_dir, backend="onnxruntime", threads=b1_threads)  # batch 1
-        deit = DeitRunner(deit_model, "onnxruntime", work, cfg.threads)
-        deit1 = DeitRunner(deit_model, "onnxruntime", work, deit_b1_threads)
+        deit1 = deit.with_threads(deit_b1_threads)
 
         def frame(e: bool, k: int, clf=clf1, one=one):
             imp = ImposedDecisions(np.array([e]), np.array([0 if e else k], np.int64))
