@@ -39,13 +39,28 @@ def test_every_runtime_call_exists_with_the_real_values(version):
             obj = getattr(obj, part)
 
 
-def test_without_a_driver_each_version_is_handled():
-    """What cudaSetDevice does with no NVIDIA driver, per version, is what CudaRuntime turns into a
-    BackendError: 12.4 raises RuntimeError, 12.9 / 13.4 return (cudaErrorInsufficientDriver,)."""
-    seen = {v: api["cudaSetDevice_without_driver"] for v, api in FIXTURE.items()}
-    assert seen["12.4.0"].get("raises") == "RuntimeError"
-    assert all(s.get("returns") == "tuple" and s["error"] == "cudaErrorInsufficientDriver"
-               for v, s in seen.items() if not v.startswith("12.4"))
+@pytest.mark.parametrize("version", sorted(FIXTURE))
+def test_without_a_driver_each_version_is_handled(version, monkeypatch):
+    """What cudaSetDevice did with no NVIDIA driver in each recorded cuda-python (12.4: raises
+    RuntimeError; 12.9 / 13.4: returns (cudaErrorInsufficientDriver,)), replayed through the double
+    into the real CudaRuntime: a BackendError saying why, never a raw error."""
+    import builtins
+
+    import sacvit_edge.runtimes.cuda as cuda_mod
+
+    seen = FIXTURE[version]["cudaSetDevice_without_driver"]
+    rt = make_cudart()
+    if "raises" in seen:
+        def set_device(device):
+            raise getattr(builtins, seen["raises"])(seen["message"])
+    else:
+        assert seen["returns"] == "tuple" and seen["length"] == 1
+        code = rt.cudaError_t.cudaErrorInvalidValue  # the double's stand-in for the recorded error code
+        set_device = lambda device: (code,)  # noqa: E731
+    rt.cudaSetDevice = set_device
+    monkeypatch.setattr(cuda_mod, "_cudart", lambda: rt)
+    with pytest.raises(BackendError, match="cudaSetDevice"):
+        cuda_mod.CudaRuntime()
 
 
 @pytest.fixture

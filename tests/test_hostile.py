@@ -210,6 +210,7 @@ def test_damaged_export_directories_fail_at_load_with_the_projects_error(tmp_pat
         "size-224": lambda m: m["model_config"].update(img_size=224),
         "path-escape": lambda m: m["files"].update({"../../../../etc/hostname": "0" * 64}),
         "engine-path": lambda m: m["engines"]["ee"].update(file="../ee.onnx"),
+        "attention-graph-path": lambda m: m["engines"]["attention_graphs"].update(sac="../sac.attention.onnx"),
         "nan-literal": lambda m: m["cost"].update(gflops_ee=float("nan")),
     }
     for name, edit in edits.items():
