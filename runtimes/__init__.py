@@ -20,6 +20,7 @@ from .base import Backend, EEResult
 from .cuda import CudaRuntime
 from .openvino import OpenVinoBackend
 from .ort import OrtBackend
+from .triton import TritonStageBackend  # noqa: F401 - not opened by name: the Triton BLS model constructs it
 from .trt import TensorRTBackend
 
 log = logging.getLogger(__name__)

@@ -68,7 +68,8 @@ def _is_export(directory: Path) -> bool:
 
 
 def check_replaceable(out: Path, *, sources: Sequence[Path] = (), force: bool = False, option: str = "--out",
-                      in_place: bool = False) -> None:
+                      in_place: bool = False, recognise: Callable[[Path], bool] | None = None,
+                      kind: str = "an export directory") -> None:
     """Refuse (ExportError naming `out`) an output path whose replacement could delete what this
     project did not write. Call before any work, and again under the lock before publishing.
 
@@ -78,6 +79,8 @@ def check_replaceable(out: Path, *, sources: Sequence[Path] = (), force: bool = 
             nor one of them unless `in_place`.
         force: also replace a directory that is not a valid export but holds nothing but
             files this project writes (a damaged or half-written export).
+        recognise: what this project wrote and may replace (default: a valid export directory;
+            a Triton model repository passes its own check), called `kind` in the messages.
     """
     try:
         resolved = out.resolve()
@@ -87,7 +90,7 @@ def check_replaceable(out: Path, *, sources: Sequence[Path] = (), force: bool = 
     for place, what in _protected():
         if resolved == place or resolved in place.parents:
             name = what if resolved == place else f"a parent of {what}"
-            raise ExportError(f"{out} is {name}; {option} must be a new directory or an existing export directory")
+            raise ExportError(f"{out} is {name}; {option} must be a new directory or {kind} sacvit-edge wrote")
     for src in sources:
         with contextlib.suppress(OSError, RuntimeError):
             s = src.resolve()
@@ -101,7 +104,7 @@ def check_replaceable(out: Path, *, sources: Sequence[Path] = (), force: bool = 
         raise ExportError(f"{out} is a symbolic link; give the directory itself as {option}")
     if not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory; choose another {option}")
-    if _is_export(out):
+    if (recognise or _is_export)(out):
         return
     try:
         entries = sorted(p.name for p in out.iterdir())
@@ -115,8 +118,8 @@ def check_replaceable(out: Path, *, sources: Sequence[Path] = (), force: bool = 
     shown = ", ".join(repr(e) for e in (foreign or entries)[:3]) + (" ..." if len(foreign or entries) > 3 else "")
     if foreign:
         hint = (f"choose a new {option} path, or move those files away yourself" if force else
-                f"choose a new {option} path; sacvit-edge replaces only export directories it wrote")
-        raise ExportError(f"{out} exists and is not an export directory: it holds {len(foreign)} file(s) sacvit-edge did "
+                f"choose a new {option} path; sacvit-edge replaces only {kind.split(' ', 1)[1]}s it wrote")
+        raise ExportError(f"{out} exists and is not {kind}: it holds {len(foreign)} file(s) sacvit-edge did "
                           f"not write ({shown}); {hint}")
     raise ExportError(f"{out} exists and is not a valid export directory (damaged or half-written; files {shown}); "
                       "pass --force (force=True) to replace it, or choose a new path")
@@ -282,13 +285,18 @@ def _alive(pid: int) -> bool:
 
 
 # ---- publication ------------------------------------------------------------------------------
-def _carry_user_files(old: Path, new: Path) -> None:
-    """Move entries of the export being replaced that this project did not write into its
-    replacement (renames within one parent: cheap, and nothing of the user's is deleted)."""
+def _export_files(old: Path) -> set[str]:
     try:
-        listed = set(read_manifest(old, verify_files=False).files)
+        return set(read_manifest(old, verify_files=False).files)
     except ExportError:
-        listed = set()
+        return set()
+
+
+def _carry_user_files(old: Path, new: Path, written: Callable[[Path], set[str]] = _export_files) -> None:
+    """Move entries of the directory being replaced that this project did not write (`written`
+    names those it did: an export's listed files by default) into its replacement (renames
+    within one parent: cheap, and nothing of the user's is deleted)."""
+    listed = written(old)
     for entry in old.iterdir():
         ours = entry.name in listed or entry.name in (MANIFEST, LOCK_FILE, MARKER, "calibration.png") \
             or bool(_SCRATCH.match(entry.name))
@@ -297,7 +305,7 @@ def _carry_user_files(old: Path, new: Path) -> None:
             entry.rename(new / entry.name)
 
 
-def move_into_place(tmp: Path, out_dir: Path) -> None:
+def move_into_place(tmp: Path, out_dir: Path, written: Callable[[Path], set[str]] = _export_files) -> None:
     """Publish tmp as out_dir. An existing directory (which check_replaceable allowed) is swapped
     out in one atomic step, so a reader or a killed writer never sees no export there; files the
     user put into it move across, and its mode is kept."""
@@ -313,7 +321,7 @@ def move_into_place(tmp: Path, out_dir: Path) -> None:
                 if not out_dir.is_dir():  # not "someone else published first"
                     raise
         os.chmod(tmp, stat.S_IMODE(out_dir.stat().st_mode))
-        _carry_user_files(out_dir, tmp)
+        _carry_user_files(out_dir, tmp, written)
         (out_dir / MARKER).write_text(str(os.getpid()))  # the old export is ours to remove once swapped out
         if _exchange(tmp, out_dir):
             (out_dir / MARKER).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from .manifest import MANIFEST_VERSION, PRECISIONS, read_manifest, sha256_file
 from .pipeline import (BatchResult, ImposedDecisions, Pipeline, PipelineOptions, Prediction,  # noqa: F401 - public
                        check_deadline_possible, option_property)
 from .stream import FrameStream, LatencyMonitor, check_frame_source  # noqa: F401 - public
-from .runtimes import open_backend
+from .runtimes import Backend, open_backend
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class EdgeClassifier:
         path: an export directory, or a model.pt (exported on first use into a cache keyed by
             the checkpoint's fingerprint).
         backend: "auto" (TensorRT when usable, else ONNX Runtime), "onnxruntime", "openvino",
-            "tensorrt", "pytorch" or "pytorch-cuda".
+            "tensorrt", "pytorch" or "pytorch-cuda"; or an opened runtimes.base.Backend for this
+            directory's engines (engines served elsewhere: the Triton BLS model passes
+            runtimes.triton.TritonStageBackend), which the classifier then owns and closes.
         eta: exit threshold in [0, 1], or NEVER_EXIT ("never"); default: the one stored at export.
         threads: CPU threads for CPU backends (default: the backend's own, one per physical
             core); at most the CPUs this process may use.
@@ -95,7 +97,7 @@ class EdgeClassifier:
     own stack, so several threads may call predict() at once.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", eta: Eta | None = None,
+    def __init__(self, path: str | Path, backend: str | Backend = "auto", eta: Eta | None = None,
                  threads: int | None = None, topk: int = 5, cache_dir: str | Path | None = None,
                  group_overhead_tokens: float = 64.0, max_pixels: int = DEFAULT_MAX_PIXELS,
                  color: str = "rgb", resize: str = "stretch", precision: str = "fp32",
@@ -110,6 +112,12 @@ class EdgeClassifier:
                                                 and all(isinstance(k, str) for k in backend_options)):
             raise ConfigError(f"backend_options={backend_options!r}: expected a dict of option names to values, "
                               "e.g. {'slots': 2}")
+        if not isinstance(backend, str):
+            if not isinstance(backend, Backend):
+                raise ConfigError(f"backend={backend!r}: expected a backend name or a runtimes.base.Backend")
+            if threads is not None or backend_options:
+                raise ConfigError("threads and backend_options are for a backend opened by name; an opened "
+                                  f"{type(backend).__name__} was passed")
         threads = _check_threads(threads)
         # every option checked once, before any loading (the default eta and topk's cap need the manifest)
         options = PipelineOptions.checked(eta=0.0 if eta is None else eta, deadline_ms=deadline_ms, topk=topk,
@@ -139,8 +147,9 @@ class EdgeClassifier:
             topk=min(options.topk, len(self.class_names)))
         self.latency_table = self.manifest.latency(precision)
         check_deadline_possible(self.options.deadline_ms, self.latency_table, self.manifest.directory, precision)
-        opened = open_backend(backend, self.manifest, threads=threads, precision=precision,
-                              options=backend_options, engine_builder=_build_tensorrt_engines)
+        opened = backend if not isinstance(backend, str) else open_backend(
+            backend, self.manifest, threads=threads, precision=precision, options=backend_options,
+            engine_builder=_build_tensorrt_engines)
         try:
             run_on = backend_wrapper(opened) if backend_wrapper is not None else opened
         except BaseException:
@@ -227,7 +236,7 @@ class EdgeClassifier:
                       color: str | None = None, resize: str | None = None,
                       deadline_ms: float | None = None) -> list[Prediction]:
         """Classify several images (paths, PIL images or HxWx3 uint8 arrays) in one batch."""
-        if isinstance(images, (str, Path, np.ndarray)) or not hasattr(images, "__len__"):
+        if isinstance(images, (str, Path, bytes, bytearray, np.ndarray)) or not hasattr(images, "__len__"):
             raise ImageError("predict_batch expects a sequence of images; use predict() for one image")
         start = time.perf_counter()
         self._pipeline()

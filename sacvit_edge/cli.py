@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
@@ -28,7 +30,7 @@ from .calibration.sweep import Request
 from .classifier import default_cache_dir, EdgeClassifier
 from .datasets import open_source
 from .folders import check_seed
-from .errors import BackendError, ConfigError, ImageError, SacvitError
+from .errors import BackendError, ConfigError, ImageError, SacvitError, ServeError
 from .export.formats import check_export_options, FORMATS, get_format, INT8_HOW
 from .export.graphs import ensure_crop_graph, ensure_fp16_graphs
 from .export.tensorrt import build_engines
@@ -907,6 +909,180 @@ def predict(
                 err.print(f"[red]error:[/red] {escape(str(r))}")  # whole, where a narrow table would cut it
         err.print(f"[red]{failed} of {len(images)} images could not be read[/red]")
         raise typer.Exit(EXIT_INPUT)
+
+
+# ---- serving on Triton Inference Server ---------------------------------------------------------
+def _serving_options(model_name: str, max_batch: int, max_queue_delay_us: int, instances: int, backend: str,
+                     eta: Optional[str], deadline_ms: Optional[float], topk: int, threads: Optional[int],
+                     precision: str, max_pixels: Optional[int] = None):
+    from .serving.repository import ServingOptions
+
+    extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+    return ServingOptions(model_name=model_name, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                          instances=instances, stage_backend=backend, eta=_eta(eta), deadline_ms=deadline_ms, topk=topk,
+                          threads=threads, precision=precision, **extra)
+
+
+MODEL_NAME_HELP = "the model clients call; the engines are <name>_ee and <name>_sac"
+MAX_BATCH_HELP = "most images Triton's dynamic batcher puts into one execution"
+DELAY_HELP = "how long the batcher may hold a request to fill a batch (microseconds)"
+INSTANCES_HELP = "instances (processes on the Python backend) of each model"
+THREADS_HELP = "ONNX Runtime threads per Python-backend engine instance (default: ONNX Runtime's)"
+
+
+@app.command("export-triton")
+def export_triton(
+    export_dir: Annotated[Path, typer.Argument(help="export directory (sacvit-edge export)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the model repository to write (a new directory, or one export-triton wrote)")],
+    backend: Annotated[str, typer.Option(help="where the EE and SAC engines run: onnxruntime (models on Triton's own backend), python (models with ONNX Runtime inside Triton's Python backend: any tritonserver), inline (inside the BLS model, no stage models)")] = "onnxruntime",
+    model_name: Annotated[str, typer.Option(help=MODEL_NAME_HELP)] = "sacvit",
+    max_batch: Annotated[int, typer.Option(help=MAX_BATCH_HELP)] = 32,
+    max_queue_delay_us: Annotated[int, typer.Option(help=DELAY_HELP)] = 2000,
+    instances: Annotated[int, typer.Option(help=INSTANCES_HELP)] = 1,
+    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the export's)")] = None,
+    deadline_ms: Annotated[Optional[float], typer.Option(help="per-batch budget (needs `calibrate`): images whose SAC stage would miss it answer from the EE stage")] = None,
+    topk: Annotated[int, typer.Option(help="classes in topk_class_ids / topk_probs")] = 5,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 graphs (those the export has)")] = "fp32",
+) -> None:
+    """Write a Triton model repository for a stock Triton server: the EE and SAC engines as
+    models, and a Python-backend BLS model that decodes, gates and calls the SAC model only for
+    the images that did not exit."""
+    with _handled():
+        from .serving.repository import build_repository
+
+        repo = build_repository(export_dir, out, _serving_options(model_name, max_batch, max_queue_delay_us, instances,
+                                                                  backend, eta, deadline_ms, topk, threads, precision))
+    o = repo.options
+    table = Table("model", "backend", "what", title=f"Triton model repository {out}")
+    table.add_row(o.model_name, "python", f"what clients call: image (BYTES) or frame (UINT8 HxWx3) in, class_id, label, "
+                  f"confidence, exited_early, num_target_tokens, top-{o.topk} out; eta {o.eta}")
+    if o.stage_backend != "inline":
+        table.add_row(f"{o.model_name}_ee", o.stage_backend, "the EE engine (all images)")
+        table.add_row(f"{o.model_name}_sac", o.stage_backend, "the SAC engine (only the images that did not exit)")
+    console.print(table)
+    console.print(f"wrote {out}; serve it with `sacvit-edge serve {out}` or `tritonserver --model-repository {out}` "
+                  "(the server's Python needs `pip install sacvit-edge` for the BLS model)")
+
+
+@app.command()
+def serve(
+    export_dir: Annotated[Path, typer.Argument(help="export directory (sacvit-edge export), or a model repository export-triton wrote")],
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port (KServe v2 protocol)")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (/metrics)")] = 8002,
+    address: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "0.0.0.0",
+    model_name: Annotated[str, typer.Option(help=MODEL_NAME_HELP)] = "sacvit",
+    max_batch: Annotated[int, typer.Option(help=MAX_BATCH_HELP)] = 32,
+    max_queue_delay_us: Annotated[int, typer.Option(help=DELAY_HELP)] = 2000,
+    instances: Annotated[int, typer.Option(help=INSTANCES_HELP)] = 1,
+    backend: Annotated[str, typer.Option(help="where the EE and SAC engines run: auto (onnxruntime models where the server has that backend, else python models), onnxruntime, python, inline (inside the BLS model: fastest on a CPU)")] = "auto",
+    eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the export's)")] = None,
+    deadline_ms: Annotated[Optional[float], typer.Option(help="per-batch budget (needs `calibrate`)")] = None,
+    topk: Annotated[int, typer.Option(help="classes in topk_class_ids / topk_probs")] = 5,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 graphs (those the export has)")] = "fp32",
+    repository: Annotated[Optional[Path], typer.Option(help="write the model repository here and keep it (default: a temporary one, removed on exit)")] = None,
+    tritonserver: Annotated[Optional[Path], typer.Option(help="a tritonserver binary with its backends in ../backends (default: the one nvidia-pytriton bundles)")] = None,
+    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for every model to load")] = 120.0,
+    exit_timeout: Annotated[int, typer.Option(help="on SIGTERM, the most seconds Triton waits for requests in flight and open client connections")] = 10,
+) -> None:
+    """Serve SAC-ViT on Triton Inference Server: dynamic batching across clients, HTTP and gRPC,
+    Prometheus metrics; the early exit inside the server. SIGTERM or Ctrl-C drains the requests in
+    flight and stops."""
+    import signal
+    import tempfile
+
+    from .serving.repository import build_repository, is_repository, read_repository
+    from .serving.server import TritonServer, find_tritonserver
+
+    with _handled():
+        install = find_tritonserver(tritonserver)
+        if backend == "auto":
+            backend = "onnxruntime" if install.has_backend("onnxruntime") else "python"
+        scratch = None
+        if is_repository(export_dir):
+            repo = read_repository(export_dir)
+        else:
+            if repository is None:
+                scratch = Path(tempfile.mkdtemp(prefix="sacvit-edge-serve-"))
+            repo = build_repository(export_dir, repository or scratch / "repository", _serving_options(
+                model_name, max_batch, max_queue_delay_us, instances, backend, eta, deadline_ms, topk, threads, precision))
+        needs = "python" if repo.options.stage_backend == "inline" else repo.options.stage_backend
+        if not install.has_backend(needs):
+            raise ConfigError(f"the engines are on Triton's {needs} backend, which {install.binary} "
+                              f"does not have ({install.backends} holds {sorted(p.name for p in install.backends.iterdir())}); "
+                              "use --backend python (or export-triton --backend python)")
+        server = TritonServer(repo.path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                              address=address, tritonserver=tritonserver, exit_timeout_s=exit_timeout)
+        stopping: list = []
+
+        def drain(signum, _frame) -> None:  # the CLI's own handler: the server finishes what is in flight
+            stopping.append((signum, time.monotonic()))
+            if server.process is not None and server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with err.status(f"starting Triton Inference Server on {repo.path}"):
+                server.start(ready_timeout)
+            o = repo.options
+            engines = "engines inline" if o.stage_backend == "inline" else \
+                f"{o.model_name}_ee, {o.model_name}_sac on Triton's {o.stage_backend} backend"
+            console.print(f"ready: model '{o.model_name}' ({engines}), max batch {o.max_batch}, eta {o.eta}\n  HTTP  {server.http_url}  (POST "
+                          f"/v2/models/{o.model_name}/infer)\n  gRPC  {server.grpc_url}\n  metrics {server.metrics_url}\n"
+                          "SIGTERM or Ctrl-C stops it")
+            code = server.wait()
+            if not stopping and code != 0:
+                raise ServeError(f"tritonserver stopped with code {code}:\n{server.log_tail()}")
+        finally:
+            server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+    console.print("stopped" + (f" {time.monotonic() - stopping[0][1]:.1f} s after {signal.Signals(stopping[0][0]).name} "
+                               "(requests in flight were finished)" if stopping else ""))
+
+
+@app.command("serve-bench")
+def serve_bench(
+    export_dir: Annotated[Optional[Path], typer.Argument(help="export directory (default: the bundled model's)")] = None,
+    deit: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint served the same way (default: the bundled one; needs [bench])")] = None,
+    no_deit: Annotated[bool, typer.Option("--no-deit", help="skip the DeiT baseline", metavar="")] = False,
+    clients: Annotated[int, typer.Option(help="concurrent tritonclient clients (threads), one image per request")] = 8,
+    images: Annotated[int, typer.Option(help="test images sent (the model was not tuned on them)")] = 400,
+    max_batch: Annotated[int, typer.Option(help=MAX_BATCH_HELP)] = 32,
+    max_queue_delay_us: Annotated[int, typer.Option(help=DELAY_HELP)] = 2000,
+    instances: Annotated[int, typer.Option(help=INSTANCES_HELP)] = 1,
+    data: Annotated[Optional[Path], typer.Option(help="ImageFolder to draw the images from (default: the built-in test split)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for serve_bench.json")] = Path("serve-bench"),
+) -> None:
+    """Load test: SAC-ViT served by Triton vs DeiT served the same way vs in-process
+    predict_batch, one run: throughput, p50/p99 latency, exit rate, the batches Triton formed."""
+    with _handled():
+        require_extra("serve", "sacvit-edge serve-bench")
+        _check_positive(clients=clients, images=images)
+        check_output_dir(out, "--out")
+        from .bench.serving import ServeBenchConfig, run_serve_bench
+
+        deit_checkpoint = None
+        if not no_deit:
+            require_extra("bench", "serve-bench's DeiT baseline (or pass --no-deit)")
+            deit_checkpoint = deit or bundled_checkpoint().with_name("deit_tiny_112.pt")
+        cfg = ServeBenchConfig(export=export_dir or BUNDLED_EXPORT, deit_checkpoint=deit_checkpoint, clients=clients,
+                               images=images, data=data, options=_serving_options(
+                                   "sacvit", max_batch, max_queue_delay_us, instances, "python", None, None, 5, None, "fp32"))
+        result = run_serve_bench(cfg, step=lambda msg: err.print(f"- {escape(msg)}"))
+        path = write_into(out, "serve_bench.json", lambda p: p.write_text(json.dumps(result, indent=2)), "--out")
+    table = Table("served", "clients", "images", "img/s", "p50 ms", "p99 ms", "exit rate", "batches formed (size x count)",
+                  "errors", title=f"serving load test, {cfg.clients} clients, max batch {cfg.options.max_batch}")
+    for r in result["rows"]:
+        formed = ", ".join(f"{b}x{n}" for b, n in r["batch_sizes"].items())
+        table.add_row(r["name"], str(r["clients"]), str(r["images"]), f"{r['throughput_img_s']:.1f}", f"{r['p50_ms']:.1f}",
+                      f"{r['p99_ms']:.1f}", "-" if r["exit_rate"] is None else f"{r['exit_rate']:.3f}", formed, str(r["errors"]))
+    console.print(table)
+    console.print(f"wrote {path}")
 
 
 @app.command()

@@ -38,3 +38,7 @@ class EngineBuildError(ExportError):
 class OutputError(SacvitError):
     """An output path (an overlay folder, a JSON report, a checkpoint) cannot be written, or
     writing there would replace a file sacvit-edge did not write."""
+
+
+class ServeError(BackendError):
+    """The Triton server cannot start, did not become ready, or stopped unexpectedly."""

@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "video": ("cv2",),
     "openvino": ("openvino",),
     "tensorrt": ("tensorrt", "cuda", "onnx"),  # cuda: cuda-python (buffers, streams); onnx: derived graphs
+    "serve": ("pytriton", "tritonclient"),  # pytriton: the tritonserver binary it bundles; tritonclient: configs, clients
 }
 
 

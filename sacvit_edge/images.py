@@ -13,6 +13,7 @@ are decoded at reduced size (Pillow's draft mode) when the model needs far fewer
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -28,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]  # bytes: an encoded file (PNG, JPEG, ...)
 DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's decompression-bomb warning threshold
 # Pillow warns between 1x and 2x its threshold; load_image then refuses such images itself
 # (max_pixels). The library leaves the process's warning filters alone: the CLI silences it.
@@ -92,8 +93,10 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_
     """Any supported input -> HxWx3 uint8 RGB array.
 
     Args:
-        color: channel order of numpy array inputs: "rgb", or "bgr" (OpenCV frames). Files and
-            PIL images are decoded by Pillow, always RGB.
+        source: a path, an encoded file's bytes (PNG, JPEG, ...: what a network client sends), a
+            PIL image or an HxWx3 uint8 array.
+        color: channel order of numpy array inputs: "rgb", or "bgr" (OpenCV frames). Files,
+            bytes and PIL images are decoded by Pillow, always RGB.
         max_pixels: larger images are refused from their header, before decoding.
         target_size: the model's input side; a JPEG much larger than it is decoded at reduced
             size (Pillow's draft: DCT scaling to no less than twice this side).
@@ -101,32 +104,21 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_
         ImageError: unreadable, corrupt or truncated file; too many pixels; array of wrong
             shape, dtype or values.
     """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("encoded image: 0 bytes (an empty file)")
+        return _decode(io.BytesIO(source), f"encoded image ({len(source):,} bytes)", max_pixels, target_size)
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
-            try:
-                mode = path.stat().st_mode
-            except FileNotFoundError:
-                raise ImageError(f"{path}: no such image file") from None
-            except OSError as exc:  # a name too long, no permission, a loop of links
-                raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from None
-            if not stat.S_ISREG(mode):
-                raise ImageError(f"{path}: not a regular file")
-            with Image.open(path) as img:  # reads the header only; the file is streamed
-                _check_pixels(img.width, img.height, str(path), max_pixels)
-                if target_size and img.format == "JPEG" and min(img.size) > 4 * target_size:
-                    img.draft("RGB", (2 * target_size, 2 * target_size))
-                img.load()  # force full decode here: truncated files fail now, not later
-                return _pil_to_rgb(img, str(path))
-        except ImageError:
-            raise
-        except UnidentifiedImageError as exc:
-            raise ImageError(f"{path}: not an image pillow can read (corrupt or unsupported format)") from exc
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{path}: exceeds max_pixels={max_pixels:,}, refused as a decompression bomb by Pillow "
-                             f"({exc})") from exc
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct_error) as exc:
-            raise ImageError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such image file") from None
+        except OSError as exc:  # a name too long, no permission, a loop of links
+            raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):
+            raise ImageError(f"{path}: not a regular file")
+        return _decode(path, str(path), max_pixels, target_size)
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, "PIL image", max_pixels)
         try:
@@ -141,7 +133,28 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, target_
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, max_pixels, check_color(color))
     raise ImageError(f"unsupported image input of type {type(source).__name__}; "
-                     "expected a path, PIL.Image or HxWx3 uint8 numpy array")
+                     "expected a path, an encoded file's bytes, PIL.Image or HxWx3 uint8 numpy array")
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, target_size: int | None) -> np.ndarray:
+    """A file or an in-memory encoded image -> HxWx3 uint8 RGB: the header first (size refused
+    before decoding), then the whole image, every Pillow failure an ImageError naming `name`."""
+    try:
+        with Image.open(source) as img:  # reads the header only; a file is streamed
+            _check_pixels(img.width, img.height, name, max_pixels)
+            if target_size and img.format == "JPEG" and min(img.size) > 4 * target_size:
+                img.draft("RGB", (2 * target_size, 2 * target_size))
+            img.load()  # force full decode here: truncated files fail now, not later
+            return _pil_to_rgb(img, name)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image pillow can read (corrupt or unsupported format)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: exceeds max_pixels={max_pixels:,}, refused as a decompression bomb by Pillow "
+                         f"({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct_error) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def _array_to_rgb(source: np.ndarray, max_pixels: int, color: str = "rgb") -> np.ndarray:

@@ -1,0 +1,125 @@
+"""`sacvit-edge serve-bench`: SAC-ViT served by Triton against DeiT served the same way and
+against the in-process classifier, one run, same images, same machine.
+
+Each served model runs in a real tritonserver on loopback (serving.server), with the same
+dynamic batching and instance settings; N concurrent clients send one encoded image per request
+(serving.loadtest). DeiT gets what serving it best needs: one Python-backend model that decodes
+with the same code and runs its graph (the graph style and session options the benchmark gives
+it: bench.run.DeitRunner) in the same process, so it pays no hop between processes; SAC-ViT's EE
+and SAC engines run either as models of their own, called through BLS (the layout for Triton's
+onnxruntime / tensorrt backends), or inline in the BLS model, which is what DeiT gets.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from sacvit_edge.classifier import EdgeClassifier
+from sacvit_edge.datasets import open_source
+from sacvit_edge.manifest import read_manifest
+from sacvit_edge.serving.loadtest import LoadResult, run_clients
+from sacvit_edge.serving.repository import ServingOptions, build_baseline_repository, build_repository
+from sacvit_edge.serving.server import TritonServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    export: Path
+    deit_checkpoint: Path | None
+    clients: int = 8
+    images: int = 400
+    options: ServingOptions = ServingOptions()
+    data: Path | None = None
+    warmup: int = 32
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_images(export: Path, n: int, data: Path | None) -> tuple[list[bytes], np.ndarray]:
+    """n labelled images the model was not tuned on, encoded as PNG files (what clients send)."""
+    manifest = read_manifest(export)
+    source = open_source(data, "test", manifest.class_names, seed=11, limit=n)
+    files, labels = [], []
+    for items, ys in source.items(64):
+        for item in items:
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(item)).save(buf, format="PNG")
+            files.append(buf.getvalue())
+        labels.append(np.asarray(ys))
+    return files, np.concatenate(labels)
+
+
+def _served(name: str, repository: Path, model: str, items: list[bytes], cfg: ServeBenchConfig,
+            step: Callable[[str], None]) -> LoadResult:
+    http, grpc, metrics = _free_ports(3)
+    t = time.perf_counter()
+    with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1") as srv:
+        step(f"{name}: server ready in {time.perf_counter() - t:.1f} s; warming up")
+        run_clients(srv.http_url, model, items[: cfg.warmup], cfg.clients)
+        step(f"{name}: {len(items)} images from {cfg.clients} clients")
+        return run_clients(srv.http_url, model, items, cfg.clients, name=name)
+
+
+def in_process(export: Path, items: list[bytes], batch: int) -> LoadResult:
+    """EdgeClassifier.predict_batch on the same files, `batch` at a time, in this process."""
+    with EdgeClassifier(export, backend="onnxruntime") as clf:
+        clf.predict_batch(items[:batch])  # warm-up
+        times, exited = [], []
+        start = time.perf_counter()
+        for i in range(0, len(items), batch):
+            t = time.perf_counter()
+            preds = clf.predict_batch(items[i:i + batch])
+            times += [time.perf_counter() - t] * len(preds)
+            exited += [p.exited_early for p in preds]
+        seconds = time.perf_counter() - start
+    ms = np.asarray(times) * 1e3
+    return LoadResult(name=f"in-process predict_batch({batch})", clients=1, images=len(items), seconds=seconds,
+                      p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),
+                      exit_rate=float(np.mean(exited)), batch_sizes={batch: len(items) // batch})
+
+
+def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda _: None) -> dict:
+    items, labels = test_images(cfg.export, cfg.images, cfg.data)
+    rows: list[LoadResult] = []
+    with tempfile.TemporaryDirectory(prefix="sacvit-edge-serve-bench-") as work:
+        work_dir = Path(work)
+        for stage_backend, name in (("python", "SAC-ViT (Triton: BLS + EE, SAC models)"),
+                                    ("inline", "SAC-ViT (Triton: engines inline)")):
+            step(f"{name}: writing the model repository")
+            repo = build_repository(cfg.export, work_dir / f"sacvit_{stage_backend}",
+                                    replace(cfg.options, stage_backend=stage_backend))
+            rows.append(_served(name, repo.path, cfg.options.model_name, items, cfg, step))
+        if cfg.deit_checkpoint is not None:
+            step("DeiT: exporting its graph")
+            from sacvit_edge.bench.run import DeitRunner
+            from sacvit_edge.checkpoint import load_checkpoint
+
+            runner = DeitRunner(load_checkpoint(cfg.deit_checkpoint).model, "onnxruntime", work_dir, None)
+            base = build_baseline_repository(runner.path, work_dir / "deit", read_manifest(cfg.export), cfg.options)
+            rows.append(_served("DeiT (Triton: one model, graph inline)", base.path, base.options.model_name, items, cfg, step))
+        step("in-process predict_batch")
+        rows.append(in_process(cfg.export, items, cfg.options.max_batch))
+    return {"config": {"export": str(cfg.export), "clients": cfg.clients, "images": len(items),
+                       "max_batch": cfg.options.max_batch, "max_queue_delay_us": cfg.options.max_queue_delay_us,
+                       "instances": cfg.options.instances},
+            "rows": [r.to_dict() for r in rows]}

@@ -1,0 +1,334 @@
+"""Serving on a real Triton Inference Server (the tritonserver nvidia-pytriton bundles), queried
+with tritonclient over HTTP and gRPC on loopback, every answer compared with EdgeClassifier's."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pytriton", reason="the [serve] extra (nvidia-pytriton) is not installed")
+pytest.importorskip("tritonclient.grpc", reason="the [serve] extra (tritonclient[grpc]) is not installed")
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from sacvit_edge import EdgeClassifier  # noqa: E402
+from sacvit_edge.data import ClutteredFashionMNIST  # noqa: E402
+from sacvit_edge.engine_io import DYNAMIC, STAGES, dimensions  # noqa: E402
+from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
+from sacvit_edge.manifest import read_manifest  # noqa: E402
+from sacvit_edge.serving.repository import OUTPUTS, ServingOptions, build_repository  # noqa: E402
+from sacvit_edge.serving.server import TritonServer, interpreter_libdir, server_environment, find_tritonserver  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORT = REPO / "sacvit_edge" / "assets" / "sacvit_tiny_112"
+SAMPLES = sorted((REPO / "sacvit_edge" / "assets" / "samples").glob("*.png"))
+MAX_PIXELS = 1_000_000
+pytestmark = pytest.mark.slow
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def unseen() -> list[bytes]:
+    """Canvases of the test split at a layout seed the model was not tuned on, as PNG files."""
+    x, _ = next(ClutteredFashionMNIST("test", seed=11, offset=3000, limit=40).batches(40))
+    return [_png(a) for a in x]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with EdgeClassifier(EXPORT, backend="onnxruntime", max_pixels=MAX_PIXELS) as clf:
+        yield clf
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = build_repository(EXPORT, tmp_path_factory.mktemp("triton") / "repo",
+                            ServingOptions(max_batch=16, max_queue_delay_us=20_000, max_pixels=MAX_PIXELS))
+    http, grpc, metrics = _free_ports(3)
+    srv = TritonServer(repo.path, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1")
+    srv.start(timeout_s=120)
+    yield srv
+    srv.stop()
+
+
+def _http_infer(url: str, items: list[bytes], model: str = "sacvit"):
+    client = httpclient.InferenceServerClient(url)
+    inp = httpclient.InferInput("image", [len(items), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b] for b in items], dtype=np.object_))
+    return client.infer(model, [inp])
+
+
+def _assert_same(result, predictions) -> None:
+    """class and exit decision equal, confidence within 1e-4, top-k equal: the issue's bar."""
+    assert result.as_numpy("class_id").ravel().tolist() == [p.class_id for p in predictions]
+    assert result.as_numpy("exited_early").ravel().tolist() == [p.exited_early for p in predictions]
+    assert result.as_numpy("num_target_tokens").ravel().tolist() == [p.num_target_tokens for p in predictions]
+    assert [x.decode() for x in result.as_numpy("label").ravel()] == [p.label for p in predictions]
+    np.testing.assert_allclose(result.as_numpy("confidence").ravel(), [p.confidence for p in predictions], atol=1e-4)
+    assert result.as_numpy("topk_class_ids").tolist() == [[c for c, _, _ in p.topk] for p in predictions]
+    np.testing.assert_allclose(result.as_numpy("topk_probs"), [[q for _, _, q in p.topk] for p in predictions],
+                               atol=1e-4)
+
+
+# ---- the repository ----------------------------------------------------------------------------
+@pytest.mark.parametrize("stage_backend", ["python", "onnxruntime", "inline"])
+def test_configs_parse_with_tritons_schema_and_follow_the_engine_contract(tmp_path, stage_backend):
+    repo = build_repository(EXPORT, tmp_path / "repo", ServingOptions(stage_backend=stage_backend, max_batch=8))
+    manifest = read_manifest(EXPORT)
+    dims = dimensions(manifest.config)
+    configs = {}
+    for model in repo.models:
+        cfg = model_config_pb2.ModelConfig()
+        text_format.Parse((repo.path / model / "config.pbtxt").read_text(), cfg)  # strict: unknown fields fail
+        configs[model] = cfg
+        assert cfg.name == model and cfg.max_batch_size == 8 and cfg.HasField("dynamic_batching")
+    bls = configs["sacvit"]
+    assert bls.backend == "python" and (repo.path / "sacvit" / "1" / "model.py").is_file()
+    assert [o.name for o in bls.output] == list(OUTPUTS)
+    assert all(i.optional for i in bls.input) and [i.name for i in bls.input] == ["image", "frame"]
+    assert bls.parameters["engines"].string_value == ("inline" if stage_backend == "inline" else "models")
+    if stage_backend == "inline":  # no stage models: the BLS model runs both engines
+        assert repo.models == ["sacvit"] and sorted(p.name for p in repo.path.iterdir() if p.is_dir()) == ["sacvit"]
+        return
+    for stage in ("ee", "sac"):
+        cfg = configs[f"sacvit_{stage}"]
+        assert cfg.backend == stage_backend
+        assert (repo.path / f"sacvit_{stage}" / "1" / "model.onnx").is_file()
+        assert (repo.path / f"sacvit_{stage}" / "1" / "model.py").is_file() == (stage_backend == "python")
+        for declared, spec in zip([*cfg.input, *cfg.output], [*STAGES[stage].inputs, *STAGES[stage].outputs]):
+            assert declared.name == spec.name
+            want = [-1 if s in DYNAMIC else dims[s] for s in spec.shape[1:]]  # the batch axis is Triton's
+            assert list(declared.dims) == want, (stage, spec.name)
+    # the SAC model's token axes are dynamic: any k in the engines' range
+    sac_inputs = {i.name: list(i.dims) for i in configs["sacvit_sac"].input}
+    assert sac_inputs["target_idx"] == [-1] and sac_inputs["target_patches"][0] == -1
+
+
+def test_repository_is_written_only_where_nothing_of_the_users_is_lost(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="notes.txt"):
+        build_repository(EXPORT, mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    repo = build_repository(EXPORT, tmp_path / "repo")
+    (repo.path / "users_model").mkdir()  # a model the user added to the repository beside ours
+    (repo.path / "users_model" / "config.pbtxt").write_text('name: "users_model"')
+    again = build_repository(EXPORT, tmp_path / "repo", ServingOptions(model_name="fashion"))  # its own: replaced
+    assert sorted(p.name for p in again.path.iterdir() if p.is_dir()) == ["fashion", "fashion_ee", "fashion_sac",
+                                                                          "users_model"]
+    assert (again.path / "users_model" / "config.pbtxt").read_text() == 'name: "users_model"'
+    assert repo.path == again.path and not [p for p in tmp_path.iterdir() if p.name.startswith(".repo")]
+    with pytest.raises(ConfigError, match="--max-batch"):
+        build_repository(EXPORT, tmp_path / "other", ServingOptions(max_batch=10_000))
+    with pytest.raises(ConfigError, match="--model-name"):
+        build_repository(EXPORT, tmp_path / "other", ServingOptions(model_name="../up"))
+    assert not (tmp_path / "other").exists()
+
+
+def test_server_environment_puts_this_interpreters_libpython_first_and_leaves_ours_alone():
+    before = dict(os.environ)
+    env = server_environment(find_tritonserver(), {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/x"})
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == str(interpreter_libdir())
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[-1] == "/opt/x"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert dict(os.environ) == before
+
+
+# ---- a real server ---------------------------------------------------------------------------------
+def test_ready_only_with_every_model_loaded(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    assert client.is_server_ready()
+    assert all(client.is_model_ready(m) for m in ("sacvit", "sacvit_ee", "sacvit_sac"))
+
+
+def test_http_and_grpc_answer_as_edgeclassifier(server, reference, unseen):
+    items = [p.read_bytes() for p in SAMPLES] + unseen
+    want = reference.predict_batch(items)
+    assert 0 < sum(p.exited_early for p in want) < len(want)  # both paths are exercised
+    for at in range(0, len(items), 16):
+        _assert_same(_http_infer(server.http_url, items[at:at + 16]), want[at:at + 16])
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inp = grpcclient.InferInput("image", [len(SAMPLES), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[p.read_bytes()] for p in SAMPLES], dtype=np.object_))
+    _assert_same(client.infer("sacvit", [inp]), want[:len(SAMPLES)])
+
+
+def test_raw_bgr_frames_answer_as_edgeclassifier(server, reference):
+    rng = np.random.default_rng(0)
+    frames = np.stack([np.asarray(Image.open(p).convert("RGB").resize((160, 120)))[..., ::-1] for p in SAMPLES[:4]])
+    frames = np.ascontiguousarray(frames) ^ rng.integers(0, 3, frames.shape, dtype=np.uint8)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inp = grpcclient.InferInput("frame", list(frames.shape), "UINT8")
+    inp.set_data_from_numpy(frames)
+    _assert_same(client.infer("sacvit", [inp], parameters={"color": "bgr"}), reference.predict_batch(list(frames), color="bgr"))
+
+
+def _metric(server, name: str, model: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    found = re.findall(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_eight_concurrent_clients_are_batched_and_answered_as_edgeclassifier(server, reference, unseen):
+    items = ([p.read_bytes() for p in SAMPLES] + unseen) * 5  # 250 requests of one image
+    items = items[:200]
+    want = reference.predict_batch(items)
+    requests0, executions0 = _metric(server, "nv_inference_request_success", "sacvit"), \
+        _metric(server, "nv_inference_exec_count", "sacvit")
+    got: dict[int, object] = {}
+    errors: list = []
+
+    def client(worker: int) -> None:
+        try:
+            for i in range(worker, len(items), 8):
+                got[i] = _http_infer(server.http_url, [items[i]])
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(got) == 200
+    for i in range(200):
+        _assert_same(got[i], want[i:i + 1])
+    requests = _metric(server, "nv_inference_request_success", "sacvit") - requests0
+    executions = _metric(server, "nv_inference_exec_count", "sacvit") - executions0
+    assert requests == 200 and executions < requests, (requests, executions)  # Triton's dynamic batcher at work
+
+
+def test_bad_requests_get_a_named_error_and_the_server_goes_on(server, reference):
+    good = SAMPLES[0].read_bytes()
+    cases = {b"not an image at all": "not an image pillow can read", good[: len(good) // 3]: "corrupt or truncated",
+             b"": "0 bytes", _png(np.zeros((1000, 1001, 3), np.uint8)): "max_pixels"}
+    for payload, why in cases.items():
+        with pytest.raises(InferenceServerException, match=why) as bad:
+            _http_infer(server.http_url, [payload])
+        assert bad.value.status() == "400", bad.value
+        _assert_same(_http_infer(server.http_url, [good]), [reference.predict(good)])  # and the next is served
+    client = httpclient.InferenceServerClient(server.http_url)
+    with pytest.raises(InferenceServerException, match="0 inputs|no input"):  # Triton refuses it itself
+        client.infer("sacvit", [])
+    wrong = httpclient.InferInput("image", [1, 1], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 1), np.float32))
+    with pytest.raises(InferenceServerException, match="(?i)data.?type|TYPE_STRING|BYTES"):
+        client.infer("sacvit", [wrong])
+    frame = httpclient.InferInput("frame", [1, 8, 8, 3], "UINT8")
+    frame.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(InferenceServerException, match="color"):
+        client.infer("sacvit", [frame], parameters={"color": "yuv"})
+
+
+def test_one_bad_request_does_not_fail_the_good_ones_batched_with_it(server, reference):
+    """Eight requests at once (the batcher holds them up to 20 ms): the corrupt one gets its
+    error, the seven others their answers."""
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=8)
+    payloads = [p.read_bytes() for p in SAMPLES[:7]]
+    payloads.insert(3, b"\x89PNG\r\n\x1a\n garbage")
+    executions0 = _metric(server, "nv_inference_exec_count", "sacvit")
+    pending = []
+    for b in payloads:
+        inp = httpclient.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[b]], dtype=np.object_))
+        pending.append(client.async_infer("sacvit", [inp]))
+    want = reference.predict_batch(payloads[:3] + payloads[4:])
+    answers = []
+    for i, p in enumerate(pending):
+        if i == 3:
+            with pytest.raises(InferenceServerException, match="corrupt or truncated") as bad:
+                p.get_result()
+            assert bad.value.status() == "400"  # the client's fault, said so
+        else:
+            answers.append(p.get_result())
+    for a, w in zip(answers, want):
+        _assert_same(a, [w])
+    assert _metric(server, "nv_inference_exec_count", "sacvit") - executions0 < len(payloads)  # batched together
+
+
+def test_engines_inline_answer_as_edgeclassifier(tmp_path, reference, unseen):
+    repo = build_repository(EXPORT, tmp_path / "repo", ServingOptions(stage_backend="inline", max_batch=16,
+                                                                       max_pixels=MAX_PIXELS))
+    http, grpc, metrics = _free_ports(3)
+    with TritonServer(repo.path, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1") as srv:
+        client = httpclient.InferenceServerClient(srv.http_url)
+        assert client.is_model_ready("sacvit") and not client.is_model_ready("sacvit_ee")
+        _assert_same(_http_infer(srv.http_url, unseen[:16]), reference.predict_batch(unseen[:16]))
+
+
+# ---- the command ------------------------------------------------------------------------------------
+def test_serve_command_is_ready_answers_and_stops_on_sigterm(tmp_path, reference):
+    http, grpc, metrics = _free_ports(3)
+    cli = Path(sys.executable).parent / "sacvit-edge"
+    proc = subprocess.Popen([str(cli), "serve", str(EXPORT), "--http-port", str(http), "--grpc-port", str(grpc),
+                             "--metrics-port", str(metrics), "--address", "127.0.0.1", "--max-batch", "8"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        start = time.monotonic()
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        while time.monotonic() - start < 60:
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.3)
+        else:
+            pytest.fail("serve was not ready within 60 s")
+        good = SAMPLES[1].read_bytes()
+        _assert_same(_http_infer(f"127.0.0.1:{http}", [good]), [reference.predict(good)])
+        # a request in flight when SIGTERM arrives is finished, not dropped
+        in_flight = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        batch = [p.read_bytes() for p in SAMPLES[:8]]
+        inp = httpclient.InferInput("image", [len(batch), 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[b] for b in batch], dtype=np.object_))
+        pending = in_flight.async_infer("sacvit", [inp])
+        time.sleep(0.05)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _assert_same(pending.get_result(), reference.predict_batch(batch))
+        out, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - stopped_at < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "ready" in out and "stopped" in out, out
+    with pytest.raises(Exception):
+        httpclient.InferenceServerClient(f"127.0.0.1:{http}").is_server_live()
+    assert os.listdir(tmp_path) == []  # nothing written into the working directory
