@@ -1051,7 +1051,8 @@ def serve_bench(
     deit: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint served the same way (default: the bundled one; needs [bench])")] = None,
     no_deit: Annotated[bool, typer.Option("--no-deit", help="skip the DeiT baseline", metavar="")] = False,
     clients: Annotated[int, typer.Option(help="concurrent tritonclient clients (threads), one image per request")] = 8,
-    images: Annotated[int, typer.Option(help="test images sent (the model was not tuned on them)")] = 400,
+    images: Annotated[int, typer.Option(help="test images sent per round (the model was not tuned on them)")] = 400,
+    rounds: Annotated[int, typer.Option(help="rounds, each sending the images to every served model in turn")] = 3,
     max_batch: Annotated[int, typer.Option(help=MAX_BATCH_HELP)] = 32,
     max_queue_delay_us: Annotated[int, typer.Option(help=DELAY_HELP)] = 2000,
     instances: Annotated[int, typer.Option(help=INSTANCES_HELP)] = 1,
@@ -1062,27 +1063,31 @@ def serve_bench(
     predict_batch, one run: throughput, p50/p99 latency, exit rate, the batches Triton formed."""
     with _handled():
         require_extra("serve", "sacvit-edge serve-bench")
-        _check_positive(clients=clients, images=images)
+        _check_positive(clients=clients, images=images, rounds=rounds)
         check_output_dir(out, "--out")
-        from .bench.serving import ServeBenchConfig, run_serve_bench
+        from .bench.serving import plot as plot_serving, ServeBenchConfig, run_serve_bench
 
         deit_checkpoint = None
         if not no_deit:
             require_extra("bench", "serve-bench's DeiT baseline (or pass --no-deit)")
             deit_checkpoint = deit or bundled_checkpoint().with_name("deit_tiny_112.pt")
         cfg = ServeBenchConfig(export=export_dir or BUNDLED_EXPORT, deit_checkpoint=deit_checkpoint, clients=clients,
-                               images=images, data=data, options=_serving_options(
+                               images=images, rounds=rounds, data=data, options=_serving_options(
                                    "sacvit", max_batch, max_queue_delay_us, instances, "python", None, None, 5, None, "fp32"))
         result = run_serve_bench(cfg, step=lambda msg: err.print(f"- {escape(msg)}"))
         path = write_into(out, "serve_bench.json", lambda p: p.write_text(json.dumps(result, indent=2)), "--out")
-    table = Table("served", "clients", "images", "img/s", "p50 ms", "p99 ms", "exit rate", "batches formed (size x count)",
-                  "errors", title=f"serving load test, {cfg.clients} clients, max batch {cfg.options.max_batch}")
+        png = write_into(out, "serve_bench.png", lambda p: plot_serving(result, p), "--out")
+    table = Table("served", "clients", "images", "img/s", "vs DeiT", "p50 ms", "p99 ms", "exit rate", "mean batch",
+                  "batches formed (size x count)", "errors",
+                  title=f"serving load test, {cfg.clients} clients, max batch {cfg.options.max_batch}, {cfg.rounds} rounds")
     for r in result["rows"]:
         formed = ", ".join(f"{b}x{n}" for b, n in r["batch_sizes"].items())
-        table.add_row(r["name"], str(r["clients"]), str(r["images"]), f"{r['throughput_img_s']:.1f}", f"{r['p50_ms']:.1f}",
-                      f"{r['p99_ms']:.1f}", "-" if r["exit_rate"] is None else f"{r['exit_rate']:.3f}", formed, str(r["errors"]))
+        table.add_row(r["name"], str(r["clients"]), str(r["images"]), f"{r['throughput_img_s']:.1f}",
+                      "-" if r["throughput_vs_deit"] is None else f"{r['throughput_vs_deit']:.2f}x",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", "-" if r["exit_rate"] is None else f"{r['exit_rate']:.3f}",
+                      "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", formed, str(r["errors"]))
     console.print(table)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}" + (f", {png}" if png.is_file() else ""))
 
 
 @app.command()

@@ -4,6 +4,7 @@ with tritonclient over HTTP and gRPC on loopback, every answer compared with Edg
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -332,3 +333,44 @@ def test_serve_command_is_ready_answers_and_stops_on_sigterm(tmp_path, reference
     with pytest.raises(Exception):
         httpclient.InferenceServerClient(f"127.0.0.1:{http}").is_server_live()
     assert os.listdir(tmp_path) == []  # nothing written into the working directory
+
+
+def test_export_triton_command_with_relative_paths_and_safe_output(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sacvit_edge.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["export-triton", str(EXPORT), "-o", "repo", "--backend", "python", "--max-batch", "8"])
+    assert r.exit_code == 0, r.output
+    cfg = model_config_pb2.ModelConfig()
+    text_format.Parse((tmp_path / "repo" / "sacvit_sac" / "config.pbtxt").read_text(), cfg)
+    assert cfg.max_batch_size == 8 and cfg.backend == "python"
+    assert runner.invoke(app, ["export-triton", str(EXPORT), "-o", "repo"]).exit_code == 0  # its own: replaced
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    r = runner.invoke(app, ["export-triton", str(EXPORT), "-o", "notes"])
+    assert r.exit_code == 3 and "todo.txt" in r.output and (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    r = runner.invoke(app, ["export-triton", str(EXPORT), "-o", "x", "--max-batch", "0"])
+    assert r.exit_code == 2 and "--max-batch" in r.output
+
+
+def test_serve_bench_reports_the_served_exit_rate_of_the_classifier(tmp_path, reference):
+    """The load test's machinery (not its speed): every image answered, the exit rate the served
+    model reports is the in-process classifier's on the same images, the batches are Triton's."""
+    from typer.testing import CliRunner
+
+    from sacvit_edge.bench.serving import unseen_images
+    from sacvit_edge.cli import app
+
+    r = CliRunner().invoke(app, ["serve-bench", str(EXPORT), "--no-deit", "--images", "24", "--rounds", "1",
+                                 "--clients", "4", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "out" / "serve_bench.json").read_text())
+    items, _ = unseen_images(EXPORT, 24, None)
+    want = np.mean([p.exited_early for p in reference.predict_batch(items)])
+    served = [row for row in report["rows"] if row["name"].startswith("SAC-ViT")]
+    assert len(served) == 2 and all(row["images"] == 24 and row["errors"] == 0 for row in served)
+    assert all(row["exit_rate"] == pytest.approx(want) for row in served)
+    assert all(sum(int(b) * n for b, n in row["batch_sizes"].items()) == 24 for row in served)

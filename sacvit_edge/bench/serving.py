@@ -17,6 +17,7 @@ import logging
 import socket
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ class ServeBenchConfig:
     options: ServingOptions = ServingOptions()
     data: Path | None = None
     warmup: int = 32
+    rounds: int = 3
 
 
 def _free_ports(n: int) -> list[int]:
@@ -55,7 +57,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_images(export: Path, n: int, data: Path | None) -> tuple[list[bytes], np.ndarray]:
+def unseen_images(export: Path, n: int, data: Path | None) -> tuple[list[bytes], np.ndarray]:
     """n labelled images the model was not tuned on, encoded as PNG files (what clients send)."""
     manifest = read_manifest(export)
     source = open_source(data, "test", manifest.class_names, seed=11, limit=n)
@@ -67,17 +69,6 @@ def test_images(export: Path, n: int, data: Path | None) -> tuple[list[bytes], n
             files.append(buf.getvalue())
         labels.append(np.asarray(ys))
     return files, np.concatenate(labels)
-
-
-def _served(name: str, repository: Path, model: str, items: list[bytes], cfg: ServeBenchConfig,
-            step: Callable[[str], None]) -> LoadResult:
-    http, grpc, metrics = _free_ports(3)
-    t = time.perf_counter()
-    with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1") as srv:
-        step(f"{name}: server ready in {time.perf_counter() - t:.1f} s; warming up")
-        run_clients(srv.http_url, model, items[: cfg.warmup], cfg.clients)
-        step(f"{name}: {len(items)} images from {cfg.clients} clients")
-        return run_clients(srv.http_url, model, items, cfg.clients, name=name)
 
 
 def in_process(export: Path, items: list[bytes], batch: int) -> LoadResult:
@@ -92,23 +83,24 @@ def in_process(export: Path, items: list[bytes], batch: int) -> LoadResult:
             times += [time.perf_counter() - t] * len(preds)
             exited += [p.exited_early for p in preds]
         seconds = time.perf_counter() - start
-    ms = np.asarray(times) * 1e3
-    return LoadResult(name=f"in-process predict_batch({batch})", clients=1, images=len(items), seconds=seconds,
-                      p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),
-                      exit_rate=float(np.mean(exited)), batch_sizes={batch: len(items) // batch})
+    return LoadResult(name=f"in-process predict_batch({batch})", clients=1, seconds=seconds,
+                      latencies_ms=np.asarray(times) * 1e3, exited=np.asarray(exited, bool),
+                      batch_sizes={batch: len(items) // batch})
 
 
 def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda _: None) -> dict:
-    items, labels = test_images(cfg.export, cfg.images, cfg.data)
-    rows: list[LoadResult] = []
-    with tempfile.TemporaryDirectory(prefix="sacvit-edge-serve-bench-") as work:
+    """Every served variant in its own server at once; rounds interleave them (one variant's
+    images, then the next's), so a slow spell of the machine hits all alike."""
+    items, _ = unseen_images(cfg.export, cfg.images, cfg.data)
+    with tempfile.TemporaryDirectory(prefix="sacvit-edge-serve-bench-") as work, ExitStack() as servers:
         work_dir = Path(work)
+        variants: list[tuple[str, Path, str]] = []
         for stage_backend, name in (("python", "SAC-ViT (Triton: BLS + EE, SAC models)"),
                                     ("inline", "SAC-ViT (Triton: engines inline)")):
             step(f"{name}: writing the model repository")
             repo = build_repository(cfg.export, work_dir / f"sacvit_{stage_backend}",
                                     replace(cfg.options, stage_backend=stage_backend))
-            rows.append(_served(name, repo.path, cfg.options.model_name, items, cfg, step))
+            variants.append((name, repo.path, cfg.options.model_name))
         if cfg.deit_checkpoint is not None:
             step("DeiT: exporting its graph")
             from sacvit_edge.bench.run import DeitRunner
@@ -116,10 +108,63 @@ def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda 
 
             runner = DeitRunner(load_checkpoint(cfg.deit_checkpoint).model, "onnxruntime", work_dir, None)
             base = build_baseline_repository(runner.path, work_dir / "deit", read_manifest(cfg.export), cfg.options)
-            rows.append(_served("DeiT (Triton: one model, graph inline)", base.path, base.options.model_name, items, cfg, step))
-        step("in-process predict_batch")
-        rows.append(in_process(cfg.export, items, cfg.options.max_batch))
-    return {"config": {"export": str(cfg.export), "clients": cfg.clients, "images": len(items),
+            variants.append(("DeiT (Triton: one model, graph inline)", base.path, base.options.model_name))
+        urls = {}
+        for name, path, model in variants:
+            http, grpc, metrics = _free_ports(3)
+            t = time.perf_counter()
+            srv = servers.enter_context(TritonServer(path, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                                     address="127.0.0.1"))
+            step(f"{name}: server ready in {time.perf_counter() - t:.1f} s; warming up")
+            run_clients(srv.http_url, model, items[: cfg.warmup], cfg.clients)
+            urls[name] = (srv.http_url, model)
+        results: dict[str, LoadResult] = {}
+        for r in range(cfg.rounds):
+            for name, (url, model) in urls.items():
+                step(f"round {r + 1}/{cfg.rounds}: {name}, {len(items)} images from {cfg.clients} clients")
+                got = run_clients(url, model, items, cfg.clients, name=name)
+                results[name] = results[name].merged(got) if name in results else got
+    step("in-process predict_batch")
+    rows = [*results.values(), in_process(cfg.export, items, cfg.options.max_batch)]
+    deit = next((r for r in rows if r.name.startswith("DeiT")), None)
+    return {"config": {"export": str(cfg.export), "clients": cfg.clients, "images": len(items), "rounds": cfg.rounds,
                        "max_batch": cfg.options.max_batch, "max_queue_delay_us": cfg.options.max_queue_delay_us,
                        "instances": cfg.options.instances},
-            "rows": [r.to_dict() for r in rows]}
+            "rows": [{**r.to_dict(), "throughput_vs_deit": r.throughput / deit.throughput if deit else None}
+                     for r in rows]}
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    """Throughput and p50 / p99 latency per served variant, side by side (None without matplotlib)."""
+    from sacvit_edge.extras import has_extra
+
+    if not has_extra("bench"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [r["name"].replace(" (", "\n(") for r in rows]
+    colors = ["tab:red" if r["name"].startswith("SAC") else "black" if r["name"].startswith("DeiT") else "tab:gray"
+              for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    axes[0].barh(names, [r["throughput_img_s"] for r in rows], color=colors)
+    axes[0].set_xlabel("images/s")
+    y = np.arange(len(rows))
+    axes[1].barh(y - 0.2, [r["p50_ms"] for r in rows], height=0.4, color=colors, alpha=0.6, label="p50")
+    axes[1].barh(y + 0.2, [r["p99_ms"] for r in rows], height=0.4, color=colors, label="p99")
+    axes[1].set_yticks(y, [""] * len(rows))
+    axes[1].set_xlabel("request latency, ms (client side, loopback)")
+    axes[1].legend()
+    for ax in axes:
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+    c = result["config"]
+    fig.suptitle(f"Triton serving load test: {c['clients']} clients, {c['images']} images x {c['rounds']} rounds, "
+                 f"max batch {c['max_batch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,21 +21,46 @@ from sacvit_edge.extras import require_extra
 
 @dataclass
 class LoadResult:
-    """One run: what a table row and the JSON report show."""
+    """One run (or several merged): what a table row and the JSON report show."""
 
     name: str
     clients: int
-    images: int
     seconds: float
-    p50_ms: float
-    p99_ms: float
-    exit_rate: float | None
+    latencies_ms: np.ndarray  # one per answered request
+    exited: np.ndarray  # bool, one per answered request
     batch_sizes: dict[int, int] = field(default_factory=dict)  # batch size -> executions
     errors: int = 0
+    rounds: int = 1
+
+    @property
+    def images(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 50)) if self.images else float("nan")
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 99)) if self.images else float("nan")
+
+    @property
+    def exit_rate(self) -> float | None:
+        return float(self.exited.mean()) if self.images else None
 
     @property
     def throughput(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def merged(self, other: "LoadResult") -> "LoadResult":
+        """This run and another of the same model: times add, latencies pool, batches add."""
+        sizes = dict(self.batch_sizes)
+        for b, n in other.batch_sizes.items():
+            sizes[b] = sizes.get(b, 0) + n
+        return LoadResult(self.name, self.clients, self.seconds + other.seconds,
+                          np.concatenate([self.latencies_ms, other.latencies_ms]),
+                          np.concatenate([self.exited, other.exited]), sizes, self.errors + other.errors,
+                          self.rounds + other.rounds)
 
     @property
     def mean_batch(self) -> float | None:
@@ -43,8 +68,10 @@ class LoadResult:
         return sum(b * n for b, n in self.batch_sizes.items()) / runs if runs else None
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "throughput_img_s": self.throughput, "mean_batch": self.mean_batch}
+        return {"name": self.name, "clients": self.clients, "rounds": self.rounds, "images": self.images,
+                "seconds": self.seconds, "throughput_img_s": self.throughput, "p50_ms": self.p50_ms,
+                "p99_ms": self.p99_ms, "exit_rate": self.exit_rate, "errors": self.errors, "mean_batch": self.mean_batch,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
 
 def _batch_stats(url: str, model: str) -> dict[int, int]:
@@ -101,8 +128,5 @@ def run_clients(url: str, model: str, items: list[bytes], clients: int, name: st
     after = _batch_stats(url, model)
     ok = latencies > 0
     formed = {b: n - before.get(b, 0) for b, n in after.items() if n - before.get(b, 0) > 0}
-    return LoadResult(name=name or model, clients=clients, images=int(ok.sum()), seconds=seconds,
-                      p50_ms=float(np.percentile(latencies[ok], 50) * 1e3) if ok.any() else float("nan"),
-                      p99_ms=float(np.percentile(latencies[ok], 99) * 1e3) if ok.any() else float("nan"),
-                      exit_rate=float(exited[ok].mean()) if ok.any() else None, batch_sizes=formed,
-                      errors=len(errors))
+    return LoadResult(name=name or model, clients=clients, seconds=seconds, latencies_ms=latencies[ok] * 1e3,
+                      exited=exited[ok], batch_sizes=formed, errors=len(errors))
