@@ -934,7 +934,7 @@ THREADS_HELP = "ONNX Runtime threads per Python-backend engine instance (default
 def export_triton(
     export_dir: Annotated[Path, typer.Argument(help="export directory (sacvit-edge export)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="the model repository to write (a new directory, or one export-triton wrote)")],
-    backend: Annotated[str, typer.Option(help="where the EE and SAC engines run: onnxruntime (models on Triton's own backend), python (models with ONNX Runtime inside Triton's Python backend: any tritonserver), inline (inside the BLS model, no stage models)")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="where the EE and SAC engines run: onnxruntime (models on Triton's own backend), tensorrt (models on Triton's tensorrt backend, from the engines build-engine made), python (models with ONNX Runtime inside Triton's Python backend: any tritonserver), inline (inside the BLS model, no stage models)")] = "onnxruntime",
     model_name: Annotated[str, typer.Option(help=MODEL_NAME_HELP)] = "sacvit",
     max_batch: Annotated[int, typer.Option(help=MAX_BATCH_HELP)] = 32,
     max_queue_delay_us: Annotated[int, typer.Option(help=DELAY_HELP)] = 2000,
@@ -961,6 +961,11 @@ def export_triton(
         table.add_row(f"{o.model_name}_ee", o.stage_backend, "the EE engine (all images)")
         table.add_row(f"{o.model_name}_sac", o.stage_backend, "the SAC engine (only the images that did not exit)")
     console.print(table)
+    if o.stage_backend == "tensorrt":
+        marker = json.loads((repo.path / "sacvit-edge-repository.json").read_text())
+        for e in marker["tensorrt_engines"]:
+            console.print(f"{e['stage']}: TensorRT {e['tensorrt']} plan for {e['gpu']}: serve it with a Triton release whose "
+                          f"TensorRT is {e['tensorrt']}, on that kind of GPU")
     console.print(f"wrote {out}; serve it with `sacvit-edge serve {out}` or `tritonserver --model-repository {out}` "
                   "(the server's Python needs `pip install sacvit-edge` for the BLS model)")
 

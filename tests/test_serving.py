@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,23 +34,14 @@ from sacvit_edge.engine_io import DYNAMIC, STAGES, dimensions  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
 from sacvit_edge.manifest import read_manifest  # noqa: E402
 from sacvit_edge.serving.repository import OUTPUTS, ServingOptions, build_repository  # noqa: E402
-from sacvit_edge.serving.server import TritonServer, interpreter_libdir, server_environment, find_tritonserver  # noqa: E402
+from sacvit_edge.serving.server import (TritonServer, find_tritonserver, free_ports, interpreter_libdir,  # noqa: E402
+                                        server_environment)
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORT = REPO / "sacvit_edge" / "assets" / "sacvit_tiny_112"
 SAMPLES = sorted((REPO / "sacvit_edge" / "assets" / "samples").glob("*.png"))
 MAX_PIXELS = 1_000_000
 pytestmark = pytest.mark.slow
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -77,7 +67,7 @@ def reference():
 def server(tmp_path_factory):
     repo = build_repository(EXPORT, tmp_path_factory.mktemp("triton") / "repo",
                             ServingOptions(max_batch=16, max_queue_delay_us=20_000, max_pixels=MAX_PIXELS))
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     srv = TritonServer(repo.path, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1")
     srv.start(timeout_s=120)
     yield srv
@@ -283,7 +273,7 @@ def test_one_bad_request_does_not_fail_the_good_ones_batched_with_it(server, ref
 def test_engines_inline_answer_as_edgeclassifier(tmp_path, reference, unseen):
     repo = build_repository(EXPORT, tmp_path / "repo", ServingOptions(stage_backend="inline", max_batch=16,
                                                                        max_pixels=MAX_PIXELS))
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     with TritonServer(repo.path, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1") as srv:
         client = httpclient.InferenceServerClient(srv.http_url)
         assert client.is_model_ready("sacvit") and not client.is_model_ready("sacvit_ee")
@@ -292,7 +282,7 @@ def test_engines_inline_answer_as_edgeclassifier(tmp_path, reference, unseen):
 
 # ---- the command ------------------------------------------------------------------------------------
 def test_serve_command_is_ready_answers_and_stops_on_sigterm(tmp_path, reference):
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     cli = Path(sys.executable).parent / "sacvit-edge"
     proc = subprocess.Popen([str(cli), "serve", str(EXPORT), "--http-port", str(http), "--grpc-port", str(grpc),
                              "--metrics-port", str(metrics), "--address", "127.0.0.1", "--max-batch", "8"],
@@ -374,3 +364,32 @@ def test_serve_bench_reports_the_served_exit_rate_of_the_classifier(tmp_path, re
     assert len(served) == 2 and all(row["images"] == 24 and row["errors"] == 0 for row in served)
     assert all(row["exit_rate"] == pytest.approx(want) for row in served)
     assert all(sum(int(b) * n for b, n in row["batch_sizes"].items()) == 24 for row in served)
+
+
+def test_tensorrt_stage_models_carry_the_bare_plans_of_the_exports_engines(random_export, tmp_path):
+    """Triton's tensorrt backend loads a bare plan: the engine file minus sacvit-edge's header.
+    The engines here come from the TensorRT TEST DOUBLE's build (tests/doubles): this checks the
+    repository's files and configs, not that Triton runs them (no TensorRT here)."""
+    import shutil
+
+    from doubles.fake_cuda import FakeCuda
+    from doubles.fake_tensorrt import make_tensorrt
+    from sacvit_edge.export.tensorrt import build_engines
+    from sacvit_edge.runtimes.trt import TrtApi, read_plan
+
+    export = Path(shutil.copytree(random_export, tmp_path / "export"))
+    with pytest.raises(ConfigError, match="build-engine"):
+        build_repository(export, tmp_path / "none", ServingOptions(stage_backend="tensorrt"))
+    cuda = FakeCuda("FakeGPU (test double)", "0.0")
+    m = build_engines(read_manifest(export), "fp32", api=TrtApi(trt=make_tensorrt("10.3.0", cuda), cuda=cuda))
+    repo = build_repository(export, tmp_path / "repo", ServingOptions(stage_backend="tensorrt", max_batch=8))
+    for stage in ("ee", "sac"):
+        record = next(r for r in m.derived.tensorrt_engines if r.stage == stage and r.precision == "fp32")
+        plan = (repo.path / f"sacvit_{stage}" / "1" / "model.plan").read_bytes()
+        assert plan == read_plan(m.path(record.file)) and len(plan) < m.path(record.file).stat().st_size
+        cfg = model_config_pb2.ModelConfig()
+        text_format.Parse((repo.path / f"sacvit_{stage}" / "config.pbtxt").read_text(), cfg)
+        assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+        assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert [t.name for t in cfg.input] == STAGES[stage].input_names
+    assert not (repo.path / "sacvit_crop").exists()  # the BLS model cuts the target patches on the host

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import tempfile
 import time
 from contextlib import ExitStack
@@ -30,7 +29,7 @@ from sacvit_edge.datasets import open_source
 from sacvit_edge.manifest import read_manifest
 from sacvit_edge.serving.loadtest import LoadResult, run_clients
 from sacvit_edge.serving.repository import ServingOptions, build_baseline_repository, build_repository
-from sacvit_edge.serving.server import TritonServer
+from sacvit_edge.serving.server import TritonServer, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +44,6 @@ class ServeBenchConfig:
     data: Path | None = None
     warmup: int = 32
     rounds: int = 3
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def unseen_images(export: Path, n: int, data: Path | None) -> tuple[list[bytes], np.ndarray]:
@@ -111,7 +100,7 @@ def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda 
             variants.append(("DeiT (Triton: one model, graph inline)", base.path, base.options.model_name))
         urls = {}
         for name, path, model in variants:
-            http, grpc, metrics = _free_ports(3)
+            http, grpc, metrics = free_ports(3)
             t = time.perf_counter()
             srv = servers.enter_context(TritonServer(path, http_port=http, grpc_port=grpc, metrics_port=metrics,
                                                      address="127.0.0.1"))

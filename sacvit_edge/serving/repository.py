@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "sacvit-edge-repository.json"
 MARKER_FORMAT = "sacvit-edge-triton-repository"
-STAGE_BACKENDS = ("python", "onnxruntime", "inline")
+STAGE_BACKENDS = ("python", "onnxruntime", "tensorrt", "inline")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TRITON_DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 
@@ -68,7 +68,9 @@ class ServingOptions:
     instances: model instances (processes on the Python backend) per model.
     stage_backend: where the EE and SAC engines run. "python": models of their own, ONNX Runtime
         inside Triton's Python backend (any tritonserver, the one PyTriton bundles included);
-        "onnxruntime": models of their own on Triton's onnxruntime backend; "inline": no stage
+        "onnxruntime": models of their own on Triton's onnxruntime backend; "tensorrt": models of
+        their own on Triton's tensorrt backend, from the TensorRT engines `build-engine` made for
+        this export (the bare plans, without sacvit-edge's header); "inline": no stage
         models, the BLS model runs both engines itself with ONNX Runtime (no hop between
         processes per stage: the fastest on a CPU server, see docs/serving.md).
     eta / deadline_ms / topk / max_pixels / precision: as EdgeClassifier's (eta None: the export's).
@@ -174,6 +176,9 @@ def stage_config(manifest: Manifest, stage: str, options: ServingOptions, sha256
         for k, v in _params(mc, {"stage": stage, "sha256": sha256, "threads": options.threads,
                                  "dimensions": json.dumps(dims)}).items():
             cfg.parameters[k].CopyFrom(v)
+    elif options.stage_backend == "tensorrt":
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        cfg.platform, cfg.default_model_filename = "tensorrt_plan", "model.plan"
     else:
         cfg.default_model_filename = "model.onnx"
     return cfg
@@ -276,12 +281,19 @@ def _fill(root: Path, manifest: Manifest, options: ServingOptions) -> None:
     # graphs, which any ONNX Runtime it ships can run
     if options.stage_backend == "inline":
         files: tuple[str, ...] = ()
+    elif options.stage_backend == "tensorrt":
+        files = tuple(tensorrt_engine(manifest, stage, options.precision) for stage in ("ee", "sac"))
     else:
         files = manifest.engine_files(options.precision, attention_op=options.stage_backend == "python")
     for stage, file in zip(("ee", "sac"), files):
         version = root / f"{name}_{stage}" / "1"
         version.mkdir(parents=True)
-        _link_or_copy(manifest.path(file), version / "model.onnx")
+        if options.stage_backend == "tensorrt":  # Triton's TensorRT backend loads the bare plan
+            from sacvit_edge.runtimes.trt import read_plan
+
+            (version / "model.plan").write_bytes(read_plan(manifest.path(file)))
+        else:
+            _link_or_copy(manifest.path(file), version / "model.onnx")
         if options.stage_backend == "python":
             (version / "model.py").write_text(MODEL_PY.format(version=__version__, role=f"the {stage} engine",
                                                               cls="StageModel"))
@@ -289,7 +301,31 @@ def _fill(root: Path, manifest: Manifest, options: ServingOptions) -> None:
     (root / MARKER).write_text(json.dumps({
         "format": MARKER_FORMAT, "version": 1, "written_by": f"sacvit-edge {__version__}",
         "export": str(manifest.directory.resolve()), "fingerprint": manifest.fingerprint,
+        "tensorrt_engines": [{"file": r.file, "stage": r.stage, "tensorrt": r.tensorrt, "gpu": r.gpu}
+                             for r in manifest.derived.tensorrt_engines if r.file in files],
         "models": model_names(options), "options": asdict(options)}, indent=2))
+
+
+def tensorrt_engine(manifest: Manifest, stage: str, precision: str) -> str:
+    """The export's one TensorRT engine of a stage and precision (checked against its header),
+    for Triton's tensorrt backend, which loads one plan per model."""
+    from sacvit_edge.runtimes.trt import engine_header
+
+    records = [r for r in manifest.derived.tensorrt_engines if r.stage == stage and r.precision == precision]
+    if not records:
+        raise ConfigError(f"{manifest.directory}: no {precision} TensorRT engine of the {stage} stage; build them on a GPU "
+                          f"of the kind Triton runs on: `sacvit-edge build-engine {manifest.directory} --precision "
+                          f"{precision}`")
+    if len(records) > 1:
+        raise ConfigError(f"{manifest.directory}: {len(records)} {precision} TensorRT engines of the {stage} stage (GPUs "
+                          f"{sorted(r.gpu for r in records)}); Triton's tensorrt backend loads one: export-triton from an "
+                          "export whose engines were built for the GPU the server runs on")
+    record = records[0]
+    if engine_header(manifest.path(record.file)).get("key") != record.key:
+        raise ExportError(f"{manifest.path(record.file)}: its header does not match the manifest's record; rebuild it")
+    log.info("%s: TensorRT %s engine for %s; Triton's tensorrt backend must ship TensorRT %s", record.file, precision,
+             record.gpu, record.tensorrt)
+    return record.file
 
 
 def read_repository(path: str | Path) -> Repository:

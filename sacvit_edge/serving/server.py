@@ -104,6 +104,20 @@ def server_environment(install: TritonInstall, base: dict[str, str] | None = Non
     return env
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n ports free on `host` now (the OS's choice; a test or a benchmark's own servers)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 class TritonServer:
     """A tritonserver process on a repository, on the given ports (0.0.0.0 unless `address`).
 
