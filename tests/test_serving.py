@@ -393,3 +393,29 @@ def test_tensorrt_stage_models_carry_the_bare_plans_of_the_exports_engines(rando
         assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
         assert [t.name for t in cfg.input] == STAGES[stage].input_names
     assert not (repo.path / "sacvit_crop").exists()  # the BLS model cuts the target patches on the host
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc (Linux)")
+def test_the_python_backend_stubs_run_this_interpreters_libpython(server):
+    """Each model's stub process maps the libpython of the interpreter whose standard library and
+    site-packages it imports, not another one the dynamic linker would find first."""
+    stubs = [p for p in _children(server.process.pid)
+             if "triton_python_backend_stub" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(stubs) == 3  # sacvit, sacvit_ee, sacvit_sac
+    for pid in stubs:
+        libs = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if "libpython3" in line}
+        assert libs and all(Path(lib).parent == interpreter_libdir() for lib in libs), libs

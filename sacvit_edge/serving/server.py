@@ -7,9 +7,10 @@ here:
 - Triton's Python-backend stub embeds libpython and loads the first `libpython3.X.so` the
   dynamic linker finds: on a machine whose Python is not the system's (pyenv, conda, a venv of
   another build), that is the system's, while the standard library on sys.path is this
-  interpreter's, and the models fail to initialise (seen: Debian's 3.11.2 library under
-  pyenv's 3.11.7 modules: `'_thread.RLock' object has no attribute '_recursion_count'`). The
-  server's environment puts this interpreter's own LIBDIR first on LD_LIBRARY_PATH.
+  interpreter's: a mixed interpreter that fails where the two differ (PyTriton's own models:
+  `'_thread.RLock' object has no attribute '_recursion_count'` with Debian's 3.11.2 library
+  under pyenv's 3.11.7 modules). The server's environment puts this interpreter's own LIBDIR
+  first on LD_LIBRARY_PATH.
 - The stub takes its sys.path from the `python3` first on PATH: this interpreter's directory
   goes first, so the models import the sacvit_edge (and NumPy) of this environment.
 
