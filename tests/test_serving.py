@@ -63,6 +63,19 @@ def reference():
         yield clf
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (a repository path, a port option)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = build_repository(EXPORT, tmp_path_factory.mktemp("triton") / "repo",
@@ -71,7 +84,11 @@ def server(tmp_path_factory):
     srv = TritonServer(repo.path, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1")
     srv.start(timeout_s=120)
     yield srv
+    stubs = dict(srv.stubs)
     srv.stop()
+    time.sleep(0.5)
+    assert len(stubs) == 3 and _processes_mentioning(str(repo.path)) == []  # the server and its model stubs are gone
+    assert not [r for r in stubs.values() if (Path("/dev/shm") / r).exists()]  # and their shared memory
 
 
 def _http_infer(url: str, items: list[bytes], model: str = "sacvit"):
@@ -283,6 +300,7 @@ def test_engines_inline_answer_as_edgeclassifier(tmp_path, reference, unseen):
 # ---- the command ------------------------------------------------------------------------------------
 def test_serve_command_is_ready_answers_and_stops_on_sigterm(tmp_path, reference):
     http, grpc, metrics = free_ports(3)
+    shm_before = set(os.listdir("/dev/shm")) if Path("/dev/shm").is_dir() else set()
     cli = Path(sys.executable).parent / "sacvit-edge"
     proc = subprocess.Popen([str(cli), "serve", str(EXPORT), "--http-port", str(http), "--grpc-port", str(grpc),
                              "--metrics-port", str(metrics), "--address", "127.0.0.1", "--max-batch", "8"],
@@ -322,6 +340,12 @@ def test_serve_command_is_ready_answers_and_stops_on_sigterm(tmp_path, reference
     assert "ready" in out and "stopped" in out, out
     with pytest.raises(Exception):
         httpclient.InferenceServerClient(f"127.0.0.1:{http}").is_server_live()
+    time.sleep(0.5)
+    assert _processes_mentioning(f"--http-port {http} ") == []  # no tritonserver left behind
+    # Triton leaves its model processes' shared memory when its exit timeout expires (an idle
+    # client connection, as here): serve removes it
+    left = (set(os.listdir("/dev/shm")) if Path("/dev/shm").is_dir() else set()) - shm_before
+    assert not [f for f in left if f.startswith("triton_python_backend_shm")], left
     assert os.listdir(tmp_path) == []  # nothing written into the working directory
 
 

@@ -151,6 +151,7 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
+        self.stubs: dict[int, str] = {}  # the model processes once ready, and their shared memory
         self.workdir: Path | None = None
         self.log_path: Path | None = None
 
@@ -205,6 +206,7 @@ class TritonServer:
                 self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
             self.wait_ready(timeout_s)
+            self.stubs = self._stubs()  # known now: once the server has exited they are no longer its children
         except BaseException:
             self.stop()
             raise
@@ -242,10 +244,47 @@ class TritonServer:
         assert self.process is not None
         return self.process.wait()
 
+    def _stubs(self) -> dict[int, str]:
+        """The server's Python-backend stub processes and the shared-memory region each uses
+        (read from /proc; empty elsewhere)."""
+        out: dict[int, str] = {}
+        if self.process is None or not Path("/proc").is_dir():
+            return out
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.process.pid and args and args[0].endswith(b"triton_python_backend_stub"):
+                region = next((a.decode() for a in args if a.startswith(b"triton_python_backend_shm_region")), "")
+                out[int(entry.name)] = region
+        return out
+
+    def _clean_after(self, stubs: dict[int, str]) -> None:
+        """What a server that did not stop cleanly leaves: stubs still running, and the shared-
+        memory regions of theirs (Triton removes them only when it unloads the models, which
+        it skips when its exit timeout expires, e.g. with a client's idle connection open)."""
+        for pid in stubs:
+            try:
+                if b"triton_python_backend_stub" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        for region in filter(None, stubs.values()):
+            leftover = Path("/dev/shm") / region
+            if leftover.exists():
+                log.info("removing %s, left by a stopped Python-backend stub", leftover)
+                leftover.unlink(missing_ok=True)
+
     def stop(self) -> int | None:
-        """SIGTERM (drains in-flight requests), then SIGKILL after exit_timeout_s + 10 s; cleans up."""
+        """SIGTERM (drains in-flight requests), then SIGKILL after exit_timeout_s + 10 s; cleans up
+        what the server's model processes leave behind."""
         code = None
         if self.process is not None:
+            stubs = {**self.stubs, **self._stubs()}
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
@@ -261,6 +300,7 @@ class TritonServer:
                 os.killpg(with_stubs, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            self._clean_after(stubs)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
