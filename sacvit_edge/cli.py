@@ -981,7 +981,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help=MAX_BATCH_HELP)] = 32,
     max_queue_delay_us: Annotated[int, typer.Option(help=DELAY_HELP)] = 2000,
     instances: Annotated[int, typer.Option(help=INSTANCES_HELP)] = 1,
-    backend: Annotated[str, typer.Option(help="where the EE and SAC engines run: auto (onnxruntime models where the server has that backend, else python models), onnxruntime, python, inline (inside the BLS model: fastest on a CPU)")] = "auto",
+    backend: Annotated[str, typer.Option(help="where the EE and SAC engines run: auto (models on Triton's onnxruntime backend where the server has it, else inline), onnxruntime, tensorrt, python (models with ONNX Runtime in the Python backend), inline (inside the BLS model: fastest on a CPU)")] = "auto",
     eta: Annotated[Optional[str], typer.Option(help=ETA_HELP + " (default: the export's)")] = None,
     deadline_ms: Annotated[Optional[float], typer.Option(help="per-batch budget (needs `calibrate`)")] = None,
     topk: Annotated[int, typer.Option(help="classes in topk_class_ids / topk_probs")] = 5,
@@ -1003,8 +1003,8 @@ def serve(
 
     with _handled():
         install = find_tritonserver(tritonserver)
-        if backend == "auto":
-            backend = "onnxruntime" if install.has_backend("onnxruntime") else "python"
+        if backend == "auto":  # the Python-backend stage models cost 0.6-0.8x of inline on a CPU (docs/serving.md)
+            backend = "onnxruntime" if install.has_backend("onnxruntime") else "inline"
         scratch = None
         if is_repository(export_dir):
             repo = read_repository(export_dir)
