@@ -23,6 +23,9 @@ while True:
     try:
         if c.is_server_ready(): break
     except Exception: pass
+    if proc.poll() is not None or time.monotonic() - t0 > 60:
+        proc.kill()
+        sys.exit(f"serve did not become ready within 60 s:\n{proc.communicate()[0]}")
     time.sleep(0.05)
 print(f"ready {time.monotonic() - t0:.2f} s after `sacvit-edge serve` started")
 # 200 images: the samples and random crops/jitters of them (unseen variations), encoded as PNG
