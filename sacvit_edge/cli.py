@@ -1052,8 +1052,8 @@ def serve(
 
 @app.command("serve-bench")
 def serve_bench(
-    export_dir: Annotated[Optional[Path], typer.Argument(help="export directory (default: the bundled model's)")] = None,
-    deit: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint served the same way (default: the bundled one; needs [bench])")] = None,
+    export_dir: Annotated[Optional[Path], typer.Argument(help="export directory (default: the bundled checkpoint, exported afresh with [bench], else the bundled export)")] = None,
+    deit: Annotated[Optional[Path], typer.Option(help="DeiT checkpoint served the same way, its graph in the SAC-ViT engines' style (default: the bundled one; needs [bench])")] = None,
     no_deit: Annotated[bool, typer.Option("--no-deit", help="skip the DeiT baseline", metavar="")] = False,
     clients: Annotated[int, typer.Option(help="concurrent tritonclient clients (threads), one image per request")] = 8,
     images: Annotated[int, typer.Option(help="test images sent per round (the model was not tuned on them)")] = 400,
@@ -1076,7 +1076,11 @@ def serve_bench(
         if not no_deit:
             require_extra("bench", "serve-bench's DeiT baseline (or pass --no-deit)")
             deit_checkpoint = deit or bundled_checkpoint().with_name("deit_tiny_112.pt")
-        cfg = ServeBenchConfig(export=export_dir or BUNDLED_EXPORT, deit_checkpoint=deit_checkpoint, clients=clients,
+        fresh = export_dir is None and has_extra("bench") and CHECKOUT is not None \
+            and (CHECKOUT / "checkpoints" / "sacvit_tiny_112.pt").is_file()
+        cfg = ServeBenchConfig(export=None if fresh else export_dir or BUNDLED_EXPORT, deit_checkpoint=deit_checkpoint,
+                               sac_checkpoint=CHECKOUT / "checkpoints" / "sacvit_tiny_112.pt" if fresh else None,
+                               clients=clients,
                                images=images, rounds=rounds, data=data, options=_serving_options(
                                    "sacvit", max_batch, max_queue_delay_us, instances, "python", None, None, 5, None, "fp32"))
         result = run_serve_bench(cfg, step=lambda msg: err.print(f"- {escape(msg)}"))
@@ -1084,7 +1088,8 @@ def serve_bench(
         png = write_into(out, "serve_bench.png", lambda p: plot_serving(result, p), "--out")
     table = Table("served", "clients", "images", "img/s", "vs DeiT", "p50 ms", "p99 ms", "exit rate", "mean batch",
                   "batches formed (size x count)", "errors",
-                  title=f"serving load test, {cfg.clients} clients, max batch {cfg.options.max_batch}, {cfg.rounds} rounds")
+                  title=f"serving load test, {cfg.clients} clients, max batch {cfg.options.max_batch}, {cfg.rounds} rounds, "
+                        f"{result['config']['graphs']} graphs")
     for r in result["rows"]:
         formed = ", ".join(f"{b}x{n}" for b, n in r["batch_sizes"].items())
         table.add_row(r["name"], str(r["clients"]), str(r["images"]), f"{r['throughput_img_s']:.1f}",

@@ -443,3 +443,12 @@ def test_the_python_backend_stubs_run_this_interpreters_libpython(server):
         libs = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
                 if "libpython3" in line}
         assert libs and all(Path(lib).parent == interpreter_libdir() for lib in libs), libs
+
+
+def test_serve_bench_gives_deit_the_graph_style_of_the_served_engines(random_export):
+    from sacvit_edge.bench.serving import baseline_attention
+
+    with_graphs = read_manifest(random_export)
+    assert with_graphs.attention_graphs is not None and baseline_attention(with_graphs) == "onnx"
+    bundled = read_manifest(EXPORT)  # the bundled export: opset-17 graphs only
+    assert bundled.attention_graphs is None and baseline_attention(bundled) == "explicit"

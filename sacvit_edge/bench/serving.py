@@ -36,8 +36,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServeBenchConfig:
-    export: Path
+    """export: the SAC-ViT export directory served; or sac_checkpoint, exported afresh for the
+    run (with the ONNX Attention graphs where this torch writes them). deit_checkpoint: the
+    baseline, whose graph gets the same attention style as the SAC-ViT engines (None: no DeiT)."""
+
+    export: Path | None
     deit_checkpoint: Path | None
+    sac_checkpoint: Path | None = None
     clients: int = 8
     images: int = 400
     options: ServingOptions = ServingOptions()
@@ -60,6 +65,13 @@ def unseen_images(export: Path, n: int, data: Path | None) -> tuple[list[bytes],
     return files, np.concatenate(labels)
 
 
+def baseline_attention(manifest) -> str:
+    """The attention style of the DeiT baseline's graph: the one SAC-ViT's served engines have
+    (the ONNX Attention op where its export has those graphs, which ONNX Runtime runs; else the
+    opset-17 graphs), so neither side gets a graph the other lacks."""
+    return "onnx" if manifest.attention_graphs is not None else "explicit"
+
+
 def in_process(export: Path, items: list[bytes], batch: int) -> LoadResult:
     """EdgeClassifier.predict_batch on the same files, `batch` at a time, in this process."""
     with EdgeClassifier(export, backend="onnxruntime") as clf:
@@ -80,9 +92,16 @@ def in_process(export: Path, items: list[bytes], batch: int) -> LoadResult:
 def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda _: None) -> dict:
     """Every served variant in its own server at once; rounds interleave them (one variant's
     images, then the next's), so a slow spell of the machine hits all alike."""
-    items, _ = unseen_images(cfg.export, cfg.images, cfg.data)
     with tempfile.TemporaryDirectory(prefix="sacvit-edge-serve-bench-") as work, ExitStack() as servers:
         work_dir = Path(work)
+        if cfg.sac_checkpoint is not None:
+            from sacvit_edge.export.bundle import export_checkpoint
+
+            step(f"exporting {cfg.sac_checkpoint}")
+            cfg = replace(cfg, export=export_checkpoint(cfg.sac_checkpoint, work_dir / "sac_export").directory)
+        assert cfg.export is not None
+        manifest = read_manifest(cfg.export)
+        items, _ = unseen_images(cfg.export, cfg.images, cfg.data)
         variants: list[tuple[str, Path, str]] = []
         for stage_backend, name in (("python", "SAC-ViT (Triton: BLS + EE, SAC models)"),
                                     ("inline", "SAC-ViT (Triton: engines inline)")):
@@ -91,12 +110,13 @@ def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda 
                                     replace(cfg.options, stage_backend=stage_backend))
             variants.append((name, repo.path, cfg.options.model_name))
         if cfg.deit_checkpoint is not None:
-            step("DeiT: exporting its graph")
-            from sacvit_edge.bench.run import DeitRunner
             from sacvit_edge.checkpoint import load_checkpoint
+            from sacvit_edge.export.torch2onnx import export_single
 
-            runner = DeitRunner(load_checkpoint(cfg.deit_checkpoint).model, "onnxruntime", work_dir, None)
-            base = build_baseline_repository(runner.path, work_dir / "deit", read_manifest(cfg.export), cfg.options)
+            attention = baseline_attention(manifest)
+            step(f"DeiT: exporting its graph (attention {attention!r}, as SAC-ViT's)")
+            graph = export_single(load_checkpoint(cfg.deit_checkpoint).model, work_dir / "deit.onnx", attention=attention)
+            base = build_baseline_repository(graph, work_dir / "deit", manifest, cfg.options)
             variants.append(("DeiT (Triton: one model, graph inline)", base.path, base.options.model_name))
         urls = {}
         for name, path, model in variants:
@@ -113,10 +133,11 @@ def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda 
                 step(f"round {r + 1}/{cfg.rounds}: {name}, {len(items)} images from {cfg.clients} clients")
                 got = run_clients(url, model, items, cfg.clients, name=name)
                 results[name] = results[name].merged(got) if name in results else got
-    step("in-process predict_batch")
-    rows = [*results.values(), in_process(cfg.export, items, cfg.options.max_batch)]
+        step("in-process predict_batch")
+        rows = [*results.values(), in_process(cfg.export, items, cfg.options.max_batch)]
     deit = next((r for r in rows if r.name.startswith("DeiT")), None)
-    return {"config": {"export": str(cfg.export), "clients": cfg.clients, "images": len(items), "rounds": cfg.rounds,
+    return {"config": {"export": str(cfg.sac_checkpoint or cfg.export), "clients": cfg.clients, "images": len(items),
+                       "rounds": cfg.rounds, "graphs": "attention (opset 23)" if manifest.attention_graphs else "opset 17",
                        "max_batch": cfg.options.max_batch, "max_queue_delay_us": cfg.options.max_queue_delay_us,
                        "instances": cfg.options.instances},
             "rows": [{**r.to_dict(), "throughput_vs_deit": r.throughput / deit.throughput if deit else None}
