@@ -40,6 +40,13 @@ def session_options(threads: int | None = None, spinning: bool = False):
     return opts
 
 
+def declared_tensors(session) -> dict[str, tuple[bool, np.dtype, list]]:
+    """A session's tensors as engine_io.check_engine takes them: name -> (is_input, dtype, shape)."""
+    declared = {a.name: (True, _ORT_DTYPES.get(a.type, np.dtype("V")), a.shape) for a in session.get_inputs()}
+    declared.update({a.name: (False, _ORT_DTYPES.get(a.type, np.dtype("V")), a.shape) for a in session.get_outputs()})
+    return declared
+
+
 class Batch1Sessions:
     """Batch-1 twins of a graph's sessions, made on first use.
 
@@ -141,9 +148,7 @@ class OrtBackend(HostBackend):
     def _check_io(self, dims: dict[str, int] | None = None) -> None:
         """Both sessions' declared tensors against the engine I/O contract (engine_io)."""
         for stage, sess in (("ee", self.ee), ("sac", self.sac)):
-            declared = {a.name: (True, _ORT_DTYPES.get(a.type, np.dtype("V")), a.shape) for a in sess.get_inputs()}
-            declared.update({a.name: (False, _ORT_DTYPES.get(a.type, np.dtype("V")), a.shape) for a in sess.get_outputs()})
-            check_engine(stage, self.paths[stage], declared, dims)
+            check_engine(stage, self.paths[stage], declared_tensors(sess), dims)
 
     def run_ee(self, image: np.ndarray) -> EEResult:
         sess = self.ee1.get() if self.ee1 is not None and image.shape[0] == 1 else self.ee

@@ -1001,49 +1001,57 @@ def serve(
     from .serving.repository import build_repository, is_repository, read_repository
     from .serving.server import TritonServer, find_tritonserver
 
+    def check_backend(install, stage_backend: str) -> None:
+        """Before anything is written: the server has the backend the engines need."""
+        needs = "python" if stage_backend == "inline" else stage_backend
+        if not install.has_backend(needs):
+            raise ConfigError(f"the engines are on Triton's {needs} backend, which {install.binary} does not have "
+                              f"({install.backends} holds {sorted(p.name for p in install.backends.iterdir())}); "
+                              "use --backend inline or python (or export-triton --backend python)")
+
+    stopping: list = []
     with _handled():
         install = find_tritonserver(tritonserver)
         if backend == "auto":  # the Python-backend stage models cost 0.6-0.8x of inline on a CPU (docs/serving.md)
             backend = "onnxruntime" if install.has_backend("onnxruntime") else "inline"
         scratch = None
-        if is_repository(export_dir):
-            repo = read_repository(export_dir)
-        else:
-            if repository is None:
-                scratch = Path(tempfile.mkdtemp(prefix="sacvit-edge-serve-"))
-            repo = build_repository(export_dir, repository or scratch / "repository", _serving_options(
-                model_name, max_batch, max_queue_delay_us, instances, backend, eta, deadline_ms, topk, threads, precision))
-        needs = "python" if repo.options.stage_backend == "inline" else repo.options.stage_backend
-        if not install.has_backend(needs):
-            raise ConfigError(f"the engines are on Triton's {needs} backend, which {install.binary} "
-                              f"does not have ({install.backends} holds {sorted(p.name for p in install.backends.iterdir())}); "
-                              "use --backend python (or export-triton --backend python)")
-        server = TritonServer(repo.path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                              address=address, tritonserver=tritonserver, exit_timeout_s=exit_timeout)
-        stopping: list = []
-
-        def drain(signum, _frame) -> None:  # the CLI's own handler: the server finishes what is in flight
-            stopping.append((signum, time.monotonic()))
-            if server.process is not None and server.process.poll() is None:
-                server.process.send_signal(signal.SIGTERM)
-
-        previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            with err.status(f"starting Triton Inference Server on {repo.path}"):
-                server.start(ready_timeout)
-            o = repo.options
-            engines = "engines inline" if o.stage_backend == "inline" else \
-                f"{o.model_name}_ee, {o.model_name}_sac on Triton's {o.stage_backend} backend"
-            console.print(f"ready: model '{o.model_name}' ({engines}), max batch {o.max_batch}, eta {o.eta}\n  HTTP  {server.http_url}  (POST "
-                          f"/v2/models/{o.model_name}/infer)\n  gRPC  {server.grpc_url}\n  metrics {server.metrics_url}\n"
-                          "SIGTERM or Ctrl-C stops it")
-            code = server.wait()
-            if not stopping and code != 0:
-                raise ServeError(f"tritonserver stopped with code {code}:\n{server.log_tail()}")
+            if is_repository(export_dir):
+                repo = read_repository(export_dir)
+                check_backend(install, repo.options.stage_backend)
+            else:
+                check_backend(install, backend)
+                if repository is None:
+                    scratch = Path(tempfile.mkdtemp(prefix="sacvit-edge-serve-"))
+                repo = build_repository(export_dir, repository or scratch / "repository", _serving_options(
+                    model_name, max_batch, max_queue_delay_us, instances, backend, eta, deadline_ms, topk, threads,
+                    precision))
+            server = TritonServer(repo.path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                                  address=address, tritonserver=tritonserver, exit_timeout_s=exit_timeout)
+
+            def drain(signum, _frame) -> None:  # the CLI's own handler: the server finishes what is in flight
+                stopping.append((signum, time.monotonic()))
+                if server.process is not None and server.process.poll() is None:
+                    server.process.send_signal(signal.SIGTERM)
+
+            previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                with err.status(f"starting Triton Inference Server on {repo.path}"):
+                    server.start(ready_timeout)
+                o = repo.options
+                engines = "engines inline" if o.stage_backend == "inline" else \
+                    f"{o.model_name}_ee, {o.model_name}_sac on Triton's {o.stage_backend} backend"
+                console.print(f"ready: model '{o.model_name}' ({engines}), max batch {o.max_batch}, eta {o.eta}\n  HTTP  "
+                              f"{server.http_url}  (POST /v2/models/{o.model_name}/infer)\n  gRPC  {server.grpc_url}\n  "
+                              f"metrics {server.metrics_url}\nSIGTERM or Ctrl-C stops it")
+                code = server.wait()
+                if not stopping and code != 0:
+                    raise ServeError(f"tritonserver stopped with code {code}:\n{server.log_tail()}")
+            finally:
+                server.stop()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         finally:
-            server.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
     console.print("stopped" + (f" {time.monotonic() - stopping[0][1]:.1f} s after {signal.Signals(stopping[0][0]).name} "

@@ -76,17 +76,17 @@ def in_process(export: Path, items: list[bytes], batch: int) -> LoadResult:
     """EdgeClassifier.predict_batch on the same files, `batch` at a time, in this process."""
     with EdgeClassifier(export, backend="onnxruntime") as clf:
         clf.predict_batch(items[:batch])  # warm-up
-        times, exited = [], []
+        times, exited, sizes = [], [], {}
         start = time.perf_counter()
         for i in range(0, len(items), batch):
             t = time.perf_counter()
             preds = clf.predict_batch(items[i:i + batch])
             times += [time.perf_counter() - t] * len(preds)
             exited += [p.exited_early for p in preds]
+            sizes[len(preds)] = sizes.get(len(preds), 0) + 1  # the last call may be smaller
         seconds = time.perf_counter() - start
     return LoadResult(name=f"in-process predict_batch({batch})", clients=1, seconds=seconds,
-                      latencies_ms=np.asarray(times) * 1e3, exited=np.asarray(exited, bool),
-                      batch_sizes={batch: len(items) // batch})
+                      latencies_ms=np.asarray(times) * 1e3, exited=np.asarray(exited, bool), batch_sizes=sizes)
 
 
 def run_serve_bench(cfg: ServeBenchConfig, step: Callable[[str], None] = lambda _: None) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -86,8 +85,7 @@ def _batch_stats(url: str, model: str) -> dict[int, int]:
     return out
 
 
-def run_clients(url: str, model: str, items: list[bytes], clients: int, name: str | None = None,
-                on_done: Callable[[int], None] | None = None) -> LoadResult:
+def run_clients(url: str, model: str, items: list[bytes], clients: int, name: str | None = None) -> LoadResult:
     """`clients` threads, each with its own HTTP client, share `items` (one image per request)."""
     require_extra("serve", "the serving load test")
     import tritonclient.http as http
@@ -97,7 +95,6 @@ def run_clients(url: str, model: str, items: list[bytes], clients: int, name: st
     exited = np.zeros(len(items), bool)
     errors: list[BaseException] = []
     lock = threading.Lock()
-    done = [0]
 
     def client(worker: int) -> None:
         c = http.InferenceServerClient(url)
@@ -113,10 +110,6 @@ def run_clients(url: str, model: str, items: list[bytes], clients: int, name: st
                 continue
             latencies[i] = time.perf_counter() - t
             exited[i] = bool(result.as_numpy("exited_early").ravel()[0])
-            with lock:
-                done[0] += 1
-                if on_done is not None:
-                    on_done(done[0])
 
     threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(clients)]
     start = time.perf_counter()

@@ -29,7 +29,7 @@ from sacvit_edge.errors import BackendError, ConfigError, ImageError, SacvitErro
 from sacvit_edge.images import check_color, preprocess
 from sacvit_edge.manifest import sha256_file
 from sacvit_edge.pipeline import Prediction
-from sacvit_edge.runtimes.ort import OrtSingle, session_options
+from sacvit_edge.runtimes.ort import OrtSingle, declared_tensors, session_options
 from sacvit_edge.runtimes.triton import TritonStageBackend
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,7 @@ class StageModel:
                                "rebuild the repository")
         threads = int(params["threads"]) if "threads" in params else None
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-        types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
-        declared = {a.name: (True, np.dtype(types.get(a.type, "V")), a.shape) for a in self.session.get_inputs()}
-        declared.update({a.name: (False, np.dtype(types.get(a.type, "V")), a.shape) for a in self.session.get_outputs()})
-        check_engine(self.stage, str(path), declared, json.loads(params["dimensions"]))
+        check_engine(self.stage, str(path), declared_tensors(self.session), json.loads(params["dimensions"]))
         self.inputs, self.outputs = STAGES[self.stage].input_names, STAGES[self.stage].output_names
 
     def execute(self, requests: list) -> list:
@@ -232,7 +229,8 @@ class StageModel:
         responses: list = [None] * len(requests)
         for members in groups.values():
             try:
-                joined = {n: np.concatenate([feeds[i][n] for i in members]) for n in self.inputs}
+                joined = feeds[members[0]] if len(members) == 1 else \
+                    {n: np.concatenate([feeds[i][n] for i in members]) for n in self.inputs}
                 results = self.session.run(self.outputs, joined)
             except Exception as exc:  # noqa: BLE001 - answered to these requests, the server goes on
                 for i in members:

@@ -154,7 +154,7 @@ def _params(mc, values: dict[str, object]) -> dict:
     return {k: mc.ModelParameter(string_value=str(v)) for k, v in values.items() if v is not None}
 
 
-def stage_config(manifest: Manifest, stage: str, options: ServingOptions, sha256: str):
+def stage_config(manifest: Manifest, stage: str, options: ServingOptions, sha256: str | None):
     """The EE or SAC engine as a Triton model: the engine I/O contract's tensors without the
     batch axis (Triton's), static dimensions from the model, dynamic ones -1."""
     dims = dimensions(manifest.config)
@@ -250,19 +250,30 @@ def build_repository(export_dir: str | Path, out: str | Path, options: ServingOp
     export_dir, out = Path(export_dir), Path(out)
     manifest = read_manifest(export_dir)
     options = options.checked(manifest)
+    _publish(out, (export_dir,), lambda tmp: _fill(tmp, manifest, options))
+    log.info("model repository %s: models %s from %s", out, ", ".join(model_names(options)), export_dir)
+    return Repository(out, options, manifest.fingerprint)
+
+
+def _publish(out: Path, sources: tuple[Path, ...], fill) -> None:
+    """fill(tmp) a temporary sibling of `out`, then swap it into place (atomic.py), where `out`
+    is new, empty or a repository this module wrote; a model directory the user added is kept."""
     kind = "a Triton model repository"
-    check_replaceable(out, sources=(export_dir,), option="-o", recognise=is_repository, kind=kind)
+    check_replaceable(out, sources=sources, option="-o", recognise=is_repository, kind=kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_dir(out, "tmp")
     try:
-        _fill(tmp, manifest, options)
-        check_replaceable(out, sources=(export_dir,), option="-o", recognise=is_repository, kind=kind)
+        fill(tmp)
+        check_replaceable(out, sources=sources, option="-o", recognise=is_repository, kind=kind)
         move_into_place(tmp, out, _written)
     except BaseException:
         remove_temporary(tmp)
         raise
-    log.info("model repository %s: models %s from %s", out, ", ".join(model_names(options)), export_dir)
-    return Repository(out, options, manifest.fingerprint)
+
+
+def _write_marker(root: Path, models: list[str], options: ServingOptions, **about) -> None:
+    (root / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "written_by": f"sacvit-edge {__version__}",
+                                           **about, "models": models, "options": asdict(options)}, indent=2))
 
 
 def _fill(root: Path, manifest: Manifest, options: ServingOptions) -> None:
@@ -297,13 +308,12 @@ def _fill(root: Path, manifest: Manifest, options: ServingOptions) -> None:
         if options.stage_backend == "python":
             (version / "model.py").write_text(MODEL_PY.format(version=__version__, role=f"the {stage} engine",
                                                               cls="StageModel"))
-        _write_config(root / f"{name}_{stage}", stage_config(manifest, stage, options, sha256_file(manifest.path(file))))
-    (root / MARKER).write_text(json.dumps({
-        "format": MARKER_FORMAT, "version": 1, "written_by": f"sacvit-edge {__version__}",
-        "export": str(manifest.directory.resolve()), "fingerprint": manifest.fingerprint,
-        "tensorrt_engines": [{"file": r.file, "stage": r.stage, "tensorrt": r.tensorrt, "gpu": r.gpu}
-                             for r in manifest.derived.tensorrt_engines if r.file in files],
-        "models": model_names(options), "options": asdict(options)}, indent=2))
+        sha256 = sha256_file(manifest.path(file)) if options.stage_backend == "python" else None  # what StageModel checks
+        _write_config(root / f"{name}_{stage}", stage_config(manifest, stage, options, sha256))
+    _write_marker(root, model_names(options), options, export=str(manifest.directory.resolve()),
+                  fingerprint=manifest.fingerprint,
+                  tensorrt_engines=[{"file": r.file, "stage": r.stage, "tensorrt": r.tensorrt, "gpu": r.gpu}
+                                    for r in manifest.derived.tensorrt_engines if r.file in files])
 
 
 def tensorrt_engine(manifest: Manifest, stage: str, precision: str) -> str:
@@ -350,10 +360,8 @@ def build_baseline_repository(graph: str | Path, out: str | Path, like: Manifest
     require_extra("serve", "a Triton model repository")
     out = Path(out)
     options = replace(options.checked(like), model_name=model_name)
-    check_replaceable(out, option="-o", recognise=is_repository, kind="a Triton model repository")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_dir(out, "tmp")
-    try:
+
+    def fill(tmp: Path) -> None:
         version = tmp / model_name / "1"
         version.mkdir(parents=True)
         _link_or_copy(Path(graph), version / "model.onnx")
@@ -367,11 +375,7 @@ def build_baseline_repository(graph: str | Path, out: str | Path, like: Manifest
                                  "class_names": json.dumps(like.class_names)}).items():
             cfg.parameters[k].CopyFrom(v)
         _write_config(tmp / model_name, cfg)
-        (tmp / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "written_by": f"sacvit-edge {__version__}",
-                                              "baseline_graph": str(Path(graph).resolve()), "models": [model_name],
-                                              "options": asdict(options)}, indent=2))
-        move_into_place(tmp, out, _written)
-    except BaseException:
-        remove_temporary(tmp)
-        raise
+        _write_marker(tmp, [model_name], options, baseline_graph=str(Path(graph).resolve()))
+
+    _publish(out, (), fill)
     return Repository(out, options, "")
