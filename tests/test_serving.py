@@ -139,6 +139,17 @@ def test_configs_parse_with_tritons_schema_and_follow_the_engine_contract(tmp_pa
             assert declared.name == spec.name
             want = [-1 if s in DYNAMIC else dims[s] for s in spec.shape[1:]]  # the batch axis is Triton's
             assert list(declared.dims) == want, (stage, spec.name)
+        # and against the graph Triton will load: same rank (batch axis dropped), and every
+        # dimension the graph fixes is the config's (a symbolic one may be fixed by the config)
+        import onnxruntime as ort
+
+        graph = ort.InferenceSession(str(repo.path / f"sacvit_{stage}" / "1" / "model.onnx"),
+                                     providers=["CPUExecutionProvider"])
+        for declared, arg in zip([*cfg.input, *cfg.output], [*graph.get_inputs(), *graph.get_outputs()]):
+            assert declared.name == arg.name
+            graph_dims = arg.shape[1:]
+            assert len(declared.dims) == len(graph_dims), (stage, arg.name)
+            assert all(c == g for c, g in zip(declared.dims, graph_dims) if isinstance(g, int)), (stage, arg.name)
     # the SAC model's token axes are dynamic: any k in the engines' range
     sac_inputs = {i.name: list(i.dims) for i in configs["sacvit_sac"].input}
     assert sac_inputs["target_idx"] == [-1] and sac_inputs["target_patches"][0] == -1
@@ -411,6 +422,8 @@ def test_tensorrt_stage_models_carry_the_bare_plans_of_the_exports_engines(rando
         record = next(r for r in m.derived.tensorrt_engines if r.stage == stage and r.precision == "fp32")
         plan = (repo.path / f"sacvit_{stage}" / "1" / "model.plan").read_bytes()
         assert plan == read_plan(m.path(record.file)) and len(plan) < m.path(record.file).stat().st_size
+        engine_file = m.path(record.file).read_bytes()
+        assert engine_file.endswith(plan) and engine_file[:8] == b"SACVTRT2" and b"SACVTRT2" not in plan[:8]
         cfg = model_config_pb2.ModelConfig()
         text_format.Parse((repo.path / f"sacvit_{stage}" / "config.pbtxt").read_text(), cfg)
         assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
@@ -452,3 +465,58 @@ def test_serve_bench_gives_deit_the_graph_style_of_the_served_engines(random_exp
     assert with_graphs.attention_graphs is not None and baseline_attention(with_graphs) == "onnx"
     bundled = read_manifest(EXPORT)  # the bundled export: opset-17 graphs only
     assert bundled.attention_graphs is None and baseline_attention(bundled) == "explicit"
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"threads": 0}, "--threads"), ({"stage_backend": "gpu"}, "--backend"), ({"precision": "fp8"}, "--precision"),
+    ({"precision": "int8"}, "no int8 graphs"), ({"topk": 0}, "--topk"), ({"instances": 0}, "--instances"),
+    ({"max_queue_delay_us": -1}, "--max-queue-delay-us"), ({"eta": 2.0}, "eta"),
+    ({"deadline_ms": 5.0}, "calibrate"), ({"max_pixels": True}, "--max-pixels")])
+def test_serving_options_name_the_bad_value_before_anything_is_written(tmp_path, change, why):
+    with pytest.raises(ConfigError, match=why):
+        build_repository(EXPORT, tmp_path / "repo", ServingOptions(**change))
+    assert not (tmp_path / "repo").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_server_settings_and_binaries_are_checked(tmp_path):
+    from sacvit_edge.serving.repository import read_repository
+
+    for bad, why in (({"http_port": 0}, "--http-port"), ({"grpc_port": 8000}, "must differ"),
+                     ({"exit_timeout_s": -1}, "--exit-timeout")):
+        with pytest.raises(ConfigError, match=why):
+            TritonServer(tmp_path, **bad)
+    not_executable = tmp_path / "tritonserver"
+    not_executable.write_text("")
+    with pytest.raises(ConfigError, match="not an executable"):
+        find_tritonserver(not_executable)
+    not_executable.chmod(0o755)
+    with pytest.raises(ConfigError, match="no backends directory"):
+        find_tritonserver(not_executable)
+    with pytest.raises(ExportError, match="not a model repository"):
+        read_repository(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_serve_refuses_a_backend_the_server_lacks_before_writing_anything(tmp_path, backend):
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from sacvit_edge.cli import app
+
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("sacvit-edge-serve-*")}
+    r = CliRunner().invoke(app, ["serve", str(EXPORT), "--backend", backend, "--repository", str(tmp_path / "repo")])
+    assert r.exit_code == 2 and f"{backend} backend" in r.output, r.output
+    assert not (tmp_path / "repo").exists()
+    assert {p.name for p in Path(tempfile.gettempdir()).glob("sacvit-edge-serve-*")} == before
+
+
+def test_a_request_with_both_inputs_is_refused_by_name(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    image = httpclient.InferInput("image", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[SAMPLES[0].read_bytes()]], dtype=np.object_))
+    frame = httpclient.InferInput("frame", [1, 8, 8, 3], "UINT8")
+    frame.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(InferenceServerException, match="both 'image' and 'frame'") as bad:
+        client.infer("sacvit", [image, frame])
+    assert bad.value.status() == "400"
