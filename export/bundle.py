@@ -1,4 +1,5 @@
-"""Export directories: ee.onnx + sac.onnx (+ ee.attention.onnx + sac.attention.onnx) (+ model.pt)
+"""Export directories: ee.onnx + sac.onnx (+ ee.attention.onnx + sac.attention.onnx +
+sac.unpadded.attention.onnx) (+ model.pt)
 + manifest.json, written atomically.
 
 The manifest (sacvit_edge.manifest, torch-free) is the contract between this exporter and
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
 from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export, remove_temporary, staging_dir  # noqa: E402
-from sacvit_edge.manifest import (ATTENTION_GRAPH_FILES, CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
+from sacvit_edge.manifest import (ATTENTION_GRAPH_FILES, UNPADDED_SAC_FILE, CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
                                   MANIFEST_VERSION, CostTable, Manifest, content_digest, manifest_content,
                                   read_manifest, sha256_file)
 
@@ -81,7 +82,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         on_wait: told when another process is writing out_dir and this one waits for it.
         locked: the caller already holds out_dir's DirectoryLock (calibrate --apply-k-range
             re-exports into the directory it is calibrating).
-        attention_graphs: also write ee.attention.onnx / sac.attention.onnx, the stages with the
+        attention_graphs: also write ee.attention.onnx / sac.attention.onnx (and the SAC stage without
+            keep masks, sac.unpadded.attention.onnx), the stages with the
             ONNX Attention operator (opset 23) that ONNX Runtime runs (torch2onnx); skipped with a
             warning where the dynamo exporter's onnxscript is not installed.
     Raises:
@@ -148,7 +150,7 @@ def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_ma
         if include_checkpoint:
             shutil.copyfile(ckpt.path, tmp / CHECKPOINT_FILE)  # the PyTorch reference backend runs from it
         manifest["files"] = {name: sha256_file(tmp / name)
-                             for name in (*ENGINE_FILES, *(ATTENTION_GRAPH_FILES if attention_graphs else ()),
+                             for name in (*ENGINE_FILES, *((*ATTENTION_GRAPH_FILES, UNPADDED_SAC_FILE) if attention_graphs else ()),
                                           *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
         publish_export(tmp, out_dir, manifest, sources=(ckpt.path,), force=force)
     except BaseException:

@@ -26,6 +26,9 @@ Two graph sets, both standard ONNX:
   (model.onnx_attention), the GCA readout taken from that node's probabilities output. No head
   reshapes, transposes or shape bookkeeping around attention: a no-exit frame runs about half the
   nodes, and ONNX Runtime runs these (docs/latency.md has the A/B figures).
+  With them, sac.unpadded.attention.onnx: the same SAC stage without the keep masks, for calls
+  whose images share one target count (every batch-1 call, and batches of one count): no mask
+  is built or applied in its attention calls (6-9 % of the SAC call at batch 1, the same logits).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import torch.nn as nn  # noqa: E402
 
 from sacvit_edge.errors import ExportError  # noqa: E402
 from sacvit_edge.engine_io import STAGES, dynamic_axes  # noqa: E402
-from sacvit_edge.manifest import ATTENTION_GRAPH_FILES, ATTENTION_OPSET, ENGINE_FILES  # noqa: E402
+from sacvit_edge.manifest import ATTENTION_GRAPH_FILES, ATTENTION_OPSET, ENGINE_FILES, UNPADDED_SAC_FILE  # noqa: E402
 from sacvit_edge.model import SACViT, attention_impl  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 # the names, in order, are the engine I/O contract's (sacvit_edge.engine_io)
 EE_INPUTS, EE_OUTPUTS = STAGES["ee"].input_names, STAGES["ee"].output_names
 SAC_INPUTS, SAC_OUTPUTS = STAGES["sac"].input_names, STAGES["sac"].output_names
+UNPADDED_SAC_INPUTS = STAGES["sac_unpadded"].input_names
 Exporter = Literal["torchscript", "dynamo"]
 Attention = Literal["explicit", "onnx"]
 
@@ -81,6 +85,13 @@ class SACStage(nn.Module):
                 nontarget_keep) -> torch.Tensor:
         return self.model.forward_sac(target_patches, target_idx, nontarget_idx, ee_final, ee_hidden, target_keep,
                                       nontarget_keep)
+
+
+class UnpaddedSACStage(SACStage):
+    """The SAC stage for calls without padding: no keep masks (engine_io stage "sac_unpadded")."""
+
+    def forward(self, target_patches, target_idx, nontarget_idx, ee_final, ee_hidden) -> torch.Tensor:  # type: ignore[override]
+        return self.model.forward_sac(target_patches, target_idx, nontarget_idx, ee_final, ee_hidden)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -141,8 +152,8 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
                   attention: Attention = "explicit", example_k: int | None = None,
                   metadata: dict[str, str] | None = None) -> tuple[Path, Path]:
     """Write the EE and SAC graphs of `model` into out_dir (which must exist): ee.onnx and
-    sac.onnx, or with attention="onnx" (dynamo exporter, opset >= 23) ee.attention.onnx and
-    sac.attention.onnx.
+    sac.onnx, or with attention="onnx" (dynamo exporter, opset >= 23) ee.attention.onnx,
+    sac.attention.onnx and sac.unpadded.attention.onnx (returned: the first two).
 
     Raises:
         ExportError: the model is not a SAC-ViT, the token range cannot be exported, or a
@@ -165,9 +176,16 @@ def export_stages(model: SACViT, out_dir: Path, *, opset: int = 17, exporter: Ex
         patches = model.crop_targets(image, order[:, :example_k])
         keep_t = torch.ones(2, example_k, dtype=torch.bool)
         keep_n = torch.ones(2, cfg.num_coarse - example_k, dtype=torch.bool)
-        _export(SACStage(model).eval(), (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden, keep_t, keep_n),
+        sac_args = (patches, order[:, :example_k], order[:, example_k:], ee.final, ee.hidden)
+        _export(SACStage(model).eval(), (*sac_args, keep_t, keep_n),
                 sac_path, SAC_INPUTS, SAC_OUTPUTS, dynamic_axes("sac"), opset, exporter, attention)
-        for path, stage in ((ee_path, "ee"), (sac_path, "sac")):
+        written = [(ee_path, "ee"), (sac_path, "sac")]
+        if attention == "onnx":
+            unpadded_path = out_dir / UNPADDED_SAC_FILE
+            _export(UnpaddedSACStage(model).eval(), sac_args, unpadded_path, UNPADDED_SAC_INPUTS, SAC_OUTPUTS,
+                    dynamic_axes("sac_unpadded"), opset, exporter, attention)
+            written.append((unpadded_path, "sac_unpadded"))
+        for path, stage in written:
             add_metadata(path, {"sacvit_edge.stage": stage, **(metadata or {})})
             check_no_training_nodes(path)
     except ExportError:

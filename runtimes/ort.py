@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sacvit_edge.engine_io import STAGES, check_engine, dimensions
+from sacvit_edge.engine_io import STAGES, UNPADDED_SAC_FEEDS, check_engine, dimensions
 from sacvit_edge.errors import BackendError
+from sacvit_edge.tokens import SacGroup
 
-from .base import EEResult, HostBackend, cpu_name
+from .base import EEResult, HostBackend, cpu_name, host_sac_feeds
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,17 @@ class OrtBackend(HostBackend):
     same FMA units) unless `threads` is given, no inter-op
     threads (both graphs are sequential chains), and no spin-waiting: the host works between
     the two engines, and spinning threads would steal its core.
+
+    With `sac_unpadded_path` (the export's sac.unpadded.attention.onnx), SAC calls without padding
+    (every batch-1 call, and groups of one target count) run that graph: no keep masks to build or
+    apply (6-9 % of the SAC call at batch 1, the same logits); padded groups run the SAC graph.
     """
 
     name = "onnxruntime"
 
     def __init__(self, ee_path: str | Path, sac_path: str | Path, threads: int | None = None,
-                 providers: list[str] | None = None, batch1: bool = True, batch1_threads: int | None = None) -> None:
+                 providers: list[str] | None = None, batch1: bool = True, batch1_threads: int | None = None,
+                 sac_unpadded_path: str | Path | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -118,15 +124,22 @@ class OrtBackend(HostBackend):
         try:
             self.ee = ort.InferenceSession(str(ee_path), opts, providers=self.providers)
             self.sac = ort.InferenceSession(str(sac_path), opts, providers=self.providers)
+            self.sac_unpadded = None if sac_unpadded_path is None else \
+                ort.InferenceSession(str(sac_unpadded_path), opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise BackendError(f"ONNX Runtime cannot load the engines {ee_path}, {sac_path}: {exc}") from exc
+            raise BackendError(f"ONNX Runtime cannot load the engines {ee_path}, {sac_path}"
+                               f"{'' if sac_unpadded_path is None else f', {sac_unpadded_path}'}: {exc}") from exc
         self.paths = {"ee": str(ee_path), "sac": str(sac_path)}
+        if sac_unpadded_path is not None:
+            self.paths["sac_unpadded"] = str(sac_unpadded_path)
         self._check_io()
         # batch-1 calls (camera frames) run on batch-1 twins of the sessions: see Batch1Sessions
         # (thread count: batch1_threads, which calibrate measures per device, else the same as the rest)
         b1 = self.batch1_threads = batch1_threads or threads
         self.ee1 = Batch1Sessions(ee_path, lambda: session_options(b1), self.providers) if batch1 else None
         self.sac1 = Batch1Sessions(sac_path, lambda: session_options(b1), self.providers) if batch1 else None
+        self.sac_unpadded1 = Batch1Sessions(sac_unpadded_path, lambda: session_options(b1), self.providers) \
+            if batch1 and sac_unpadded_path is not None else None
 
     @classmethod
     def from_manifest(cls, manifest, threads: int | None = None, precision: str = "fp32") -> "OrtBackend":
@@ -134,10 +147,13 @@ class OrtBackend(HostBackend):
         manifest describes: embedded fingerprint and manifest digest, and the shapes they accept."""
         # fp32: the graphs with the ONNX Attention operator where the export has them (fewer nodes)
         files = dict(zip(("ee", "sac"), manifest.engine_files(precision, attention_op=True)))
+        if precision == "fp32" and manifest.unpadded_sac is not None:  # it goes with the attention graphs
+            files["sac_unpadded"] = manifest.unpadded_sac
         backend = cls(manifest.path(files["ee"]), manifest.path(files["sac"]), threads=threads,
-                      batch1_threads=None if threads else manifest.batch1_threads)  # an explicit `threads` wins
+                      batch1_threads=None if threads else manifest.batch1_threads,  # an explicit `threads` wins
+                      sac_unpadded_path=manifest.path(files["sac_unpadded"]) if "sac_unpadded" in files else None)
         backend.precision = precision
-        for stage, sess in (("ee", backend.ee), ("sac", backend.sac)):
+        for stage, sess in backend._sessions():
             meta = dict(sess.get_modelmeta().custom_metadata_map)
             problems = manifest.engine_problems(stage, meta)
             if problems:
@@ -145,15 +161,27 @@ class OrtBackend(HostBackend):
         backend._check_io(dimensions(manifest.config))
         return backend
 
+    def _sessions(self) -> list[tuple[str, object]]:
+        """(engine_io stage, session) of every graph this backend opened."""
+        return [("ee", self.ee), ("sac", self.sac), *((("sac_unpadded", self.sac_unpadded),) if self.sac_unpadded else ())]
+
     def _check_io(self, dims: dict[str, int] | None = None) -> None:
-        """Both sessions' declared tensors against the engine I/O contract (engine_io)."""
-        for stage, sess in (("ee", self.ee), ("sac", self.sac)):
+        """Every session's declared tensors against the engine I/O contract (engine_io)."""
+        for stage, sess in self._sessions():
             check_engine(stage, self.paths[stage], declared_tensors(sess), dims)
 
     def run_ee(self, image: np.ndarray) -> EEResult:
         sess = self.ee1.get() if self.ee1 is not None and image.shape[0] == 1 else self.ee
         logits, gca, final, hidden = sess.run(_EE_OUTPUTS, {"image": image})
         return EEResult(logits=logits, gca=gca, final=final, hidden=hidden, image=image)
+
+    def run_sac(self, ee: EEResult, rows: np.ndarray, group: SacGroup) -> np.ndarray:
+        feeds = host_sac_feeds(ee, rows, group)
+        if group.padded or self.sac_unpadded is None:
+            return self.run_sac_feeds(feeds)
+        one = self.sac_unpadded1 is not None and len(rows) == 1
+        sess = self.sac_unpadded1.get() if one else self.sac_unpadded
+        return sess.run(["sac_logits"], {name: feeds[name] for name in UNPADDED_SAC_FEEDS})[0]
 
     def run_sac_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         sess = self.sac1.get() if self.sac1 is not None and feeds["target_patches"].shape[0] == 1 else self.sac
@@ -170,4 +198,4 @@ class OrtBackend(HostBackend):
                 "onnxruntime": self._ort.__version__, "device": self.device()}
 
     def close(self) -> None:
-        self.ee = self.sac = self.ee1 = self.sac1 = None  # type: ignore[assignment]
+        self.ee = self.sac = self.ee1 = self.sac1 = self.sac_unpadded = self.sac_unpadded1 = None  # type: ignore[assignment]

@@ -38,9 +38,9 @@ class Split:
 
     def target_mask(self, n: int) -> np.ndarray:
         """(B, n) boolean mask of target tokens on the flattened coarse grid."""
-        mask = np.zeros((self.order.shape[0], n), dtype=bool)
-        ranks = np.arange(self.order.shape[1])[None, :] < self.counts[:, None]
-        np.put_along_axis(mask, self.order, ranks, axis=1)
+        b = self.order.shape[0]
+        mask = np.zeros((b, n), dtype=bool)
+        mask[np.arange(b)[:, None], self.order] = np.arange(self.order.shape[1])[None, :] < self.counts[:, None]
         return mask
 
 
@@ -93,12 +93,15 @@ def select_targets(scores: np.ndarray, config: ModelConfig) -> Split:
     scores = np.asarray(scores, dtype=np.float32)
     b, n = scores.shape
     # Stable sort by descending score so that equal scores break ties by index everywhere.
-    order = np.argsort(-scores, axis=1, kind="stable").astype(np.int64)
+    negated = -scores
+    order = np.argsort(negated, axis=1, kind="stable").astype(np.int64, copy=False)
     if config.selection == "sac":
-        ranked = np.take_along_axis(scores, order, axis=1)  # descending; log is monotonic, so it stays sorted
-        space = np.log(np.maximum(ranked, 1e-12)) if config.cluster_space == "log" else ranked
+        # the scores in `order`'s order (equal scores are equal values, so sorting the values gives the
+        # same array as gathering them, for a third of the host time of take_along_axis at batch 1)
+        ranked = -np.sort(negated, axis=1)
+        space = np.log(np.maximum(ranked, 1e-12)) if config.cluster_space == "log" else ranked  # log keeps it sorted
         raw = two_means_split(space, presorted=True)
-        return Split(order=order, counts=np.clip(raw, config.k_min, config.k_max).astype(np.int64), raw_counts=raw)
+        return Split(order=order, counts=np.clip(raw, config.k_min, config.k_max), raw_counts=raw)
     elif config.selection == "topalpha":
         counts = np.full(b, config.target_range()[0], dtype=np.int64)
     else:  # "window": the window's best window_keep share are targets; the window in descending score order first

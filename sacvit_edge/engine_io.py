@@ -62,6 +62,13 @@ STAGES: dict[str, StageSpec] = {
                 TensorSpec("ee_hidden", F32, _FEAT), TensorSpec("target_keep", BOOL, ("batch", "k")),
                 TensorSpec("nontarget_keep", BOOL, ("batch", "rest"))),
         outputs=(TensorSpec("sac_logits", F32, ("batch", "classes")),)),
+    # the SAC stage for calls whose images share one target count (every batch-1 call): the same graph
+    # without keep masks, so no masking inside its attention calls (ONNX Runtime's derived graph)
+    "sac_unpadded": StageSpec(
+        inputs=(TensorSpec("target_patches", F32, ("batch", "four_k", "px")), TensorSpec("target_idx", I64, ("batch", "k")),
+                TensorSpec("nontarget_idx", I64, ("batch", "rest")), TensorSpec("ee_final", F32, _FEAT),
+                TensorSpec("ee_hidden", F32, _FEAT)),
+        outputs=(TensorSpec("sac_logits", F32, ("batch", "classes")),)),
     # the device half of the SAC-input builder: a group's rows and their target patches
     "crop": StageSpec(
         inputs=(TensorSpec("image", F32, ("batch", "c", "h", "w")), TensorSpec("ee_final", F32, _FEAT),
@@ -71,6 +78,7 @@ STAGES: dict[str, StageSpec] = {
                  TensorSpec("group_final", F32, ("group", "n", "d")), TensorSpec("group_hidden", F32, ("group", "n", "d")))),
 }
 SAC_FEEDS = tuple(STAGES["sac"].input_names)  # the order the SAC graph (and forward_sac) takes them
+UNPADDED_SAC_FEEDS = tuple(STAGES["sac_unpadded"].input_names)  # SAC_FEEDS less the keep masks
 
 
 _ONNX_DIM_NAMES = {"rest": "n_rest"}  # the symbolic dimension names the exported graphs carry
@@ -101,7 +109,7 @@ def check_engine(stage: str, where: str, declared: Mapping[str, tuple[bool, np.d
     """Refuse an engine whose tensors differ from the contract, naming the file and every difference.
 
     Args:
-        stage: "ee", "sac" or "crop".
+        stage: "ee", "sac", "sac_unpadded" or "crop".
         where: the engine file (or what stands for it) named in the error.
         declared: name -> (is_input, dtype, shape or None) as the backend reads them from the engine.
         dims: the model's static dimensions (`dimensions`); None skips the shape check.

@@ -32,6 +32,9 @@ ENGINE_FILES = ("ee.onnx", "sac.onnx")
 # export beside ENGINE_FILES and run by ONNX Runtime at fp32; TensorRT, OpenVINO and the fp16 / INT8
 # derivations keep to ENGINE_FILES (opset 17, parsed by every version)
 ATTENTION_GRAPH_FILES = ("ee.attention.onnx", "sac.attention.onnx")
+# written with them: the SAC attention graph without keep masks, for calls whose images share one target
+# count (every batch-1 call; engine_io stage "sac_unpadded"); older format-4 exports lack it
+UNPADDED_SAC_FILE = "sac.unpadded.attention.onnx"
 ATTENTION_OPSET = 23
 CHECKPOINT_FILE = "model.pt"
 CALIBRATION_FILE = "calibration.json"  # written by `sacvit-edge calibrate`; listed (hashed) in `files`
@@ -283,6 +286,7 @@ class Manifest:
     calibration: Calibration | None = None  # from calibration.json, when the directory was calibrated
     derived: Derived = field(default_factory=Derived)
     attention_graphs: tuple[str, str] | None = None  # (ee, sac) ATTENTION_GRAPH_FILES when exported
+    unpadded_sac: str | None = None  # UNPADDED_SAC_FILE when exported (with the attention graphs)
 
     def engine_problems(self, stage: str, metadata: dict[str, str]) -> list[str]:
         """Why an engine's embedded metadata does not belong to this manifest (empty: it does)."""
@@ -403,7 +407,7 @@ def manifest_content(*, fingerprint: str, class_names: list[str], mean: tuple[fl
     engines: dict[str, Any] = {"ee": {"file": ENGINE_FILES[0]}, "sac": {"file": ENGINE_FILES[1]}, "batch_max": int(batch_max)}
     if attention_graphs:
         engines["attention_graphs"] = {"ee": ATTENTION_GRAPH_FILES[0], "sac": ATTENTION_GRAPH_FILES[1],
-                                       "opset": ATTENTION_OPSET}
+                                       "sac_unpadded": UNPADDED_SAC_FILE, "opset": ATTENTION_OPSET}
     return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "checkpoint_fingerprint": fingerprint,
             "class_names": list(class_names), "input": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
             "model_config": config.to_dict(),
@@ -453,13 +457,16 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _plain_name(k) and isinstance(h, str)
                                                                    and len(h) == 64 for k, h in v.items()),
                   "an object mapping plain file names (no path) to sha256 hex digests")
-    attention_graphs = None
+    attention_graphs, unpadded_sac = None, None
     if version >= 4 and eng.data.get("attention_graphs") is not None:
         a = eng.section("attention_graphs")
         plain = lambda v: isinstance(v, str) and _plain_name(v)  # noqa: E731
         attention_graphs = (a.get("ee", plain, "a plain file name inside the directory"),
                             a.get("sac", plain, "a plain file name inside the directory"))
-    for file in (*(spec_.file for spec_ in engines.values()), *(attention_graphs or ())):  # all under the integrity check
+        if a.data.get("sac_unpadded") is not None:
+            unpadded_sac = a.get("sac_unpadded", plain, "a plain file name inside the directory")
+    for file in (*(spec_.file for spec_ in engines.values()), *(attention_graphs or ()),
+                 *((unpadded_sac,) if unpadded_sac else ())):  # all under the integrity check
         if file not in files:
             raise ExportError(f"{source}: files lacks the hash of engine {file!r}; re-export the checkpoint")
     eta = r.float_("eta") if version == 3 else config.eta
@@ -490,7 +497,7 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
                     input=spec, eta=eta, config=config, engines=engines, files=dict(files),
                     opset=data.get("opset"), exporter=data.get("exporter"), versions={str(k): str(v) for k, v in versions.items()},
                     cost=cost, content_sha256=_digest_or_fail(data, source), derived=derived,
-                    attention_graphs=attention_graphs)
+                    attention_graphs=attention_graphs, unpadded_sac=unpadded_sac)
 
 
 def _derived(r: _Reader, files: dict[str, str], source: Path) -> Derived:

@@ -163,6 +163,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         num_targets: int,
         keep: torch.Tensor | None = None,
+        has_nontargets: bool = True,
     ) -> torch.Tensor:
         """SAC-ViT attention within each cluster, as separate attention calls.
 
@@ -173,11 +174,19 @@ class Attention(nn.Module):
         (One call with a block-diagonal mask computes the masked-out scores too; measured no
         faster, docs/latency.md.)
 
+        Before the non-targets join (blocks below reuse_layer, or no non-targets at all), CLS and
+        the targets attend to the same keys, [CLS, targets]: that is one full attention call,
+        not two calls and a concatenation (the same numbers; five graph nodes fewer per block).
+
         Args:
             x: (B, 1+T+N, D).
             num_targets: T.
             keep: optional (B, 1+T+N) key mask (padding in mixed-count training batches).
+            has_nontargets: whether x holds non-targets (N > 0), as the caller laid it out; the
+                caller's bool rather than a shape test, so exported graphs do not depend on one.
         """
+        if not has_nontargets:
+            return self.forward(x, keep)
         q, k, v = self._qkv(x)
         tok, t_end = self._tokens, 1 + num_targets
         axis = 1 if self.impl == "onnx" else 2
@@ -222,8 +231,9 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.norm2(x)), cls_attn
 
-    def forward_clusters(self, x: torch.Tensor, num_targets: int, keep: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn.forward_clusters(self.norm1(x), num_targets, keep)
+    def forward_clusters(self, x: torch.Tensor, num_targets: int, keep: torch.Tensor | None = None,
+                         has_nontargets: bool = True) -> torch.Tensor:
+        x = x + self.attn.forward_clusters(self.norm1(x), num_targets, keep, has_nontargets)
         return x + self.mlp(self.norm2(x))
 
 
@@ -381,14 +391,16 @@ class SACViT(VisionTransformer):
         if target_keep is not None:
             keep = torch.cat([ones, target_keep.unsqueeze(-1).expand(-1, -1, 4).reshape(b, 4 * k)], 1)
         x = torch.cat([cls, tgt], 1)  # (B, 1+T, D); non-targets join at `reuse_layer`
+        joined = False
         for i, blk in enumerate(self.blocks):
             if i == cfg.reuse_layer and nontarget_idx.shape[1] > 0:
                 x = torch.cat([x, non], 1)  # (B, 1+T+N, D)
+                joined = True
                 if keep is not None:
                     keep = torch.cat([keep, nontarget_keep if nontarget_keep is not None
                                       else torch.ones_like(nontarget_idx, dtype=torch.bool)], 1)
             if cfg.attention == "cluster":
-                x = blk.forward_clusters(x, 4 * k, keep)
+                x = blk.forward_clusters(x, 4 * k, keep, has_nontargets=joined)
             else:
                 x = blk(x, keep)
         return self.head(self.norm(x[:, 0]))

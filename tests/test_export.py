@@ -15,6 +15,7 @@ from sacvit_edge.export.bundle import MANIFEST_VERSION, export_checkpoint, read_
 from sacvit_edge.export.torch2onnx import TRAINING_ONLY_OPS
 from helpers import op_histogram, random_split
 from sacvit_edge.runtimes.ort import OrtBackend
+from sacvit_edge.engine_io import STAGES
 
 ATOL = 1e-4  # fp32 logits, ONNX Runtime vs PyTorch
 
@@ -97,16 +98,22 @@ def test_parity_shipped_model_every_k(shipped_export, shipped_sac, graphs):
 
 def test_attention_graphs_are_one_attention_node_per_call(random_export, random_ckpt):
     """The ONNX Runtime graphs: opset 23, every attention call one standard Attention node (EE: one
-    per block, the GCA readout from its probabilities output; SAC: CLS + targets in every block,
-    + non-targets from the reuse layer on), no Softmax left, and far fewer nodes than the opset-17
-    graphs; listed in the manifest, hashed, carrying the export's metadata; ONNX Runtime runs them."""
+    per block, the GCA readout from its probabilities output; SAC: one call per block before the
+    non-targets join at the reuse layer, where CLS and the targets attend to the same keys, then
+    three: CLS, targets, non-targets), no Softmax left, and far fewer nodes than the opset-17
+    graphs; the SAC graph without keep masks likewise, with no mask input; listed in the
+    manifest, hashed, carrying the export's metadata; ONNX Runtime runs them."""
     m = read_manifest(random_export)
     cfg = load_checkpoint(random_ckpt).config
+    assert 0 < cfg.reuse_layer < cfg.depth  # both kinds of block are in the graph
     assert m.attention_graphs == ("ee.attention.onnx", "sac.attention.onnx")
+    assert m.unpadded_sac == "sac.unpadded.attention.onnx"
     assert m.engine_files("fp32", attention_op=True) == m.attention_graphs
     assert m.engine_files("fp32") == ("ee.onnx", "sac.onnx")  # TensorRT / OpenVINO / fp16 / INT8 start here
-    expected_calls = {"ee": cfg.depth, "sac": 2 * cfg.depth + (cfg.depth - cfg.reuse_layer)}
-    for stage, name, old in (("ee", m.attention_graphs[0], "ee.onnx"), ("sac", m.attention_graphs[1], "sac.onnx")):
+    sac_calls = cfg.reuse_layer + 3 * (cfg.depth - cfg.reuse_layer)
+    expected_calls = {"ee": cfg.depth, "sac": sac_calls, "sac_unpadded": sac_calls}
+    for stage, name, old in (("ee", m.attention_graphs[0], "ee.onnx"), ("sac", m.attention_graphs[1], "sac.onnx"),
+                             ("sac_unpadded", m.unpadded_sac, "sac.onnx")):
         assert name in m.files
         model = onnx.load(str(random_export / name))
         onnx.checker.check_model(model, full_check=True)
@@ -117,15 +124,49 @@ def test_attention_graphs_are_one_attention_node_per_call(random_export, random_
         assert sum(ops.values()) < 0.8 * sum(op_histogram(random_export / old).values())
         meta = {p.key: p.value for p in model.metadata_props}
         assert m.engine_problems(stage, meta) == []
+        if stage == "sac_unpadded":  # no keep masks in, none built: the masks' Unsqueeze/Expand are gone
+            assert [i.name for i in model.graph.input] == list(STAGES["sac_unpadded"].input_names)
+            assert ops["Expand"] < op_histogram(random_export / m.attention_graphs[1])["Expand"]
     backend = OrtBackend.from_manifest(m)
-    assert backend.describe()["graphs"] == list(m.attention_graphs)
+    assert backend.describe()["graphs"] == [*m.attention_graphs, m.unpadded_sac]
+
+
+def test_unpadded_calls_run_the_graph_without_masks_and_answer_alike(random_export):
+    """Calls whose images share one target count (every batch-1 call) run sac.unpadded.attention.onnx,
+    padded groups the SAC graph with masks; both give the logits the masked graph gives."""
+    import onnxruntime
+
+    from sacvit_edge.clustering import select_targets
+    from sacvit_edge.runtimes.base import host_sac_feeds
+    from sacvit_edge.tokens import build_sac_group
+
+    m = read_manifest(random_export)
+    backend = OrtBackend.from_manifest(m)
+    calls = []
+    for name in ("sac", "sac_unpadded"):
+        session = getattr(backend, name)
+        real_run = session.run
+        setattr(backend, name, type("CountingSession", (), {
+            "run": lambda self, out, feeds, _run=real_run, _name=name: calls.append(_name) or _run(out, feeds)})())
+    backend.sac1 = backend.sac_unpadded1 = None  # every call through the two sessions counted above
+    masked = onnxruntime.InferenceSession(str(random_export / m.attention_graphs[1]), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((4, 3, m.size, m.size)).astype(np.float32)
+    ee = backend.run_ee(x)
+    order = select_targets(ee.gca, m.config).order
+    lo, hi = m.k_range
+    for counts in (np.full(4, lo), np.full(4, hi), np.array([lo, hi, lo + 1, hi])):  # unpadded twice, then padded
+        group = build_sac_group(order, counts)
+        got = backend.run_sac(ee, np.arange(4), group)
+        want = masked.run(["sac_logits"], host_sac_feeds(ee, np.arange(4), group))[0]
+        assert np.abs(got - want).max() <= ATOL
+    assert calls == ["sac_unpadded", "sac_unpadded", "sac"]
 
 
 def test_export_without_attention_graphs(tmp_path, random_ckpt):
     """--no-attention-graphs (or a torch that cannot write them): the opset-17 graphs alone, which
     ONNX Runtime then runs."""
     m = export_checkpoint(random_ckpt, tmp_path / "e", attention_graphs=False)
-    assert m.attention_graphs is None and not list((tmp_path / "e").glob("*.attention.onnx"))
+    assert m.attention_graphs is None and m.unpadded_sac is None and not list((tmp_path / "e").glob("*.attention.onnx"))
     assert OrtBackend.from_manifest(m).describe()["graphs"] == ["ee.onnx", "sac.onnx"]
 
 
@@ -139,6 +180,11 @@ def test_manifest_refuses_unhashed_or_swapped_attention_graphs(tmp_path, random_
     (d / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ExportError, match="files lacks the hash of engine 'sac.attention.onnx'"):
         read_manifest(d)
+    data["files"]["sac.attention.onnx"] = bundle.sha256_file(d / "sac.attention.onnx")
+    data["files"].pop("sac.unpadded.attention.onnx")
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="files lacks the hash of engine 'sac.unpadded.attention.onnx'"):
+        read_manifest(d)
     # an attention graph of another export, its hash updated: its embedded digest gives it away
     shutil.rmtree(d)
     shutil.copytree(random_export, d)
@@ -147,6 +193,13 @@ def test_manifest_refuses_unhashed_or_swapped_attention_graphs(tmp_path, random_
     data["files"]["ee.attention.onnx"] = bundle.sha256_file(d / "ee.attention.onnx")
     (d / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BackendError, match="ee.attention.onnx"):
+        OrtBackend.from_manifest(read_manifest(d))
+    shutil.copyfile(random_export / "ee.attention.onnx", d / "ee.attention.onnx")  # back to this export's own
+    shutil.copyfile(shipped_export / "sac.unpadded.attention.onnx", d / "sac.unpadded.attention.onnx")
+    data["files"]["ee.attention.onnx"] = bundle.sha256_file(d / "ee.attention.onnx")
+    data["files"]["sac.unpadded.attention.onnx"] = bundle.sha256_file(d / "sac.unpadded.attention.onnx")
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BackendError, match="sac.unpadded.attention.onnx"):
         OrtBackend.from_manifest(read_manifest(d))
 
 
