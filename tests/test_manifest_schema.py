@@ -15,6 +15,9 @@ from sacvit_edge.manifest import (MANIFEST_VERSION, CostTable, content_digest, m
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "sacvit_edge" / "assets" / "sacvit_tiny_112"
+# the shipped checkpoint as the exporter of format 3 wrote it (the bundled export until it was re-made
+# with the attention graphs): what users' older export directories look like
+FORMAT3 = REPO / "tests" / "fixtures" / "format3_export"
 SAMPLES = sorted((REPO / "sacvit_edge" / "assets" / "samples").glob("*.png"))
 
 
@@ -40,16 +43,15 @@ def test_the_writer_and_the_reader_are_one_schema(tmp_path):
 def test_a_format_3_and_a_format_4_directory_load_and_answer_alike(tmp_path, shipped_sac):
     from sacvit_edge.export.bundle import export_checkpoint
 
-    old = json.loads((BUNDLED / "manifest.json").read_text())
-    assert old["format_version"] == 3, ("the bundled export is the format-3 directory this test loads; after "
-                                        "re-making it, keep a format-3 copy here instead")
+    old = json.loads((FORMAT3 / "manifest.json").read_text())
+    assert old["format_version"] == 3
     fresh = export_checkpoint(shipped_sac, tmp_path / "v4", include_checkpoint=False)
     assert json.loads((fresh.directory / "manifest.json").read_text())["format_version"] == MANIFEST_VERSION == 4
-    a, b = read_manifest(BUNDLED), fresh
+    a, b = read_manifest(FORMAT3), fresh
     assert (a.config, a.eta, a.k_range, a.batch_range, a.size, a.mean, a.std, a.class_names) == \
            (b.config, b.eta, b.k_range, b.batch_range, b.size, b.mean, b.std, b.class_names)
     assert a.engines == b.engines and a.cost == b.cost
-    pa = EdgeClassifier(BUNDLED, backend="onnxruntime").predict_batch(SAMPLES)
+    pa = EdgeClassifier(FORMAT3, backend="onnxruntime").predict_batch(SAMPLES)
     pb = EdgeClassifier(fresh.directory, backend="onnxruntime").predict_batch(SAMPLES)
     assert [(p.class_id, p.exited_early, p.num_target_tokens) for p in pa] == \
            [(p.class_id, p.exited_early, p.num_target_tokens) for p in pb]
