@@ -299,6 +299,11 @@ class SACViT(VisionTransformer):
         # Offsets of the 2x2 fine tokens inside one coarse cell, on the flattened fine grid.
         gf = cfg.fine_grid
         self.register_buffer("fine_offsets", torch.tensor([0, 1, gf, gf + 1]), persistent=False)
+        # (n, 4): the fine-grid indices of every coarse cell's 2x2 fine tokens. The SAC stage gathers the
+        # fine positional embedding through it by coarse index: in the graphs one Gather from a table
+        # ONNX Runtime folds at load, instead of the floor-division arithmetic of fine_indices per call
+        self.register_buffer("cell_fine_idx", self.fine_indices(torch.arange(cfg.num_coarse)[None]).reshape(-1, 4),
+                             persistent=False)
 
     # ---- stage 1 ----------------------------------------------------------------------
     def downsample(self, img: torch.Tensor) -> torch.Tensor:
@@ -378,11 +383,12 @@ class SACViT(VisionTransformer):
         """
         cfg = self.cfg
         b, k = target_idx.shape
-        fine_idx = self.fine_indices(target_idx)  # (B, 4k)
-        pos = self.pos_embed[0, 1:][fine_idx]  # (B, 4k, D)
-        tgt = self.patch_embed.embed_patches(patches) + pos  # re-embed as fine tokens
+        # per target cell (B, k, 4, D), its 2x2 fine tokens in fine_indices' order: re-embedded pixels + fine
+        # positions, + the reused EE feature of the cell broadcast to its four tokens
+        pos = self.pos_embed[0, 1:][self.cell_fine_idx][target_idx]
+        tgt = self.patch_embed.embed_patches(patches).unflatten(1, (k, 4)) + pos  # re-embed as fine tokens
         reused = self.reuse(gather_tokens(ee_final, target_idx))  # (B, k, D)
-        tgt = tgt + reused.unsqueeze(2).expand(-1, -1, 4, -1).reshape(b, 4 * k, -1)
+        tgt = (tgt + reused.unsqueeze(2)).flatten(1, 2)  # (B, 4k, D)
         non = gather_tokens(ee_hidden, nontarget_idx)  # (B, N, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
 

@@ -8,8 +8,10 @@ Make BEFORE_DIR with the previous commit's exporter (`git archive HEAD | tar -x 
 `sacvit-edge export` from there) and AFTER_DIR with the working tree's. Frames follow the shipped
 model's exit decisions and target counts on 256 test canvases at its eta (ImposedDecisions, the
 same for both). Per round and variant: 64 frames with that pattern, 16 no-exit frames at k_max,
-16 at k = 9, 32 exit frames, batch-32 throughput; ms per image, medians over rounds (the first
-dropped). Both answer the same: the script also reports the largest probability difference.
+16 at k = 9, 32 exit frames, 8 batches of 32; ms per image (the first round is warm-up). Every call is timed on both variants back to back, the order alternating, so the
+machine's drift (tens of percent between minutes here) cancels in the pairs; the table gives the
+means and the median of the per-pair ratios. Both answer the same: the script also reports the
+largest probability difference.
 """
 import argparse
 import json
@@ -42,13 +44,16 @@ hi = first.manifest.k_range[1]
 one = [np.ascontiguousarray(x[i][None]) for i in range(len(x))]
 keys = ("frame_b1", "no_exit_kmax_b1", "no_exit_k9_b1", "exit_b1", "b32_per_image")
 res = {name: {k: [] for k in keys} for name in clfs}
+pairs = list(clfs.items())
 
 
-def timed(fn, n):
-    t = time.perf_counter()
+def paired(key, call, n, per=1):
+    """Each call timed on both variants back to back, the order alternating: drift cancels in the pairs."""
     for i in range(n):
-        fn(i)
-    return (time.perf_counter() - t) / n * 1e3
+        for name, clf in (pairs if i % 2 == 0 else pairs[::-1]):
+            t = time.perf_counter()
+            call(clf, i)
+            res[name][key].append((time.perf_counter() - t) / per * 1e3)
 
 
 def imposed(e, k):
@@ -56,23 +61,24 @@ def imposed(e, k):
 
 
 for r in range(args.rounds):
-    for name, clf in (clfs.items() if r % 2 == 0 else reversed(clfs.items())):
-        R = res[name]
-        R["frame_b1"].append(timed(lambda i: clf.run(one[(r * 64 + i) % 256], imposed=ImposedDecisions(
-            exited[(r * 64 + i) % 256][None], counts[(r * 64 + i) % 256][None])), 64))
-        R["no_exit_kmax_b1"].append(timed(lambda i: clf.run(one[i], imposed=imposed(False, hi)), 16))
-        R["no_exit_k9_b1"].append(timed(lambda i: clf.run(one[i], imposed=imposed(False, 9)), 16))
-        R["exit_b1"].append(timed(lambda i: clf.run(one[i], imposed=imposed(True, 0)), 32))
-        R["b32_per_image"].append(timed(lambda i: clf.run(x[i * 32:(i + 1) * 32], imposed=ImposedDecisions(
-            exited[i * 32:(i + 1) * 32], counts[i * 32:(i + 1) * 32])), 8) / 32)
+    paired("frame_b1", lambda c, i: c.run(one[(r * 64 + i) % 256], imposed=ImposedDecisions(
+        exited[(r * 64 + i) % 256][None], counts[(r * 64 + i) % 256][None])), 64)
+    paired("no_exit_kmax_b1", lambda c, i: c.run(one[i], imposed=imposed(False, hi)), 16)
+    paired("no_exit_k9_b1", lambda c, i: c.run(one[i], imposed=imposed(False, 9)), 16)
+    paired("exit_b1", lambda c, i: c.run(one[i], imposed=imposed(True, 0)), 32)
+    paired("b32_per_image", lambda c, i: c.run(x[(i % 8) * 32:(i % 8 + 1) * 32], imposed=ImposedDecisions(
+        exited[(i % 8) * 32:(i % 8 + 1) * 32], counts[(i % 8) * 32:(i % 8 + 1) * 32])), 8, per=32)
 out = {"threads": args.threads, "rounds": args.rounds, "exit_rate": float(exited.mean()),
        "max_prob_diff": diff}
-print(f"exit rate {exited.mean():.3f}, max probability difference {diff:.2e}")
-print(f"{'ms per image':18s} {'before':>8s} {'after':>8s} {'after/before':>12s}")
+print(f"exit rate {exited.mean():.3f}, max probability difference {diff:.2e}; ms per image, calls paired")
+print(f"{'':18s} {'mean before':>11s} {'mean after':>11s} {'after/before':>12s} {'median pair ratio':>18s}")
 for k in keys:
-    b, a = (float(np.median(res[n][k][1:])) for n in ("before", "after"))
-    out[k] = {"before": round(b, 4), "after": round(a, 4), "ratio": round(a / b, 3)}
-    print(f"{k:18s} {b:8.3f} {a:8.3f} {a / b:12.3f}")
+    b, a = (np.asarray(res[n][k][len(res[n][k]) // args.rounds:]) for n in ("before", "after"))  # first round: warm-up
+    ratio = float(np.median(a / b))
+    out[k] = {"before_mean": round(float(b.mean()), 4), "after_mean": round(float(a.mean()), 4),
+              "before_p50": round(float(np.median(b)), 4), "after_p50": round(float(np.median(a)), 4),
+              "mean_ratio": round(float(a.mean() / b.mean()), 3), "median_pair_ratio": round(ratio, 3)}
+    print(f"{k:18s} {b.mean():11.3f} {a.mean():11.3f} {a.mean() / b.mean():12.3f} {ratio:18.3f}")
 if args.json:
     with open(args.json, "w") as f:
         json.dump(out, f, indent=2)
