@@ -153,7 +153,7 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     checkpoint carries, and it is the sweep's choice on those images (recomputed here)."""
     from sacvit_edge.calibration.sweep import Request
     from sacvit_edge.datasets import open_source
-    from sacvit_edge.recipe import TrainRequest, run_training
+    from sacvit_edge.recipe import FOLDER_MODEL_OPTIONS, TrainRequest, run_training
     from sacvit_edge.train import choose_eta
 
     _two_class_folder(tmp_path / "data")
@@ -178,8 +178,8 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     same = lambda s: (s.batch_size, s.lr, s.warmup_steps, s.steps)  # noqa: E731
     assert base.eta is None and same(base.settings) == same(report.settings)
     # a folder fine-tuning: the model options the user left open are the recipe's, the given one kept
-    assert ck.config.k_min == 12 and ck.config.reuse_layer == 1
-    assert any(r.startswith("k_min 12") for r in report.settings.reasons)
+    assert ck.config.k_min == FOLDER_MODEL_OPTIONS["k_min"] == 20 and ck.config.reuse_layer == 1
+    assert any(r.startswith("k_min 20") for r in report.settings.reasons)
     assert not any("reuse layer" in r for r in report.settings.reasons)
     assert open_source(tmp_path / "data", "test", ck.class_names).classes == ("left", "right")
     assert ck.training["train_config"]["distill_from"] == "clustering"  # a folder's default
