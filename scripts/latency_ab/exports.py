@@ -4,14 +4,15 @@ interleaved in one process, on the graphs ONNX Runtime runs (issue 21):
     .venv/bin/python scripts/latency_ab/exports.py BEFORE_DIR AFTER_DIR [--rounds 10] [--threads 1]
                                                     [--json out.json]
 
-Make BEFORE_DIR with the previous commit's exporter (`git archive HEAD | tar -x -C /tmp/base`, then
-`sacvit-edge export` from there) and AFTER_DIR with the working tree's. Frames follow the shipped
-model's exit decisions and target counts on 256 test canvases at its eta (ImposedDecisions, the
-same for both). Per round and variant: 64 frames with that pattern, 16 no-exit frames at k_max,
-16 at k = 9, 32 exit frames, 8 batches of 32; ms per image (the first round is warm-up). Every call is timed on both variants back to back, the order alternating, so the
-machine's drift (tens of percent between minutes here) cancels in the pairs; the table gives the
-means and the median of the per-pair ratios. Both answer the same: the script also reports the
-largest probability difference.
+Make BEFORE_DIR with the previous code's exporter (`sacvit-edge export` before editing, or from a venv
+with the previous commit installed: `git archive HEAD | tar -x -C /tmp/base`, `pip install /tmp/base`)
+and AFTER_DIR with the working tree's; both then run on the working tree's library. Frames follow
+the shipped model's exit decisions and target counts on 256 test canvases at its eta
+(ImposedDecisions, the same for both). Per round: 64 frames with that pattern, 16 no-exit frames at
+k_max, 16 at k = 9, 32 exit frames, 8 batches of 32; ms per image (the first round is warm-up).
+Every call is timed on both variants back to back, the order alternating, so the machine's drift
+(tens of percent between minutes here) cancels in the pairs; the table gives the means and the
+median of the per-pair ratios. The script also reports the largest probability difference.
 """
 import argparse
 import json
