@@ -132,8 +132,9 @@ def test_attention_graphs_are_one_attention_node_per_call(random_export, random_
 
 
 def test_unpadded_calls_run_the_graph_without_masks_and_answer_alike(random_export):
-    """Calls whose images share one target count (every batch-1 call) run sac.unpadded.attention.onnx,
-    padded groups the SAC graph with masks; both give the logits the masked graph gives."""
+    """Calls whose images share one target count (every batch-1 call) run sac.unpadded.attention.onnx
+    and give the masked graph's logits; padded groups run the masked graph and give each image's
+    logits as it alone, unpadded, would."""
     import onnxruntime
 
     from sacvit_edge.clustering import select_targets
@@ -157,7 +158,9 @@ def test_unpadded_calls_run_the_graph_without_masks_and_answer_alike(random_expo
     for counts in (np.full(4, lo), np.full(4, hi), np.array([lo, hi, lo + 1, hi])):  # unpadded twice, then padded
         group = build_sac_group(order, counts)
         got = backend.run_sac(ee, np.arange(4), group)
-        want = masked.run(["sac_logits"], host_sac_feeds(ee, np.arange(4), group))[0]
+        # the reference: each image alone at its own count, unpadded, through the masked graph itself
+        want = np.concatenate([masked.run(["sac_logits"], host_sac_feeds(
+            ee, np.array([i]), build_sac_group(order[i:i + 1], counts[i:i + 1])))[0] for i in range(4)])
         assert np.abs(got - want).max() <= ATOL
     assert calls == ["sac_unpadded", "sac_unpadded", "sac"]
 

@@ -196,6 +196,7 @@ def test_damaged_export_directories_fail_at_load_with_the_projects_error(tmp_pat
         "list": lambda d: (d / "manifest.json").write_text("[1, 2]"),
         "truncated-engine": lambda d: (d / "sac.onnx").write_bytes((d / "sac.onnx").read_bytes()[:1000]),
         "no-engine": lambda d: (d / "ee.onnx").unlink(),
+        "no-unpadded-graph": lambda d: (d / "sac.unpadded.attention.onnx").unlink(),
         "huge-manifest": lambda d: (d / "manifest.json").write_text(" " * (2 << 20) + "{}"),
         "empty-manifest": lambda d: (d / "manifest.json").write_text(""),
     }
@@ -211,6 +212,7 @@ def test_damaged_export_directories_fail_at_load_with_the_projects_error(tmp_pat
         "path-escape": lambda m: m["files"].update({"../../../../etc/hostname": "0" * 64}),
         "engine-path": lambda m: m["engines"]["ee"].update(file="../ee.onnx"),
         "attention-graph-path": lambda m: m["engines"]["attention_graphs"].update(sac="../sac.attention.onnx"),
+        "unpadded-graph-path": lambda m: m["engines"]["attention_graphs"].update(sac_unpadded="../x.onnx"),
         "nan-literal": lambda m: m["cost"].update(gflops_ee=float("nan")),
     }
     for name, edit in edits.items():
