@@ -3,7 +3,8 @@
 Loss = CE(logits_sac, y) + KL(log_softmax(logits_ee) || softmax(logits_sac).detach()).
 For the first `warmup_share` of the steps the SAC stage takes every coarse token as a
 target; clustering switches on after that. [choice] `distill_from`: the KL term from the first
-step ("start", the section as written) or from the step clustering switches on ("clustering").
+step ("start", the section as written), from the step clustering switches on ("clustering"), or
+from a share of the steps (a number in [0, 1]; independent of the clustering switch).
 The DeiT baseline trains with plain CE.
 
 Runs unchanged as one process, or under torchrun with DistributedDataParallel (gloo on CPU,
@@ -59,14 +60,38 @@ class TrainConfig:
     threads: int | None = None
     augment: str = "none"  # image folders: "shift-scale" (a random scale and shift per image and epoch) or "none"
     # when the EE head's distillation (the KL term) starts: "start" (every step, SACVIT.md section 5 as
-    # written, the shipped recipe) or "clustering" (with the clustering stage: during the all-targets warm
+    # written, the shipped recipe), "clustering" (with the clustering stage: during the all-targets warm
     # stage the shared blocks learn the full-resolution task undisturbed; a short fine-tuning on a small
-    # folder gains 4-7 points, see the README's own-data table)
-    distill_from: str = "start"
+    # folder gains 4-7 points, see the README's own-data table), or a share of the steps in [0, 1] (the
+    # folder recipe: clustering from the first step, the KL term from two thirds on; recipe.py)
+    distill_from: str | float = "start"
 
 
 AUGMENTS = {"shift-scale": Augment(), "none": None}
 DISTILL_FROM = ("start", "clustering")
+
+
+def parse_distill_from(value: str | float) -> str | float:
+    """"start", "clustering", or a share of the steps in [0, 1] (given as a number or its text)."""
+    if isinstance(value, str) and value in DISTILL_FROM:
+        return value
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = math.nan
+    if isinstance(value, bool) or not 0.0 <= share <= 1.0:
+        raise ConfigError(f"distill_from={value!r}: expected one of {list(DISTILL_FROM)} or a share of the steps "
+                          "in [0, 1]")
+    return share
+
+
+def distill_start_step(distill_from: str | float, cluster_from: int, total: int) -> int:
+    """The first optimiser step whose loss has the KL term."""
+    if distill_from == "start":
+        return 0
+    if distill_from == "clustering":
+        return cluster_from
+    return int(round(float(distill_from) * total))
 
 
 @dataclass
@@ -148,8 +173,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     """
     from .model import load_deit_state_dict
 
-    if cfg.distill_from not in DISTILL_FROM:
-        raise ConfigError(f"distill_from={cfg.distill_from!r}: expected one of {list(DISTILL_FROM)}")
+    distill_from = parse_distill_from(cfg.distill_from)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed = setup_distributed()
@@ -172,6 +196,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
     steps_per_epoch = math.ceil(n_items / world / cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     cluster_from = int(round(cfg.warmup_share * total))
+    distill_from_step = distill_start_step(distill_from, cluster_from, total)
     if cfg.warmup_steps >= total and rank == 0:
         log.warning("the learning-rate warm-up (%d steps) is as long as the whole run (%d steps): the learning rate never "
                     "reaches --lr; lower --warmup-steps or train longer", cfg.warmup_steps, total)
@@ -207,7 +232,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset, out_path: Path,
             x, y = to_input(images).to(device), torch.from_numpy(labels).to(device)
             if is_sac:
                 clustering = step >= cluster_from
-                loss = sac_loss(net(x, clustering=clustering), y, distill=clustering or cfg.distill_from == "start")
+                loss = sac_loss(net(x, clustering=clustering), y, distill=step >= distill_from_step)
             else:
                 loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)

@@ -13,7 +13,8 @@ from sacvit_edge.data import ClutteredFashionMNIST
 from sacvit_edge.errors import ConfigError
 from sacvit_edge.gate import NEVER_EXIT
 from sacvit_edge.model import build_model
-from sacvit_edge.train import TrainConfig, evaluate, sac_loss, to_input, train
+from sacvit_edge.train import (TrainConfig, distill_start_step, evaluate, parse_distill_from, sac_loss, to_input,
+                               train)
 
 
 def test_a_few_steps_reduce_the_loss():
@@ -153,7 +154,8 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     checkpoint carries, and it is the sweep's choice on those images (recomputed here)."""
     from sacvit_edge.calibration.sweep import Request
     from sacvit_edge.datasets import open_source
-    from sacvit_edge.recipe import FOLDER_MODEL_OPTIONS, TrainRequest, run_training
+    from sacvit_edge.recipe import (FOLDER_DISTILL_FROM, FOLDER_MODEL_OPTIONS, FOLDER_WARMUP_SHARE, TrainRequest,
+                                    run_training)
     from sacvit_edge.train import choose_eta
 
     _two_class_folder(tmp_path / "data")
@@ -182,27 +184,39 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     assert any(r.startswith("k_min 20") for r in report.settings.reasons)
     assert not any("reuse layer" in r for r in report.settings.reasons)
     assert open_source(tmp_path / "data", "test", ck.class_names).classes == ("left", "right")
-    assert ck.training["train_config"]["distill_from"] == "clustering"  # a folder's default
-    assert any(r.startswith("EE distillation from the clustering stage") for r in report.settings.reasons)
+    # a folder's schedule: clustering from the first step, the EE distillation from two thirds on
+    assert ck.training["train_config"]["warmup_share"] == FOLDER_WARMUP_SHARE == 0.0
+    assert ck.training["train_config"]["distill_from"] == pytest.approx(FOLDER_DISTILL_FROM) == 2 / 3
+    assert any(r.startswith("clustering from the first step") for r in report.settings.reasons)
+    assert any(r.startswith("EE distillation from 67% of the steps") for r in report.settings.reasons)
 
 
-@pytest.mark.parametrize("distill_from", ["start", "clustering"])
-def test_distill_from_holds_the_ee_head_out_of_the_warm_stage(tmp_path, distill_from):
-    """distill_from="clustering": while every token is a target (here: the whole run, warmup_share
-    1), the loss is the SAC head's CE alone, so the EE head, read by nothing else, keeps its
-    initial weights exactly; "start" trains it from the first step."""
+@pytest.mark.parametrize("warmup_share, distill_from, ee_trained", [
+    (1.0, "start", True), (1.0, "clustering", False),  # the whole run is the all-targets warm stage
+    (0.0, 1.0, False), (0.0, 0.0, True),  # clustering throughout; the KL term from a share of the steps
+    (0.0, "0.5", True)])  # the CLI's text form: from the second of the two steps on
+def test_distill_from_holds_the_ee_head_out_until_its_step(tmp_path, warmup_share, distill_from, ee_trained):
+    """Before the distillation's first step the loss is the SAC head's CE alone, so the EE head, read
+    by nothing else, keeps its initial weights exactly; from that step on the KL term trains it.
+    "clustering" ties that step to the clustering switch; a share sets it on its own."""
     torch.manual_seed(0)
     cfg = preset("tiny_112", embed_dim=32, depth=2, reuse_layer=1, gca_start_block=0)
     init = build_model(cfg).state_dict()
     ds = ClutteredFashionMNIST("train", limit=32)
-    train(cfg, TrainConfig(epochs=1, batch_size=16, warmup_steps=1, warmup_share=1.0, eval_limit=None,
+    train(cfg, TrainConfig(epochs=1, batch_size=16, warmup_steps=1, warmup_share=warmup_share, eval_limit=None,
                            distill_from=distill_from), ds, tmp_path / "m.pt", init_state=init)
     trained = load_checkpoint(tmp_path / "m.pt").model.state_dict()
     unchanged = torch.equal(trained["ee_head.weight"], init["ee_head.weight"])
-    assert unchanged == (distill_from == "clustering")
+    assert unchanged == (not ee_trained)
     assert not torch.equal(trained["head.weight"], init["head.weight"])  # the SAC head trained either way
-    with pytest.raises(ConfigError, match="distill_from"):
-        train(cfg, TrainConfig(distill_from="late"), ds, tmp_path / "x.pt")
+
+
+def test_distill_from_values():
+    assert distill_start_step("start", 7, 30) == 0 and distill_start_step("clustering", 7, 30) == 7
+    assert distill_start_step(2 / 3, 7, 30) == 20 and distill_start_step(parse_distill_from("1"), 7, 30) == 30
+    for bad in ("late", "1.5", -0.1, float("nan"), True, None):
+        with pytest.raises(ConfigError, match="distill_from"):
+            parse_distill_from(bad)
 
 
 def test_recipe_refuses_bad_options_before_training(tmp_path):
@@ -210,7 +224,8 @@ def test_recipe_refuses_bad_options_before_training(tmp_path):
     from sacvit_edge.recipe import TrainRequest, run_training
 
     for bad in (dict(epochs=0), dict(lr=-1.0), dict(augment="flip"), dict(batch_size=0), dict(arch="vit"),
-                dict(warmup_share=1.5), dict(eta_drop=float("nan")), dict(distill_from="late")):
+                dict(warmup_share=1.5), dict(eta_drop=float("nan")), dict(distill_from="late"),
+                dict(distill_from="2")):
         with pytest.raises(ConfigError):
             run_training(TrainRequest(out=tmp_path / "m.pt", **bad))
     assert not (tmp_path / "m.pt").exists()
