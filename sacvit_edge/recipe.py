@@ -27,7 +27,7 @@ from .datasets import LabelledSource
 from .errors import CheckpointError, ConfigError
 from .folders import ImageFolderSource, check_seed, stratified_split
 from .model import SACViT
-from .train import AUGMENTS, DISTILL_FROM, TrainConfig, choose_eta, parse_distill_from, train
+from .train import AUGMENTS, TrainConfig, choose_eta, parse_distill_from, train
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,7 @@ def _check(req: TrainRequest) -> None:
     if req.augment not in AUGMENTS:
         raise ConfigError(f"--augment {req.augment!r}: expected one of {list(AUGMENTS)}")
     if req.distill_from is not None:
-        try:
-            parse_distill_from(req.distill_from)
-        except ConfigError:
-            raise ConfigError(f"--distill-from {req.distill_from!r}: expected one of {list(DISTILL_FROM)} or a share "
-                              "of the steps in [0, 1]") from None
+        parse_distill_from(req.distill_from, "--distill-from")
     if req.arch not in ("sacvit", "deit"):
         raise ConfigError(f"--arch {req.arch!r}: expected sacvit or deit")
     if not (req.eta_drop >= 0 and math.isfinite(req.eta_drop)):

@@ -71,8 +71,9 @@ AUGMENTS = {"shift-scale": Augment(), "none": None}
 DISTILL_FROM = ("start", "clustering")
 
 
-def parse_distill_from(value: str | float) -> str | float:
-    """"start", "clustering", or a share of the steps in [0, 1] (given as a number or its text)."""
+def parse_distill_from(value: str | float, label: str = "distill_from") -> str | float:
+    """"start", "clustering", or a share of the steps in [0, 1] (given as a number or its text);
+    `label` names the value in the error (the CLI's option, or the config field)."""
     if isinstance(value, str) and value in DISTILL_FROM:
         return value
     try:
@@ -80,8 +81,7 @@ def parse_distill_from(value: str | float) -> str | float:
     except (TypeError, ValueError):
         share = math.nan
     if isinstance(value, bool) or not 0.0 <= share <= 1.0:
-        raise ConfigError(f"distill_from={value!r}: expected one of {list(DISTILL_FROM)} or a share of the steps "
-                          "in [0, 1]")
+        raise ConfigError(f"{label} {value!r}: expected one of {list(DISTILL_FROM)} or a share of the steps in [0, 1]")
     return share
 
 
