@@ -23,7 +23,8 @@ ReuseInput = Literal["pre_norm", "post_norm"]
 # Values of options that older checkpoints and manifests predate: what the model computed before
 # the option existed. from_dict fills them in, so an old file keeps computing what it was trained
 # with while new trainings get the (source-aligned) dataclass defaults.
-LEGACY_VALUES: dict[str, Any] = {"coarse_resample": "avgpool", "reuse_input": "pre_norm", "window_keep": 1.0}
+LEGACY_VALUES: dict[str, Any] = {"coarse_resample": "avgpool", "reuse_input": "pre_norm", "window_keep": 1.0,
+                                 "cluster_space": "raw"}
 
 
 _INT_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "reuse_layer",

@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from sacvit_edge.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_init_state, save_checkpoint
 from sacvit_edge.config import preset
 from sacvit_edge.errors import CheckpointError, SacvitError
-from sacvit_edge.model import build_model
+from sacvit_edge.model import build_model, load_deit_state_dict
 
 
 def test_round_trip_is_exact(tmp_path, random_ckpt):
@@ -128,3 +130,16 @@ def test_init_state_rejects_bad_files_with_checkpoint_error(tmp_path, random_ckp
     torch.save(raw, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="newer"):
         load_init_state(tmp_path / "new.pt")
+
+
+@pytest.mark.parametrize("name, space", [("deit_tiny_112_pre.pt", "raw"), ("deit_tiny_112.pt", "log"),
+                                         ("sacvit_tiny_112.pt", "log")])
+def test_every_shipped_checkpoint_loads_and_serves_as_init(name, space):
+    """The shipped backbone predates the cluster_space option: it must still load (with the raw-GCA
+    clustering it was saved under) and initialise a fresh SAC-ViT, as checkpoints/README.md's recipe does."""
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / name
+    assert load_checkpoint(path).model.cfg.cluster_space == space
+    state = load_init_state(path)
+    model = build_model(preset("tiny_112"))
+    load_deit_state_dict(model, state)
+    assert torch.equal(model.state_dict()["patch_embed.proj.weight"], state["patch_embed.proj.weight"])

@@ -96,11 +96,13 @@ def test_each_aligned_option_matters(option, old):
 def test_old_checkpoints_keep_what_they_were_trained_with():
     """A config saved before the options existed loads with the old computation."""
     old = {k: v for k, v in ModelConfig(gca_start_block=2).to_dict().items()
-           if k not in ("coarse_resample", "reuse_input", "window_keep")}
+           if k not in ("coarse_resample", "reuse_input", "window_keep", "cluster_space")}
     cfg = ModelConfig.from_dict(old)
-    assert (cfg.coarse_resample, cfg.reuse_input, cfg.gca_start_block) == ("avgpool", "pre_norm", 2)
+    assert (cfg.coarse_resample, cfg.reuse_input, cfg.gca_start_block, cfg.cluster_space) == (
+        "avgpool", "pre_norm", 2, "raw")
     new = ModelConfig()
-    assert (new.coarse_resample, new.reuse_input, new.gca_start_block) == ("avgpool", "post_norm", 3)
+    assert (new.coarse_resample, new.reuse_input, new.gca_start_block, new.cluster_space) == (
+        "avgpool", "post_norm", 3, "log")
 
 
 @pytest.mark.parametrize("method", ["cf", "lf"])
