@@ -130,15 +130,28 @@ class Request:
     `value` at the chosen eta and at every eta above it. On a few hundred tuning images a lower
     eta often "passes" by lucky swaps (the EE head right where the SAC head was wrong) and loses
     points on new images; the bound does not count on luck (train's held-out share uses z = 1).
+
+    min_exit_rate (max_drop only): a cost floor. Where the accuracy rule exits fewer images than
+    this share, the highest eta that exits at least this share is taken instead, and the chosen
+    point says so (`limited_by`). The early exit is the method's saving; with a weak EE head the
+    accuracy rule alone may keep it near zero.
     """
 
     kind: Objective
     value: float
     confidence_z: float = 0.0
+    min_exit_rate: float = 0.0
+
+    def __post_init__(self) -> None:  # refused when asked, before any images are read
+        if not 0.0 <= self.min_exit_rate <= 1.0:
+            raise ConfigError(f"--min-exit-rate {self.min_exit_rate!r} must be a share in [0, 1]")
+        if self.min_exit_rate and self.kind != "max_drop":
+            raise ConfigError("--min-exit-rate applies to the accuracy rule (--max-drop), not to a budget")
 
     def describe(self) -> str:
         bound = f" (upper bound, z = {self.confidence_z:g})" if self.confidence_z else ""
-        return {"max_drop": f"accuracy within {self.value:g} points of never exiting{bound}, at the lowest cost",
+        floor = f", exiting at least {self.min_exit_rate:.0%} of the images" if self.min_exit_rate else ""
+        return {"max_drop": f"accuracy within {self.value:g} points of never exiting{bound}, at the lowest cost{floor}",
                 "gflops_budget": f"the best accuracy within {self.value:g} GFLOPs per image",
                 "latency_budget_ms": f"the best accuracy within {self.value:g} ms per image"}[self.kind]
 
@@ -174,9 +187,11 @@ def choose(curve: list[dict[str, Any]], request: Request) -> dict[str, Any]:
         if request.value < 0:
             raise ConfigError(f"--max-drop {request.value} must be >= 0 points")
         if request.confidence_z > 0:
-            return _bounded_drop_choice(curve, never, request)
-        ok = [p for p in curve if p["top1"] >= never["top1"] - request.value - 1e-9]
-        return min(ok, key=lambda p: (p.get(cost_key, 0.0), _eta_key(p)))
+            chosen = _bounded_drop_choice(curve, never, request)
+        else:
+            ok = [p for p in curve if p["top1"] >= never["top1"] - request.value - 1e-9]
+            chosen = min(ok, key=lambda p: (p.get(cost_key, 0.0), _eta_key(p)))
+        return _exit_floor(curve, chosen, request.min_exit_rate)
     key = "gflops" if request.kind == "gflops_budget" else "latency_ms"
     if key not in never:
         raise ConfigError(f"a {key} budget needs {'the manifest cost table' if key == 'gflops' else 'measured latencies'}")
@@ -187,6 +202,18 @@ def choose(curve: list[dict[str, Any]], request: Request) -> dict[str, Any]:
         raise ConfigError(f"budget {request.value:g} {unit} cannot be met: the lowest achievable is {lowest:.4g} "
                           f"{unit} (every image exiting after the EE stage)")
     return max(ok, key=lambda p: (p["top1"], -p[key], -_eta_key(p)))
+
+
+def _exit_floor(curve: list[dict[str, Any]], chosen: dict[str, Any], min_exit_rate: float) -> dict[str, Any]:
+    """`chosen`, or where it exits less than `min_exit_rate`, the highest eta that exits at least that
+    share (lower etas only exit more), marked with what decided it."""
+    if chosen["exit_rate"] >= min_exit_rate - 1e-12:
+        return chosen
+    reaching = [p for p in curve if p["eta"] != NEVER_EXIT and p["exit_rate"] >= min_exit_rate - 1e-12]
+    if not reaching:
+        return chosen
+    return dict(max(reaching, key=_eta_key), limited_by="min_exit_rate", accuracy_rule_eta=chosen["eta"],
+                accuracy_rule_exit_rate=chosen["exit_rate"])
 
 
 def _eta_key(p: dict[str, Any]) -> float:

@@ -180,6 +180,7 @@ def train(
     warmup_share: Annotated[Optional[float], typer.Option(help="share of steps before clustering switches on (the all-targets warm stage; default: 0 on --data, 2/3 on the built-in data)")] = None,
     augment: Annotated[str, typer.Option(help="--data: 'shift-scale' (a random scale and shift per image and epoch) or 'none'")] = "shift-scale",
     eta_drop: Annotated[float, typer.Option(help="accuracy points on the held-out images the tuned exit threshold may cost (its upper bound, z = 1)")] = 0.5,
+    min_exit_rate: Annotated[Optional[float], typer.Option(help="share of the held-out images the tuned exit threshold exits at least, even past --eta-drop (default: 0.12 on --data, 0 on the built-in data)")] = None,
     distill_from: Annotated[Optional[str], typer.Option(help="when the EE head's distillation starts: 'start', 'clustering' or a share of the steps in [0, 1] (default: 0.667 on --data, start on the built-in data)")] = None,
     tune_eta: Annotated[bool, typer.Option("--tune-eta/--no-tune-eta", help="tune the exit threshold on the held-out images at the end")] = True,
     limit: Annotated[Optional[int], typer.Option(help="train on the first N items only")] = None,
@@ -207,7 +208,8 @@ def train(
         request = TrainRequest(out=out, arch=arch, preset=preset, init=init, data=data, val_share=val_share, epochs=epochs,
                                batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, warmup_share=warmup_share,
                                limit=limit, eval_limit=eval_limit, seed=seed, threads=threads, augment=augment,
-                               tune_eta=tune_eta, eta_drop=eta_drop, distill_from=distill_from, model_options=options,
+                               tune_eta=tune_eta, eta_drop=eta_drop, min_exit_rate=min_exit_rate, distill_from=distill_from,
+                               model_options=options,
                                command=" ".join(["sacvit-edge", *sys.argv[1:]]))
         with _progress() as progress:
             task = progress.add_task(f"train {arch}", total=None, info="")
@@ -270,6 +272,11 @@ def _print_eta(tuning) -> None:
     lo, hi = tuning.chosen["top1_ci95"]
     console.print(f"chosen eta = {tuning.chosen['eta']} ({tuning.request}): top-1 {tuning.chosen['top1']:.2f} % "
                   f"(95 % interval {lo:.1f}-{hi:.1f}), exit rate {tuning.chosen['exit_rate']:.3f}")
+    if tuning.chosen.get("limited_by") == "min_exit_rate":
+        console.print(f"  the accuracy rule alone gave eta {tuning.chosen['accuracy_rule_eta']} (exit rate "
+                      f"{tuning.chosen['accuracy_rule_exit_rate']:.3f}); the exit floor lowered it, at a measured drop "
+                      f"of {tuning.chosen.get('drop', 0.0):.2f} +- {tuning.chosen.get('drop_se', 0.0):.2f} points "
+                      "against never exiting")
 
 
 def _checkpoint_calibration(model_path: Path, data: Optional[Path], request, split: str, seed: int,
@@ -575,12 +582,13 @@ def tune_eta_cmd(
     in_place: Annotated[bool, typer.Option(help="rewrite MODEL_PATH's eta", metavar="")] = False,
     limit: Annotated[Optional[int], typer.Option(help="use N images")] = None,
     seed: Annotated[int, typer.Option(help="layout seed (the calibration split is drawn with seed + 1)")] = 0,
+    min_exit_rate: Annotated[float, typer.Option(help="share of the images the chosen eta exits at least, even past --max-drop (train's --min-exit-rate)")] = 0.0,
 ) -> None:
     """Choose a checkpoint's default eta on held-out images: an alias of `calibrate MODEL.pt
     --max-drop P` (the same computation, train.choose_eta; 0.25 points by default here)."""
     with _handled():
-        _checkpoint_calibration(model_path, data, _request(max_drop, None, None), "calibration", seed, limit, out,
-                                in_place, "tune-eta")
+        request = replace(_request(max_drop, None, None), min_exit_rate=min_exit_rate)
+        _checkpoint_calibration(model_path, data, request, "calibration", seed, limit, out, in_place, "tune-eta")
 
 
 def _checkout_root() -> Optional[Path]:

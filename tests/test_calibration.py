@@ -498,3 +498,31 @@ def test_drop_bound_does_not_count_on_lucky_swaps():
     assert bounded["eta"] == pytest.approx(0.605) and bounded["drop"] == pytest.approx(0.0)
     assert bounded["drop_se"] == pytest.approx(0.0) and bounded["exit_rate"] == pytest.approx(0.9)
     assert "upper bound" in Request("max_drop", 0.5, confidence_z=1.0).describe()
+
+
+def test_exit_floor_lowers_eta_only_where_the_accuracy_rule_exits_too_few():
+    """200 images; the EE head is right on the 40 most confident (0.9) and wrong on 60 at 0.6, so
+    the accuracy rule stops at 0.605 with 20 % exiting. A floor of 30 % takes the highest eta
+    exiting that share (0.6: the 60 wrong ones join, 50 % exit) and says the floor decided it; a
+    floor the rule already meets changes nothing; a bad floor is refused when asked."""
+    n, c = 200, 4
+    labels = np.zeros(n, dtype=np.int64)
+    sac_pred = np.zeros(n, dtype=np.int64)
+    ee_probs = np.full((n, c), 0.1, dtype=np.float32)
+    ee_probs[:40] = [0.9, 0.1 / 3, 0.1 / 3, 0.1 / 3]
+    ee_probs[40:100] = [0.2, 0.6, 0.1, 0.1]
+    ee_probs[100:] = [0.4, 0.2, 0.2, 0.2]
+    curve = ExitRecords(labels=labels, sac_pred=sac_pred, ee_probs=ee_probs, counts=np.full(n, 9)).curve()
+    rule = choose(curve, Request("max_drop", 0.5, confidence_z=1.0))
+    assert rule["eta"] == pytest.approx(0.605) and rule["exit_rate"] == pytest.approx(0.2) and "limited_by" not in rule
+    floored = choose(curve, Request("max_drop", 0.5, confidence_z=1.0, min_exit_rate=0.3))
+    assert floored["eta"] == pytest.approx(0.6) and floored["exit_rate"] == pytest.approx(0.5)
+    assert floored["limited_by"] == "min_exit_rate" and floored["accuracy_rule_eta"] == pytest.approx(0.605)
+    assert floored["drop"] == pytest.approx(30.0)  # the cost is reported, not hidden
+    assert choose(curve, Request("max_drop", 0.5, confidence_z=1.0, min_exit_rate=0.2)) == rule
+    assert "exiting at least 30% of the images" in Request("max_drop", 0.5, min_exit_rate=0.3).describe()
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="--min-exit-rate"):
+            Request("max_drop", 0.5, min_exit_rate=bad)
+    with pytest.raises(ConfigError, match="not to a budget"):
+        Request("gflops_budget", 0.05, min_exit_rate=0.1)

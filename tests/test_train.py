@@ -154,8 +154,8 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     checkpoint carries, and it is the sweep's choice on those images (recomputed here)."""
     from sacvit_edge.calibration.sweep import Request
     from sacvit_edge.datasets import open_source
-    from sacvit_edge.recipe import (FOLDER_DISTILL_FROM, FOLDER_MODEL_OPTIONS, FOLDER_WARMUP_SHARE, TrainRequest,
-                                    run_training)
+    from sacvit_edge.recipe import (FOLDER_DISTILL_FROM, FOLDER_MIN_EXIT_RATE, FOLDER_MODEL_OPTIONS,
+                                    FOLDER_WARMUP_SHARE, TrainRequest, run_training)
     from sacvit_edge.train import choose_eta
 
     _two_class_folder(tmp_path / "data")
@@ -172,8 +172,11 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
 
     folder = ImageFolderSource(tmp_path / "data")
     held = folder.subset(stratified_split(folder.labels, 0.25, 0)[1])
-    _, chosen = choose_eta(ck.model, held, Request("max_drop", 1.0, confidence_z=1.0))
+    _, chosen = choose_eta(ck.model, held, Request("max_drop", 1.0, confidence_z=1.0, min_exit_rate=0.12))
     assert (1.0 if chosen["eta"] == "never" else chosen["eta"]) == pytest.approx(ck.eta)
+    assert chosen["exit_rate"] >= FOLDER_MIN_EXIT_RATE == 0.12  # a folder's exit floor
+    assert "exiting at least 12% of the images" in ck.training["eta_tuning"]["request"]
+    assert any(r.startswith("exit threshold: at least 12% of the held-out share") for r in report.settings.reasons)
     # the DeiT baseline with the same request: the same settings, no threshold
     base = run_training(TrainRequest(out=tmp_path / "d.pt", arch="deit", data=tmp_path / "data", epochs=1,
                                      val_share=0.25, model_options=small))
@@ -225,7 +228,7 @@ def test_recipe_refuses_bad_options_before_training(tmp_path):
 
     for bad in (dict(epochs=0), dict(lr=-1.0), dict(augment="flip"), dict(batch_size=0), dict(arch="vit"),
                 dict(warmup_share=1.5), dict(eta_drop=float("nan")), dict(distill_from="late"),
-                dict(distill_from="2")):
+                dict(distill_from="2"), dict(min_exit_rate=1.2), dict(min_exit_rate=-0.1)):
         with pytest.raises(ConfigError):
             run_training(TrainRequest(out=tmp_path / "m.pt", **bad))
     assert not (tmp_path / "m.pt").exists()
