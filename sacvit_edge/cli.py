@@ -180,7 +180,7 @@ def train(
     warmup_share: Annotated[Optional[float], typer.Option(help="share of steps before clustering switches on (the all-targets warm stage; default: 0 on --data, 2/3 on the built-in data)")] = None,
     augment: Annotated[str, typer.Option(help="--data: 'shift-scale' (a random scale and shift per image and epoch) or 'none'")] = "shift-scale",
     eta_drop: Annotated[float, typer.Option(help="accuracy points on the held-out images the tuned exit threshold may cost (its upper bound, z = 1)")] = 0.5,
-    min_exit_rate: Annotated[Optional[float], typer.Option(help="share of the held-out images the tuned exit threshold exits at least, even past --eta-drop (default: 0.12 on --data, 0 on the built-in data)")] = None,
+    min_exit_rate: Annotated[Optional[float], typer.Option(help="share of images the tuned exit threshold exits at least (a 95 % lower bound on the held-out images), even past --eta-drop (default: 0.1 on --data, 0 on the built-in data)")] = None,
     distill_from: Annotated[Optional[str], typer.Option(help="when the EE head's distillation starts: 'start', 'clustering' or a share of the steps in [0, 1] (default: 0.667 on --data, start on the built-in data)")] = None,
     tune_eta: Annotated[bool, typer.Option("--tune-eta/--no-tune-eta", help="tune the exit threshold on the held-out images at the end")] = True,
     limit: Annotated[Optional[int], typer.Option(help="train on the first N items only")] = None,
@@ -582,7 +582,7 @@ def tune_eta_cmd(
     in_place: Annotated[bool, typer.Option(help="rewrite MODEL_PATH's eta", metavar="")] = False,
     limit: Annotated[Optional[int], typer.Option(help="use N images")] = None,
     seed: Annotated[int, typer.Option(help="layout seed (the calibration split is drawn with seed + 1)")] = 0,
-    min_exit_rate: Annotated[float, typer.Option(help="share of the images the chosen eta exits at least, even past --max-drop (train's --min-exit-rate)")] = 0.0,
+    min_exit_rate: Annotated[float, typer.Option(help="share of images the chosen eta exits at least (a 95 % lower bound on these images), even past --max-drop (train's --min-exit-rate)")] = 0.0,
 ) -> None:
     """Choose a checkpoint's default eta on held-out images: an alias of `calibrate MODEL.pt
     --max-drop P` (the same computation, train.choose_eta; 0.25 points by default here)."""

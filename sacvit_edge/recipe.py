@@ -57,11 +57,9 @@ ETA_CONFIDENCE_Z = 1.0
 # the image at half resolution (41-46 % top-1 on the digits folder against 65 % for the SAC head), and on a
 # held-out share of ~126 images one confident EE mistake is 0.8 points, so the drop bound holds eta high
 # (digits seeds 0-9: 6.6 % of the held-out images exit). A folder run therefore also asks that at least
-# FOLDER_MIN_EXIT_RATE of the held-out share exits (calibration.sweep.Request.min_exit_rate): the product's goal
-# is 10 %, and the share's exit rate estimate has a standard error of ~2.7 points at 126 images, hence 12 %.
-# Replayed on the stop-30 runs' per-image records (46 runs; results/own_data/stop31): 13.5 % of the digits
-# held-out images exit (was 8.1 %) at 0.25 points more cost; `--min-exit-rate 0` restores the accuracy rule.
-FOLDER_MIN_EXIT_RATE = 0.12
+# FOLDER_MIN_EXIT_RATE of new images exit (calibration.sweep.Request.min_exit_rate), as a one-sided 95 % lower
+# bound on the held-out share, so that it holds beyond the 126 images it was measured on (there it needs 15 %).
+FOLDER_MIN_EXIT_RATE = 0.10
 FOLDER_WARMUP_SHARE = 0.0
 FOLDER_DISTILL_FROM = 2 / 3
 BUILTIN_WARMUP_SHARE = 2 / 3  # the section as written (CF-ViT: clustering from epoch 200 of 300)
@@ -269,10 +267,10 @@ def run_training(req: TrainRequest, on_step: Callable[[int, int, float], None] |
     if min_exit_rate is None:
         min_exit_rate = FOLDER_MIN_EXIT_RATE if req.data is not None else 0.0
         if folder_sac and req.tune_eta:
-            option_reasons += (f"exit threshold: at least {min_exit_rate:.0%} of the held-out share exits "
-                               f"(--min-exit-rate {min_exit_rate:g}), even where that costs more than --eta-drop: "
-                               "the EE head sees half the resolution, and the accuracy rule alone on a few hundred "
-                               "images rarely exits 10 %",)
+            option_reasons += (f"exit threshold: at least {min_exit_rate:.0%} of new images exit, as a 95 % lower "
+                               f"bound on the held-out share (--min-exit-rate {min_exit_rate:g}), even where that costs "
+                               "more than --eta-drop: the EE head sees half the resolution, and the accuracy rule "
+                               "alone on a few hundred images rarely exits 10 %",)
     settings = replace(settings, reasons=settings.reasons + option_reasons)
     tcfg = TrainConfig(epochs=req.epochs, batch_size=settings.batch_size, lr=settings.lr,
                        warmup_steps=settings.warmup_steps, warmup_share=warmup_share, seed=req.seed,

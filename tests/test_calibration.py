@@ -503,8 +503,9 @@ def test_drop_bound_does_not_count_on_lucky_swaps():
 def test_exit_floor_lowers_eta_only_where_the_accuracy_rule_exits_too_few():
     """200 images; the EE head is right on the 40 most confident (0.9) and wrong on 60 at 0.6, so
     the accuracy rule stops at 0.605 with 20 % exiting. A floor of 30 % takes the highest eta
-    exiting that share (0.6: the 60 wrong ones join, 50 % exit) and says the floor decided it; a
-    floor the rule already meets changes nothing; a bad floor is refused when asked."""
+    exiting that share (0.6: the 60 wrong ones join, 50 % exit) and says the floor decided it. A
+    floor of 20 % is met by 0.605 as measured (z = 0) but not as a lower bound (z = 1.645: 20 %
+    of 200 images is 15.7 % at 95 %), so the bound moves it too; a bad floor is refused when asked."""
     n, c = 200, 4
     labels = np.zeros(n, dtype=np.int64)
     sac_pred = np.zeros(n, dtype=np.int64)
@@ -519,7 +520,10 @@ def test_exit_floor_lowers_eta_only_where_the_accuracy_rule_exits_too_few():
     assert floored["eta"] == pytest.approx(0.6) and floored["exit_rate"] == pytest.approx(0.5)
     assert floored["limited_by"] == "min_exit_rate" and floored["accuracy_rule_eta"] == pytest.approx(0.605)
     assert floored["drop"] == pytest.approx(30.0)  # the cost is reported, not hidden
-    assert choose(curve, Request("max_drop", 0.5, confidence_z=1.0, min_exit_rate=0.2)) == rule
+    assert choose(curve, Request("max_drop", 0.5, confidence_z=1.0, min_exit_rate=0.2, exit_floor_z=0.0)) == rule
+    bounded = choose(curve, Request("max_drop", 0.5, confidence_z=1.0, min_exit_rate=0.2))
+    assert bounded["eta"] == pytest.approx(0.6) and bounded["limited_by"] == "min_exit_rate"
+    assert choose(curve, Request("max_drop", 0.5, confidence_z=1.0, min_exit_rate=0.1)) == rule  # 15.7 % >= 10 %
     assert "exiting at least 30% of the images" in Request("max_drop", 0.5, min_exit_rate=0.3).describe()
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="--min-exit-rate"):
