@@ -59,6 +59,8 @@ ETA_CONFIDENCE_Z = 1.0
 # (digits seeds 0-9: 6.6 % of the held-out images exit). A folder run therefore also asks that at least
 # FOLDER_MIN_EXIT_RATE of new images exit (calibration.sweep.Request.min_exit_rate), as a one-sided 95 % lower
 # bound on the held-out share, so that it holds beyond the 126 images it was measured on (there it needs 15 %).
+# Digits seeds 0-9 (results/own_data/stop31): 14.0 % of the 538 held-out images exit, 9 seeds of 10 at 10 % or
+# more, at 0.33 points against the accuracy rule alone (0.17 points under DeiT on average).
 FOLDER_MIN_EXIT_RATE = 0.10
 FOLDER_WARMUP_SHARE = 0.0
 FOLDER_DISTILL_FROM = 2 / 3
