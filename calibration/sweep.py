@@ -132,9 +132,9 @@ class Request:
     eta often "passes" by lucky swaps (the EE head right where the SAC head was wrong) and loses
     points on new images; the bound does not count on luck (train's held-out share uses z = 1).
 
-    min_exit_rate (max_drop only): a cost floor. Where the accuracy rule exits fewer images than
-    this share, the highest eta whose exit rate's lower bound (one-sided Wilson, `exit_floor_z`;
-    1.645: 95 %) reaches it is taken instead, and the chosen point says so (`limited_by`). The
+    min_exit_rate (max_drop only): a cost floor. Where the exit rate's lower bound (one-sided
+    Wilson, `exit_floor_z`; 1.645: 95 %) at the accuracy rule's eta is below this share, the
+    highest eta whose bound reaches it is taken instead, and the chosen point says so (`limited_by`). The
     early exit is the method's saving; with a weak EE head the accuracy rule alone may keep it
     near zero. The bound makes the floor hold on new images, not only on the few hundred it was
     measured on (at 126 images, 10 % needs about 15 % of them to exit; at 2,000, about 11 %).
