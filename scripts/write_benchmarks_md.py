@@ -43,9 +43,9 @@ rendered by `scripts/write_benchmarks_md.py`. Raw data: `results/bench/bench.jso
 {res['config']['speed_images']:,} canvases; latency at batch 1 ({res['config']['latency_iters']} calls after 10 warm-ups); model time
 only (decoding and resizing excluded). Speedups are against the DeiT baseline timed on the same
 batches in alternation with each row (`paired_deit_images_per_s` in the JSON): this machine's speed
-drifts by tens of percent between minutes, and runs before this one, which timed DeiT once at
-the start, reported 1.76x-2.41x for the shipped model at its eta where the paired measurement
-gives {d['realised_speedup']:.2f}x. Each method runs with its best ONNX Runtime settings:
+drifts by tens of percent between minutes (earlier runs, which timed DeiT once at the start,
+reported 1.76x-2.41x for the pair shipped before stop 32 where the paired measurement gave 1.39x).
+Each method runs with its best ONNX Runtime settings:
 the DeiT baseline (one session) with spinning threads, the two-engine SAC-ViT without (see
 `runtimes/ort.py`). CF-ViT and LF-ViT modes run the trained SAC-ViT weights computing what the
 official CF-ViT / LF-ViT code computes (checked against it by `tests/test_peer_golden.py`: CF top

@@ -133,8 +133,8 @@ def test_init_state_rejects_bad_files_with_checkpoint_error(tmp_path, random_ckp
 
 
 @pytest.mark.parametrize("name, space", [("deit_tiny_112_pre.pt", "raw"), ("deit_tiny_112.pt", "log"),
-                                         ("sacvit_tiny_112.pt", "log"), ("one_command/deit_tiny_112.pt", "log"),
-                                         ("one_command/sacvit_tiny_112.pt", "log")])
+                                         ("sacvit_tiny_112.pt", "log"), ("manual_recipe/deit_tiny_112.pt", "log"),
+                                         ("manual_recipe/sacvit_tiny_112.pt", "log")])
 def test_every_shipped_checkpoint_loads_and_serves_as_init(name, space):
     """The shipped backbone predates the cluster_space option: it must still load (with the raw-GCA
     clustering it was saved under) and initialise a fresh SAC-ViT, as checkpoints/README.md's recipe does."""
