@@ -112,7 +112,25 @@ def measure_latency(clf: EdgeClassifier, sample: np.ndarray, batch_sizes: tuple[
             sac[b][k] = float(np.median([t["sac"] for t in timings]))
             hosts.append(float(np.median([t["host"] for t in timings])))
         host[b] = float(np.median(hosts))
+        sac[b] = dict(zip(sac[b], nondecreasing(list(sac[b].values()))))
     return LatencyTable(ee=ee, host=host, sac=sac)
+
+
+def nondecreasing(values: list[float]) -> list[float]:
+    """The least-squares non-decreasing fit of `values` (pool adjacent violators).
+
+    A SAC call with more target tokens does not cost less; where timing noise on a busy machine says
+    it does (k = 20 measured 15.6 ms, k = 25 10.6 ms), the deadline report and the gate would
+    contradict themselves. Violating neighbours are pooled to their mean, so the fit keeps the
+    measured total instead of inflating every larger k the way a running maximum would."""
+    blocks: list[list[float]] = []  # [sum, count] per pooled run
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
 
 
 def ee_floor_ms(clf: EdgeClassifier, batch: int, reps: int = 5) -> float:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from sacvit_edge.calibration.collect import nondecreasing
 from sacvit_edge.calibration.sweep import ExitRecords, Request, choose, token_range, wilson_interval
 from sacvit_edge.classifier import EdgeClassifier
 from sacvit_edge.datasets import ImageFolderSource, folder_name, open_source, stratified_split
@@ -158,6 +161,21 @@ def test_wilson_interval_contains_the_estimate():
     lo, hi = wilson_interval(70, 100)
     assert lo < 70 < hi and hi - lo == pytest.approx(17.7, abs=0.5)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 100.0
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=30))
+def test_sac_latencies_fitted_non_decreasing_in_k(values):
+    """The fit is the least-squares non-decreasing one: ordered, the measured total kept, and every
+    prefix's residual non-negative (the optimality condition of isotonic regression), zero where a
+    pooled run ends; a measurement already ordered is returned as it is."""
+    fit = np.array(nondecreasing(values))
+    x = np.array(values)
+    assert fit.shape == x.shape and np.all(np.diff(fit) >= -1e-9)
+    residual = np.cumsum(x - fit)
+    assert np.all(residual >= -1e-6 * (1 + np.abs(np.cumsum(x)))) and residual[-1] == pytest.approx(0, abs=1e-6 * x.sum())
+    assert nondecreasing(sorted(values)) == pytest.approx(sorted(values))
+    assert nondecreasing([2.0, 15.6, 3.0, 10.6]) == pytest.approx([2.0, 9.3, 9.3, 10.6])
 
 
 def test_token_range_covers_the_asked_share():
