@@ -181,7 +181,7 @@ def train(
     augment: Annotated[str, typer.Option(help="--data: 'shift-scale' (a random scale and shift per image and epoch) or 'none'")] = "shift-scale",
     eta_drop: Annotated[float, typer.Option(help="accuracy points on the held-out images the tuned exit threshold may cost (its upper bound, z = 1)")] = 0.5,
     min_exit_rate: Annotated[Optional[float], typer.Option(help="share of images the tuned exit threshold exits at least (a 95 % lower bound on the held-out images), even past --eta-drop (default: 0.1 on --data, 0 on the built-in data)")] = None,
-    distill_from: Annotated[Optional[str], typer.Option(help="when the EE head's distillation starts: 'start', 'clustering' or a share of the steps in [0, 1] (default: 0.667 on --data, start on the built-in data)")] = None,
+    distill_from: Annotated[Optional[str], typer.Option(help="when the EE head's distillation starts: 'start', 'clustering' or a share of the steps in [0, 1] (default: 0.5 on --data, start on the built-in data)")] = None,
     tune_eta: Annotated[bool, typer.Option("--tune-eta/--no-tune-eta", help="tune the exit threshold on the held-out images at the end")] = True,
     limit: Annotated[Optional[int], typer.Option(help="train on the first N items only")] = None,
     eval_limit: Annotated[int, typer.Option(help="validation images evaluated after each epoch")] = 2000,

@@ -63,7 +63,7 @@ class TrainConfig:
     # written, the shipped recipe), "clustering" (with the clustering stage: during the all-targets warm
     # stage the shared blocks learn the full-resolution task undisturbed; a short fine-tuning on a small
     # folder gains 4-7 points, see the README's own-data table), or a share of the steps in [0, 1] (the
-    # folder recipe: clustering from the first step, the KL term from two thirds on; recipe.py)
+    # folder recipe: clustering from the first step, the KL term from half the steps on; recipe.py)
     distill_from: str | float = "start"
 
 

@@ -187,11 +187,11 @@ def test_recipe_trains_and_writes_the_tuned_exit_threshold(tmp_path):
     assert any(r.startswith("k_min 20") for r in report.settings.reasons)
     assert not any("reuse layer" in r for r in report.settings.reasons)
     assert open_source(tmp_path / "data", "test", ck.class_names).classes == ("left", "right")
-    # a folder's schedule: clustering from the first step, the EE distillation from two thirds on
+    # a folder's schedule: clustering from the first step, the EE distillation from half the steps on
     assert ck.training["train_config"]["warmup_share"] == FOLDER_WARMUP_SHARE == 0.0
-    assert ck.training["train_config"]["distill_from"] == pytest.approx(FOLDER_DISTILL_FROM) == 2 / 3
+    assert ck.training["train_config"]["distill_from"] == pytest.approx(FOLDER_DISTILL_FROM) == 0.5
     assert any(r.startswith("clustering from the first step") for r in report.settings.reasons)
-    assert any(r.startswith("EE distillation from 67% of the steps") for r in report.settings.reasons)
+    assert any(r.startswith("EE distillation from 50% of the steps") for r in report.settings.reasons)
 
 
 @pytest.mark.parametrize("warmup_share, distill_from, ee_trained", [
