@@ -103,12 +103,13 @@ def measure_latency(clf: EdgeClassifier, sample: np.ndarray, batch_sizes: tuple[
         if on_step:
             on_step(f"timing batch {b}")
         exit_all = ImposedDecisions(exited=np.ones(b, bool), counts=np.zeros(b, np.int64))
-        ee[b] = _median_ms(lambda: clf.run(x, imposed=exit_all).timings, "ee", reps)
+        # fused=False: the stages apart (a batch-1 call would otherwise be one frame-graph call)
+        ee[b] = _median_ms(lambda: clf.run(x, imposed=exit_all, fused=False).timings, "ee", reps)
         sac[b] = {}
         hosts = []
         for k in range(lo, hi + 1):
             go_all = ImposedDecisions(exited=np.zeros(b, bool), counts=np.full(b, k, np.int64))
-            timings = [clf.run(x, imposed=go_all).timings for _ in range(reps + 1)][1:]
+            timings = [clf.run(x, imposed=go_all, fused=False).timings for _ in range(reps + 1)][1:]
             sac[b][k] = float(np.median([t["sac"] for t in timings]))
             hosts.append(float(np.median([t["host"] for t in timings])))
         host[b] = float(np.median(hosts))
@@ -140,7 +141,7 @@ def ee_floor_ms(clf: EdgeClassifier, batch: int, reps: int = 5) -> float:
     m = clf.manifest
     x = np.zeros((batch, m.config.in_chans, m.size, m.size), np.float32)
     exit_all = ImposedDecisions(exited=np.ones(batch, bool), counts=np.zeros(batch, np.int64))
-    return _median_ms(lambda: clf.run(x, imposed=exit_all).timings, "ee", reps) / batch
+    return _median_ms(lambda: clf.run(x, imposed=exit_all, fused=False).timings, "ee", reps) / batch
 
 
 def timing_environment(clf: EdgeClassifier) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Export directories: ee.onnx + sac.onnx (+ ee.attention.onnx + sac.attention.onnx +
-sac.unpadded.attention.onnx) (+ model.pt)
+sac.unpadded.attention.onnx + frame.attention.onnx) (+ model.pt)
 + manifest.json, written atomically.
 
 The manifest (sacvit_edge.manifest, torch-free) is the contract between this exporter and
@@ -30,10 +30,11 @@ import torch  # noqa: E402
 from sacvit_edge.checkpoint import Checkpoint, first_nonfinite, load_checkpoint  # noqa: E402
 from sacvit_edge.errors import ConfigError, ExportError  # noqa: E402
 from sacvit_edge.atomic import DirectoryLock, check_replaceable, publish_export, remove_temporary, staging_dir  # noqa: E402
-from sacvit_edge.manifest import (ATTENTION_GRAPH_FILES, UNPADDED_SAC_FILE, CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
-                                  MANIFEST_VERSION, CostTable, Manifest, content_digest, manifest_content,
+from sacvit_edge.manifest import (ATTENTION_GRAPH_FILES, FRAME_FILE, UNPADDED_SAC_FILE, CHECKPOINT_FILE, ENGINE_FILES, FINGERPRINT_KEY, MANIFEST_DIGEST_KEY,  # noqa: E402
+                                  MANIFEST_VERSION, STAGE_KEY, CostTable, Manifest, content_digest, manifest_content,
                                   read_manifest, sha256_file)
 
+from .frame import compose_frame_graph, has_frame_graph  # noqa: E402
 from .torch2onnx import Exporter, export_stages  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out_dir: str | Path, 
         locked: the caller already holds out_dir's DirectoryLock (calibrate --apply-k-range
             re-exports into the directory it is calibrating).
         attention_graphs: also write ee.attention.onnx / sac.attention.onnx (and the SAC stage without
-            keep masks, sac.unpadded.attention.onnx), the stages with the
+            keep masks, sac.unpadded.attention.onnx, and the batch-1 frame graph composed from them,
+            frame.attention.onnx: export/frame.py), the stages with the
             ONNX Attention operator (opset 23) that ONNX Runtime runs (torch2onnx); skipped with a
             warning where the dynamo exporter's onnxscript is not installed.
     Raises:
@@ -132,12 +134,13 @@ def attention_op_exportable() -> bool:
 def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_max: int, exporter: Exporter,
             force: bool, include_checkpoint: bool, attention_graphs: bool) -> Manifest:
     lo, hi = cfg.target_range() if cfg.arch == "sacvit" else (0, 0)
+    frame_graph = attention_graphs and has_frame_graph(cfg)
     cfg = cfg.replace(eta=ckpt.eta)  # the checkpoint's threshold, stored once: in model_config
     manifest = manifest_content(fingerprint=ckpt.fingerprint, class_names=ckpt.class_names, mean=ckpt.mean,
                                 std=ckpt.std, config=cfg, batch_max=batch_max,
                                 cost=_cost_table(model, lo, hi) if cfg.arch == "sacvit" else None, opset=opset,
                                 exporter=exporter, versions={"torch": torch.__version__, "onnx": onnx.__version__},
-                                attention_graphs=attention_graphs)
+                                attention_graphs=attention_graphs, frame_graph=frame_graph)
     tmp = staging_dir(out_dir)
     try:
         # the engines carry the checkpoint fingerprint and the digest of the manifest's content, so an
@@ -147,10 +150,14 @@ def _export(ckpt: Checkpoint, model, cfg, out_dir: Path, *, opset: int, batch_ma
         export_stages(model, tmp, opset=opset, exporter=exporter, metadata=meta)
         if attention_graphs:
             export_stages(model, tmp, attention="onnx", metadata=meta)
+        if frame_graph:
+            compose_frame_graph(tmp / ATTENTION_GRAPH_FILES[0], tmp / UNPADDED_SAC_FILE, cfg, tmp / FRAME_FILE,
+                                metadata={STAGE_KEY: "frame", **meta})
         if include_checkpoint:
             shutil.copyfile(ckpt.path, tmp / CHECKPOINT_FILE)  # the PyTorch reference backend runs from it
         manifest["files"] = {name: sha256_file(tmp / name)
                              for name in (*ENGINE_FILES, *((*ATTENTION_GRAPH_FILES, UNPADDED_SAC_FILE) if attention_graphs else ()),
+                                          *((FRAME_FILE,) if frame_graph else ()),
                                           *((CHECKPOINT_FILE,) if include_checkpoint else ()))}
         publish_export(tmp, out_dir, manifest, sources=(ckpt.path,), force=force)
     except BaseException:

@@ -11,6 +11,10 @@ backends, device buffers on the GPU backends. `run_sac` then gets only what the 
 (which rows, their SAC group's indices and keep masks: a few hundred bytes) and cuts the target
 patches itself: NumPy here (`HostBackend`), on the device in the TensorRT and PyTorch CUDA
 backends. So the orchestrator never moves features and never knows which backend it drives.
+
+One optional capability: a backend whose `has_frame` is True also runs a whole batch-1 frame in one
+call (`run_frame`, the export's frame graph: the gate and the split inside it), which the pipeline
+uses for single images; the others leave `has_frame` False.
 """
 
 from __future__ import annotations
@@ -42,6 +46,20 @@ class EEResult:
     hidden: Any = None
     image: Any = None
     slot: Any = None
+
+
+@dataclass
+class FrameResult:
+    """One image through the frame graph (engine_io stage "frame"): probs (1, C) of the final
+    answer and ee_probs (1, C) of the EE head; exited (1,) bool; counts / raw_counts (1,) int64
+    and target_mask (1, n) bool, 0 / False where it exited."""
+
+    probs: np.ndarray
+    ee_probs: np.ndarray
+    exited: np.ndarray
+    counts: np.ndarray
+    raw_counts: np.ndarray
+    target_mask: np.ndarray
 
 
 @runtime_checkable
@@ -85,10 +103,11 @@ class BackendBase:
 
     name = "base"
     closed = False
+    has_frame = False  # run_frame available (see the module doc)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        for method in ("run_ee", "run_sac", "run_sac_feeds"):
+        for method in ("run_ee", "run_sac", "run_sac_feeds", "run_frame"):
             if method in cls.__dict__:
                 setattr(cls, method, _when_open(cls.__dict__[method]))
         if "close" in cls.__dict__:
@@ -102,6 +121,11 @@ class BackendBase:
 
     def release(self, ee: EEResult) -> None:
         """Nothing is held per batch unless a backend says otherwise."""
+
+    def run_frame(self, image: np.ndarray, eta: float, force_k: int) -> FrameResult:
+        """One image (1, 3, H, W) through both stages in one call: exits where its EE confidence
+        reaches eta (0.0: always, inf: never), force_k > 0 replaces the split's count."""
+        raise BackendError(f"the {self.name} backend has no frame graph; run the two stages")
 
     def close(self) -> None:  # pragma: no cover - overridden where there is something to free
         pass

@@ -11,7 +11,7 @@ from sacvit_edge.engine_io import STAGES, UNPADDED_SAC_FEEDS, check_engine, dime
 from sacvit_edge.errors import BackendError
 from sacvit_edge.tokens import SacGroup
 
-from .base import EEResult, HostBackend, cpu_name, host_sac_feeds
+from .base import EEResult, FrameResult, HostBackend, cpu_name, host_sac_feeds
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ _ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(
                "tensor(bool)": np.dtype(np.bool_), "tensor(float16)": np.dtype(np.float16),
                "tensor(int32)": np.dtype(np.int32)}
 _EE_OUTPUTS = STAGES["ee"].output_names  # ee_logits, gca, ee_final, ee_hidden
+_FRAME_OUTPUTS = STAGES["frame"].output_names  # in FrameResult's order
 
 
 def session_options(threads: int | None = None, spinning: bool = False):
@@ -106,13 +107,16 @@ class OrtBackend(HostBackend):
     With `sac_unpadded_path` (the export's sac.unpadded.attention.onnx), SAC calls without padding
     (every batch-1 call, and groups of one target count) run that graph: no keep masks to build or
     apply (6-9 % of the SAC call at batch 1, the same logits); padded groups run the SAC graph.
+
+    With `frame_path` (the export's frame.attention.onnx), one image runs both stages in one call
+    (`run_frame`): no host work and no second session between the stages (export/frame.py).
     """
 
     name = "onnxruntime"
 
     def __init__(self, ee_path: str | Path, sac_path: str | Path, threads: int | None = None,
                  providers: list[str] | None = None, batch1: bool = True, batch1_threads: int | None = None,
-                 sac_unpadded_path: str | Path | None = None) -> None:
+                 sac_unpadded_path: str | Path | None = None, frame_path: str | Path | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -140,6 +144,13 @@ class OrtBackend(HostBackend):
         self.sac1 = Batch1Sessions(sac_path, lambda: session_options(b1), self.providers) if batch1 else None
         self.sac_unpadded1 = Batch1Sessions(sac_unpadded_path, lambda: session_options(b1), self.providers) \
             if batch1 and sac_unpadded_path is not None else None
+        # the frame graph is batch 1 by construction; its session is made (and checked) on first use
+        self.frame1 = Batch1Sessions(frame_path, lambda: session_options(b1), self.providers) \
+            if frame_path is not None else None
+        self.has_frame = self.frame1 is not None
+        self._frame_checked = False
+        if frame_path is not None:
+            self.paths["frame"] = str(frame_path)
 
     @classmethod
     def from_manifest(cls, manifest, threads: int | None = None, precision: str = "fp32") -> "OrtBackend":
@@ -149,10 +160,14 @@ class OrtBackend(HostBackend):
         files = dict(zip(("ee", "sac"), manifest.engine_files(precision, attention_op=True)))
         if precision == "fp32" and manifest.unpadded_sac is not None:  # it goes with the attention graphs
             files["sac_unpadded"] = manifest.unpadded_sac
+        if precision == "fp32" and manifest.frame is not None:
+            files["frame"] = manifest.frame
         backend = cls(manifest.path(files["ee"]), manifest.path(files["sac"]), threads=threads,
                       batch1_threads=None if threads else manifest.batch1_threads,  # an explicit `threads` wins
-                      sac_unpadded_path=manifest.path(files["sac_unpadded"]) if "sac_unpadded" in files else None)
+                      sac_unpadded_path=manifest.path(files["sac_unpadded"]) if "sac_unpadded" in files else None,
+                      frame_path=manifest.path(files["frame"]) if "frame" in files else None)
         backend.precision = precision
+        backend._manifest, backend._dims = manifest, dimensions(manifest.config)
         for stage, sess in backend._sessions():
             meta = dict(sess.get_modelmeta().custom_metadata_map)
             problems = manifest.engine_problems(stage, meta)
@@ -174,6 +189,25 @@ class OrtBackend(HostBackend):
         sess = self.ee1.get() if self.ee1 is not None and image.shape[0] == 1 else self.ee
         logits, gca, final, hidden = sess.run(_EE_OUTPUTS, {"image": image})
         return EEResult(logits=logits, gca=gca, final=final, hidden=hidden, image=image)
+
+    def _frame_session(self):
+        sess = self.frame1.get()
+        if not self._frame_checked:  # once: the same checks from_manifest makes of the other graphs
+            check_engine("frame", self.paths["frame"], declared_tensors(sess), getattr(self, "_dims", None))
+            manifest = getattr(self, "_manifest", None)
+            problems = [] if manifest is None else \
+                manifest.engine_problems("frame", dict(sess.get_modelmeta().custom_metadata_map))
+            if problems:
+                raise BackendError(f"{self.paths['frame']}: {'; '.join(problems)}; re-export")
+            self._frame_checked = True
+        return sess
+
+    def run_frame(self, image: np.ndarray, eta: float, force_k: int) -> FrameResult:
+        if self.frame1 is None or image.shape[0] != 1:
+            raise BackendError("run_frame takes one image and needs the export's frame graph")
+        out = self._frame_session().run(_FRAME_OUTPUTS, {"image": image, "eta": np.array(eta, dtype=np.float32),
+                                               "force_k": np.array(force_k, dtype=np.int64)})
+        return FrameResult(*out)
 
     def run_sac(self, ee: EEResult, rows: np.ndarray, group: SacGroup) -> np.ndarray:
         feeds = host_sac_feeds(ee, rows, group)
@@ -199,3 +233,4 @@ class OrtBackend(HostBackend):
 
     def close(self) -> None:
         self.ee = self.sac = self.ee1 = self.sac1 = self.sac_unpadded = self.sac_unpadded1 = None  # type: ignore[assignment]
+        self.frame1, self.has_frame = None, False

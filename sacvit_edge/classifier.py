@@ -89,7 +89,8 @@ class EdgeClassifier:
             rebuild, fp16_mode; see runtimes.trt.TensorRTBackend).
         backend_wrapper: called with the opened backend, returns the backend to run (a recorder
             of the SAC inputs for INT8 calibration, a fault injector in tests); it must keep the
-            runtimes.base.Backend protocol.
+            runtimes.base.Backend protocol. It sees every stage call: a wrapped backend's
+            batch-1 calls run the two stages, not the frame graph.
     Raises:
         ExportError / CheckpointError / BackendError with the file and the problem.
 
@@ -155,7 +156,8 @@ class EdgeClassifier:
         except BaseException:
             opened.close()
             raise
-        self.pipeline = Pipeline(self.manifest, run_on, self.options, self.latency_table, precision)
+        self.pipeline = Pipeline(self.manifest, run_on, self.options, self.latency_table, precision,
+                                 frame_graph=backend_wrapper is None)  # a wrapper sees every stage call
         self.backend_name = opened.name
         log.info("EdgeClassifier on %s (%s), eta=%s", self.backend_name, opened.device(), describe_eta(self.eta))
 
@@ -224,9 +226,9 @@ class EdgeClassifier:
         return self._pipeline().preprocess(images, color, resize, geometries)
 
     def run(self, batch: np.ndarray, eta: Eta | None = None, *, imposed: ImposedDecisions | None = None,
-            deadline_ms: float | None = None, started: float | None = None) -> BatchResult:
+            deadline_ms: float | None = None, started: float | None = None, fused: bool = True) -> BatchResult:
         """Both stages on an already preprocessed (B, 3, H, W) float32 batch (Pipeline.run)."""
-        return self._pipeline().run(batch, eta, imposed=imposed, deadline_ms=deadline_ms, started=started)
+        return self._pipeline().run(batch, eta, imposed=imposed, deadline_ms=deadline_ms, started=started, fused=fused)
 
     def run_sac_stage(self, ee, rows: np.ndarray, order: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, float]:
         """The SAC stage alone (Pipeline.sac_stage): benchmarks time it."""

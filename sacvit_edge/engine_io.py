@@ -69,6 +69,15 @@ STAGES: dict[str, StageSpec] = {
                 TensorSpec("nontarget_idx", I64, ("batch", "rest")), TensorSpec("ee_final", F32, _FEAT),
                 TensorSpec("ee_hidden", F32, _FEAT)),
         outputs=(TensorSpec("sac_logits", F32, ("batch", "classes")),)),
+    # one batch-1 frame in one call (ONNX Runtime's derived graph, export/frame.py): EE stage, exit gate at
+    # `eta`, split (or `force_k` targets when > 0), crop and the SAC stage inside an If; probs are the
+    # final answer's; counts and target_mask are 0 / False where the frame exited
+    "frame": StageSpec(
+        inputs=(TensorSpec("image", F32, ("batch", "c", "h", "w")), TensorSpec("eta", F32, ()),
+                TensorSpec("force_k", I64, ())),
+        outputs=(TensorSpec("probs", F32, ("batch", "classes")), TensorSpec("ee_probs", F32, ("batch", "classes")),
+                 TensorSpec("exited", BOOL, ("batch",)), TensorSpec("counts", I64, ("batch",)),
+                 TensorSpec("raw_counts", I64, ("batch",)), TensorSpec("target_mask", BOOL, ("batch", "n")))),
     # the device half of the SAC-input builder: a group's rows and their target patches
     "crop": StageSpec(
         inputs=(TensorSpec("image", F32, ("batch", "c", "h", "w")), TensorSpec("ee_final", F32, _FEAT),
@@ -109,7 +118,7 @@ def check_engine(stage: str, where: str, declared: Mapping[str, tuple[bool, np.d
     """Refuse an engine whose tensors differ from the contract, naming the file and every difference.
 
     Args:
-        stage: "ee", "sac", "sac_unpadded" or "crop".
+        stage: "ee", "sac", "sac_unpadded", "frame" or "crop".
         where: the engine file (or what stands for it) named in the error.
         declared: name -> (is_input, dtype, shape or None) as the backend reads them from the engine.
         dims: the model's static dimensions (`dimensions`); None skips the shape check.

@@ -35,6 +35,9 @@ ATTENTION_GRAPH_FILES = ("ee.attention.onnx", "sac.attention.onnx")
 # written with them: the SAC attention graph without keep masks, for calls whose images share one target
 # count (every batch-1 call; engine_io stage "sac_unpadded"); older format-4 exports lack it
 UNPADDED_SAC_FILE = "sac.unpadded.attention.onnx"
+# and, for the "sac" and "topalpha" selection rules, the batch-1 frame graph composed from the two
+# (export/frame.py; engine_io stage "frame"): EE stage, gate, split, crop and SAC stage in one call
+FRAME_FILE = "frame.attention.onnx"
 ATTENTION_OPSET = 23
 CHECKPOINT_FILE = "model.pt"
 CALIBRATION_FILE = "calibration.json"  # written by `sacvit-edge calibrate`; listed (hashed) in `files`
@@ -287,6 +290,7 @@ class Manifest:
     derived: Derived = field(default_factory=Derived)
     attention_graphs: tuple[str, str] | None = None  # (ee, sac) ATTENTION_GRAPH_FILES when exported
     unpadded_sac: str | None = None  # UNPADDED_SAC_FILE when exported (with the attention graphs)
+    frame: str | None = None  # FRAME_FILE when exported (with the attention graphs)
 
     def engine_problems(self, stage: str, metadata: dict[str, str]) -> list[str]:
         """Why an engine's embedded metadata does not belong to this manifest (empty: it does)."""
@@ -399,7 +403,7 @@ def _engine(r: _Reader, stage: str) -> EngineSpec:
 
 def manifest_content(*, fingerprint: str, class_names: list[str], mean: tuple[float, ...], std: tuple[float, ...],
                      config: ModelConfig, batch_max: int, cost: CostTable | None, opset: int, exporter: str,
-                     versions: dict[str, str], attention_graphs: bool = False) -> dict:
+                     versions: dict[str, str], attention_graphs: bool = False, frame_graph: bool = False) -> dict:
     """manifest.json's content (the exporter adds `files`), written from the same fields
     parse_manifest reads back: the schema in one place. Each value is stored once: the exit
     threshold, the input size and the target-count clamp live in model_config (the SAC engine's k
@@ -408,6 +412,8 @@ def manifest_content(*, fingerprint: str, class_names: list[str], mean: tuple[fl
     if attention_graphs:
         engines["attention_graphs"] = {"ee": ATTENTION_GRAPH_FILES[0], "sac": ATTENTION_GRAPH_FILES[1],
                                        "sac_unpadded": UNPADDED_SAC_FILE, "opset": ATTENTION_OPSET}
+        if frame_graph:
+            engines["attention_graphs"]["frame"] = FRAME_FILE
     return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "checkpoint_fingerprint": fingerprint,
             "class_names": list(class_names), "input": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
             "model_config": config.to_dict(),
@@ -457,7 +463,7 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
     files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _plain_name(k) and isinstance(h, str)
                                                                    and len(h) == 64 for k, h in v.items()),
                   "an object mapping plain file names (no path) to sha256 hex digests")
-    attention_graphs, unpadded_sac = None, None
+    attention_graphs, unpadded_sac, frame = None, None, None
     if version >= 4 and eng.data.get("attention_graphs") is not None:
         a = eng.section("attention_graphs")
         plain = lambda v: isinstance(v, str) and _plain_name(v)  # noqa: E731
@@ -465,8 +471,10 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
                             a.get("sac", plain, "a plain file name inside the directory"))
         if a.data.get("sac_unpadded") is not None:
             unpadded_sac = a.get("sac_unpadded", plain, "a plain file name inside the directory")
+        if a.data.get("frame") is not None:
+            frame = a.get("frame", plain, "a plain file name inside the directory")
     for file in (*(spec_.file for spec_ in engines.values()), *(attention_graphs or ()),
-                 *((unpadded_sac,) if unpadded_sac else ())):  # all under the integrity check
+                 *((unpadded_sac,) if unpadded_sac else ()), *((frame,) if frame else ())):  # all under the integrity check
         if file not in files:
             raise ExportError(f"{source}: files lacks the hash of engine {file!r}; re-export the checkpoint")
     eta = r.float_("eta") if version == 3 else config.eta
@@ -497,7 +505,7 @@ def parse_manifest(data: Any, directory: Path, source: Path | None = None) -> Ma
                     input=spec, eta=eta, config=config, engines=engines, files=dict(files),
                     opset=data.get("opset"), exporter=data.get("exporter"), versions={str(k): str(v) for k, v in versions.items()},
                     cost=cost, content_sha256=_digest_or_fail(data, source), derived=derived,
-                    attention_graphs=attention_graphs, unpadded_sac=unpadded_sac)
+                    attention_graphs=attention_graphs, unpadded_sac=unpadded_sac, frame=frame)
 
 
 def _derived(r: _Reader, files: dict[str, str], source: Path) -> Derived:

@@ -11,6 +11,7 @@ It knows no backend: it drives runtimes.base.Backend. Torch-free.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class Prediction:
         target_mask: (Gc, Gc) bool, where the model looked closer; None if exited early.
         timings: milliseconds of the call this image ran in: preprocess (decode, convert,
             resize, normalise), ee, host, sac, and total (everything from the call to the result).
+            A batch-1 call on the frame graph (one engine call for both stages, BatchResult.fused)
+            reports that call as ee and 0 as sac.
         batch_size: images in that call; timings are the batch's, total / batch_size is this
             image's share (1: the timings are its own).
         target_boxes: the target regions as (left, top, right, bottom) pixel rectangles in the
@@ -115,6 +118,7 @@ class BatchResult:
     timings: dict[str, float]
     deadline_exited: np.ndarray | None = None  # (B,) bool: gave the EE answer to meet deadline_ms
     raw_counts: np.ndarray | None = None  # (B,) the split's counts before the k-range clamp (0 if exited)
+    fused: bool = False  # one call of the backend's frame graph (its time is timings["ee"], sac 0)
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ class Pipeline:
     stack, so several threads may run batches at once; the counters are locked.
     """
 
-    def __init__(self, manifest, backend, options: PipelineOptions, latency_table=None, precision: str = "fp32") -> None:
+    def __init__(self, manifest, backend, options: PipelineOptions, latency_table=None, precision: str = "fp32",
+                 frame_graph: bool = True) -> None:
         self.manifest = manifest
         self.config = manifest.config
         self.class_names = manifest.class_names
@@ -178,6 +183,9 @@ class Pipeline:
         self.options = options
         self.latency_table = latency_table
         self.precision = precision
+        # one-call batch-1 frames where the backend has them (`run_frame`); off under a backend
+        # wrapper, which is promised every stage call (EdgeClassifier's backend_wrapper)
+        self.frame_graph = frame_graph and bool(getattr(backend, "has_frame", False))
         self.check_deadline(options.deadline_ms)
         self._counter_lock = threading.Lock()
         self.counters = {"images": 0, "exited": 0, "deadline_exits": 0, "k_clamped_low": 0, "k_clamped_high": 0}
@@ -219,8 +227,13 @@ class Pipeline:
         return self.backend
 
     def run(self, batch: np.ndarray, eta: Eta | None = None, *, imposed: ImposedDecisions | None = None,
-            deadline_ms: float | None = None, started: float | None = None) -> BatchResult:
+            deadline_ms: float | None = None, started: float | None = None, fused: bool = True) -> BatchResult:
         """Both stages on an already preprocessed (B, 3, H, W) float32 batch.
+
+        One image without a deadline runs as one call of the backend's frame graph where it has one
+        (`run_frame`: EE stage, gate, split, crop and SAC stage in one engine call; the same answers,
+        no host work or second session between the stages); `fused=False` runs the two stages
+        apart (what calibration's stage timings need).
 
         Args:
             eta: exit threshold for this call (default: the classifier's).
@@ -246,10 +259,11 @@ class Pipeline:
                                exited=np.zeros(0, bool), counts=np.zeros(0, np.int64),
                                target_mask=np.zeros((0, n), bool), timings={"ee": 0.0, "host": 0.0, "sac": 0.0, "total": 0.0},
                                deadline_exited=np.zeros(0, bool), raw_counts=np.zeros(0, np.int64))
-        if not np.isfinite(batch).all():
-            raise ImageError("batch holds NaN or inf values; preprocessed inputs must be finite")
         if imposed is not None:
             imposed = self._check_imposed(imposed, len(batch))
+        if fused and len(batch) == 1 and deadline is None and self.frame_graph:
+            return self._run_frame(batch, eta_value, imposed)  # checks the input only where the output says so
+        _check_finite_input(batch)
         hi = self.manifest.batch_range[1]
         if len(batch) > hi:  # engines are built for batch <= batch_max: run in chunks
             parts = [self.run(batch[i:i + hi], eta_value, imposed=None if imposed is None else
@@ -262,6 +276,37 @@ class Pipeline:
                                deadline_exited=np.concatenate([p.deadline_exited for p in parts]),
                                raw_counts=np.concatenate([p.raw_counts for p in parts]))
         return self.finish(self.start(batch, eta_value, imposed, deadline, started))
+
+    def _run_frame(self, batch: np.ndarray, eta_value: float, imposed: ImposedDecisions | None) -> BatchResult:
+        """One image in one call of the frame graph; imposed decisions become its eta and force_k.
+
+        The graph gives the probabilities and the mask too: after an engine call every NumPy call
+        runs on cold caches, so the host only wraps arrays. Non-finite input makes non-finite
+        probabilities (the EE stage reads every pixel), so the input is scanned only then."""
+        eta_used, force_k = eta_value, 0
+        if imposed is not None:
+            eta_used = 0.0 if imposed.exited[0] else math.inf
+            force_k = 0 if imposed.exited[0] else int(imposed.counts[0])
+        t0 = time.perf_counter()
+        frame = self._engines().run_frame(batch, eta_used, force_k)
+        t1 = time.perf_counter()
+        if not np.isfinite(frame.probs).all():
+            _check_finite_input(batch)
+            _check_finite_output(frame.probs, "frame")
+        exited, raw = bool(frame.exited[0]), int(frame.raw_counts[0])
+        total_ms, ee_ms = (time.perf_counter() - t0) * 1e3, (t1 - t0) * 1e3
+        res = BatchResult(probs=frame.probs, ee_probs=frame.ee_probs, exited=frame.exited, counts=frame.counts,
+                          target_mask=frame.target_mask,
+                          timings={"ee": ee_ms, "sac": 0.0, "host": max(0.0, total_ms - ee_ms), "total": total_ms},
+                          deadline_exited=np.zeros(1, dtype=bool), raw_counts=frame.raw_counts, fused=True)
+        lo, hi = self.k_range
+        with self._counter_lock:  # _count's bookkeeping without its array reductions
+            c = self.counters
+            c["images"] += 1
+            c["exited"] += exited
+            c["k_clamped_low"] += not exited and raw < lo
+            c["k_clamped_high"] += not exited and raw > hi
+        return res
 
     def start(self, batch: np.ndarray, eta_value: float, imposed: ImposedDecisions | None,
                   deadline: float | None = None, started: float | None = None) -> "PendingBatch":
@@ -405,6 +450,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
+
+
+def _check_finite_input(batch: np.ndarray) -> None:
+    if not np.isfinite(batch).all():
+        raise ImageError("batch holds NaN or inf values; preprocessed inputs must be finite")
 
 
 def _check_finite_output(logits: np.ndarray, stage: str) -> None:

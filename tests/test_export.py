@@ -128,7 +128,7 @@ def test_attention_graphs_are_one_attention_node_per_call(random_export, random_
             assert [i.name for i in model.graph.input] == list(STAGES["sac_unpadded"].input_names)
             assert ops["Expand"] < op_histogram(random_export / m.attention_graphs[1])["Expand"]
     backend = OrtBackend.from_manifest(m)
-    assert backend.describe()["graphs"] == [*m.attention_graphs, m.unpadded_sac]
+    assert backend.describe()["graphs"] == [*m.attention_graphs, m.unpadded_sac, m.frame]
 
 
 def test_unpadded_calls_run_the_graph_without_masks_and_answer_alike(random_export):

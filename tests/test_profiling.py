@@ -227,7 +227,8 @@ def test_bench_latency_table_compares_like_for_like(tmp_path, random_ckpt):
         assert row[key]["p50"] <= row[key]["p99"]
     assert "tiny_112 (trained)" in markdown_latency([row])
     # which graphs each method ran, and at which batch-1 thread count (each measured at its best)
-    assert set(row["graphs"]["sac"]) == {"ee.attention.onnx", "sac.attention.onnx", "sac.unpadded.attention.onnx"}
+    assert set(row["graphs"]["sac"]) == {"ee.attention.onnx", "sac.attention.onnx", "sac.unpadded.attention.onnx",
+                                         "frame.attention.onnx"}  # batch 1 runs the frame graph
     assert all(n > 0 for n in (*row["graphs"]["sac"].values(), *row["graphs"]["deit"].values()))
     assert {row["batch1_threads"]["deit"], row["batch1_threads"]["sac"]} <= {1, "default"}
     assert "ee.attention.onnx" in markdown_latency([row])

@@ -122,10 +122,15 @@ class DeitRunner:
 
 
 def graph_nodes(path: Path) -> int:
-    """Nodes of an ONNX graph as written (before ONNX Runtime's own fusions)."""
+    """Nodes of an ONNX graph as written (before ONNX Runtime's own fusions), counting the nodes
+    inside control flow (the frame graph's If branches) as well."""
     import onnx
 
-    return len(onnx.load(str(path), load_external_data=False).graph.node)
+    def count(graph) -> int:
+        return sum(1 + sum(count(a.g) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+                   for node in graph.node)
+
+    return count(onnx.load(str(path), load_external_data=False).graph)
 
 
 def _sac_graphs(clf: EdgeClassifier) -> dict[str, int]:
