@@ -375,22 +375,34 @@ def _best_deit_threads(deit: DeitRunner, frames: list[np.ndarray], rounds: int =
     return min(times, key=lambda t: float(np.median(times[t])))
 
 
-def _interleaved_latency_ms(fns: dict[str, Callable[[int], Any]], iters: int, rounds: int = 10,
+BLOCK_S = 0.1  # seconds of calls per method per block in the batch-1 latency table
+
+
+def _interleaved_latency_ms(fns: dict[str, Callable[[int], Any]], iters: int, block_s: float = BLOCK_S,
                             warmup: int = 10) -> dict[str, dict[str, float]]:
-    """Per-call latency of several callables measured in alternating blocks (rounds of
-    iters / rounds calls each), so that a slow phase of a shared machine hits all of them
-    alike: ratios between them are what the benchmark reports."""
-    for fn in fns.values():
+    """Per-call latency of several callables measured in alternating blocks, so that a slow phase
+    of a shared machine hits all of them alike: ratios between them are what the benchmark reports.
+
+    Each block runs one callable for about `block_s` seconds (its call count from the warm-up's
+    speed), `iters` calls per callable in all. A camera loop calls one model over and over: with
+    blocks of a few calls every block would start on caches the other model filled (measured on
+    the shipped model with blocks of 10 calls: SAC-ViT 2.64 ms per frame after DeiT's blocks against
+    2.28 ms alone, DeiT's own time hardly moving), which is no deployment's state."""
+    per: dict[str, int] = {}
+    for name, fn in fns.items():
+        t = time.perf_counter()
         for i in range(warmup):
             fn(i)
+        per[name] = max(1, min(iters, int(block_s / max((time.perf_counter() - t) / warmup, 1e-6))))
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    per = max(1, iters // rounds)
-    for r in range(rounds):
+    done = dict.fromkeys(fns, 0)
+    while any(done[name] < iters for name in fns):
         for name, fn in fns.items():
-            for i in range(per):
+            for _ in range(min(per[name], iters - done[name])):
                 t = time.perf_counter()
-                fn(r * per + i)
+                fn(done[name])
                 samples[name].append((time.perf_counter() - t) * 1e3)
+                done[name] += 1
     out = {}
     for name, v in samples.items():
         a = np.asarray(v)
@@ -431,9 +443,9 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
         size = sac_model.cfg.img_size
         x = np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
         one = [np.ascontiguousarray(x[i][None]) for i in range(len(x))]
-        # the shipped geometry's calls are ~30x cheaper: 4x the calls there, so that its means are not one
-        # slow moment of a shared machine (blocks of 10 calls per method either way)
-        iters = cfg.latency_iters * (4 if geo == "tiny_112" else 1)
+        # the shipped geometry's calls are ~30x cheaper: 8x the calls there, so that its means are not one
+        # slow moment of a shared machine (in blocks of about BLOCK_S seconds per method either way)
+        iters = cfg.latency_iters * (8 if geo == "tiny_112" else 1)
         export_dir = _exported(path, work)
         # batch 1: each method at its best intra-op thread count on this device, measured the way
         # calibrate measures it for a deployment (1 thread against ONNX Runtime's default), unless given
@@ -453,7 +465,7 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
         lat = _interleaved_latency_ms({
             "deit": lambda i: deit1.logits(one[i % len(one)]),
             "sac": lambda i: clf1.run(one[i % len(one)], imposed=ImposedDecisions(exited[i % n][None], counts[i % n][None])),
-            "exit": frame(True, 0), "no_exit": frame(False, hi)}, iters, rounds=max(1, iters // 10))
+            "exit": frame(True, 0), "no_exit": frame(False, hi)}, iters)
         deit_b1, sac_b1, exit_b1, kmax_b1 = lat["deit"], lat["sac"], lat["exit"], lat["no_exit"]
         xb = np.ascontiguousarray(np.resize(x, (cfg.batch, 3, size, size)))
         reps = max(3, 96 // cfg.batch)
