@@ -673,6 +673,10 @@ def export(
     table.add_row("sac.onnx", f"SAC stage, k {m.k_range[0]}..{m.k_range[1]} targets")
     if m.attention_graphs:
         table.add_row(", ".join(m.attention_graphs), "the same stages with the ONNX Attention operator (ONNX Runtime runs these)")
+    if m.unpadded_sac:
+        table.add_row(m.unpadded_sac, "the SAC stage without keep masks (calls of one target count)")
+    if m.frame:
+        table.add_row(m.frame, "one batch-1 frame in one call: EE stage, gate, split, crop, SAC stage (ONNX Runtime)")
     if "fp16" in m.derived.graphs:
         table.add_row(", ".join(m.derived.graphs["fp16"]), "fp16 graphs (fp32 inputs and outputs)")
     _engine_rows(table, m)
