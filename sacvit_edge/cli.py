@@ -514,7 +514,10 @@ def profile(
         if images is not None:
             rep = replace(rep, preprocess_ms=time_preprocessing(images, clf, batch, iters))
     table = Table("", "count", "mean", "stdev", "p50", "p90", "p99", title=f"{source} on {clf.backend_name}, batch {batch} (ms)")
-    rows = [("per call (model)", rep.latency_ms), *((f"  {k}", v) for k, v in rep.stages_ms.items())]
+    stage_rows = [(f"  {k}", v) for k, v in rep.stages_ms.items()]
+    if rep.config.get("frame_graph"):  # one engine call per frame: no EE / SAC split to show
+        stage_rows = [("  engine (frame graph: ee, gate, split, sac)", rep.stages_ms["ee"]), ("  host", rep.stages_ms["host"])]
+    rows = [("per call (model)", rep.latency_ms), *stage_rows]
     if rep.preprocess_ms is not None:
         rows.append(("preprocess (files; before the call)", rep.preprocess_ms))
     for name, st in rows:

@@ -221,11 +221,13 @@ def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,
         clf.run(batches[i % len(batches)], cfg.eta)
     totals, stages = [], {"ee": [], "host": [], "sac": []}
     exited, counts = [], []
+    fused = True  # every call one frame-graph call (batch 1 on ONNX Runtime): "ee" is that call, "sac" 0
     with TegrastatsSampler() as power:
         t0 = time.perf_counter()
         for i in range(cfg.iters):
             res = clf.run(batches[i % len(batches)], cfg.eta)
             totals.append(res.timings["total"])
+            fused = fused and res.fused
             for k in stages:
                 stages[k].append(res.timings[k])
             exited.append(res.exited)
@@ -245,7 +247,7 @@ def profile(clf, batches: list[np.ndarray], cfg: ProfileConfig,
     expected = cost.ee + (1 - exit_rate) * (cost.sac[int(round(mean_k))] if sac_counts.size else 0.0)
     return ProfileReport(
         config={"batch": int(batches[0].shape[0]), "warmup": cfg.warmup, "iters": cfg.iters, "eta": describe_eta(clf.eta if cfg.eta is None else cfg.eta),
-                "export": str(clf.manifest.directory), "backend": clf.backend_name},
+                "export": str(clf.manifest.directory), "backend": clf.backend_name, "frame_graph": fused and bool(totals)},
         latency_ms=latency_stats(totals),
         stages_ms={k: latency_stats(v) for k, v in stages.items()},
         throughput_ips=images / wall,

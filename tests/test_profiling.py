@@ -74,7 +74,7 @@ def test_profile_report(random_export):
         rep = profile(clf, batches, ProfileConfig(batch=4, warmup=1, iters=6, eta=eta))
         d = rep.to_dict()
         json.dumps(d, default=str)
-        assert d["latency_ms"]["count"] == 6 and d["config"]["batch"] == 4
+        assert d["latency_ms"]["count"] == 6 and d["config"]["batch"] == 4 and d["config"]["frame_graph"] is False
         assert set(d["stages_ms"]) == {"ee", "host", "sac"}
         for st in d["stages_ms"].values():
             assert st["count"] == 6 and st["min"] >= 0
@@ -115,9 +115,13 @@ def test_profile_attributes_time_to_the_stage_that_spent_it(random_export):
     only the 'sac' stage (and the total) may grow by it."""
     clf = EdgeClassifier(random_export, backend="onnxruntime", eta=NEVER_EXIT)
     batches = load_image_batches(None, clf, batch=1, count=4)
-    fast = profile(clf, batches, ProfileConfig(batch=1, warmup=1, iters=4)).stages_ms
+    fast_rep = profile(clf, batches, ProfileConfig(batch=1, warmup=1, iters=4))
+    fast = fast_rep.stages_ms
+    # unwrapped, a frame is one call of the frame graph: its time is "ee", "sac" is 0 (the report says so)
+    assert fast_rep.config["frame_graph"] and fast["sac"]["max"] == 0.0
     clf = EdgeClassifier(random_export, backend="onnxruntime", eta=NEVER_EXIT, backend_wrapper=SlowSacBackend)
     rep = profile(clf, batches, ProfileConfig(batch=1, warmup=1, iters=4))
+    assert not rep.config["frame_graph"]  # a wrapper sees every stage call: the two stages ran
     slow = rep.stages_ms
     assert slow["sac"]["min"] >= 30 and slow["sac"]["mean"] >= fast["sac"]["mean"] + 25
     assert slow["ee"]["mean"] < fast["ee"]["mean"] + 20 and slow["host"]["mean"] < fast["host"]["mean"] + 20
