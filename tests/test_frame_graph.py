@@ -202,3 +202,17 @@ def test_export_without_frame_graph_runs_the_two_stages(tmp_path, random_ckpt, m
     assert not clf.backend.has_frame
     x, _ = eval_images(1, clf.manifest.mean, clf.manifest.std)
     assert not clf.run(x).fused
+
+
+def test_imposed_counts_outside_the_k_range_are_refused(random_export):
+    """The benchmark hook's counts are checked before any engine call, one frame (scalar path) or many."""
+    from sacvit_edge.errors import ConfigError
+
+    clf = EdgeClassifier(random_export, backend="onnxruntime")
+    lo, hi = clf.k_range
+    x, _ = eval_images(2, clf.manifest.mean, clf.manifest.std)
+    for batch in (1, 2):
+        bad = ImposedDecisions(np.zeros(batch, bool), np.full(batch, hi + 1))
+        with pytest.raises(ConfigError, match=r"lie outside the SAC engine's k range"):
+            clf.run(x[:batch], imposed=bad)
+    assert clf.counters["images"] == 0
