@@ -126,17 +126,30 @@ def _split_nodes(config: ModelConfig, node) -> tuple[list, list[TensorProto]]:
 def _crop_nodes(config: ModelConfig, node) -> tuple[list, list[TensorProto]]:
     """image, target_idx -> target_patches (1, 4k, C*p*p), as tokens.crop_target_patches cuts them.
 
-    A table of each coarse cell's pixel offsets in that layout (made BY crop_target_patches, so the
-    layouts cannot drift apart) turns the crop into two Gathers over k cells' pixels only."""
+    A coarse cell is C x 2p rows of 2p contiguous pixels. A table of each cell's row numbers in the
+    image seen as (C*H*W/2p, 2p) turns the crop into a Gather of whole rows (a per-pixel Gather was
+    ~85 us of a 3 ms frame at the shipped geometry, ONNX Runtime copying one float at a time), then
+    a fixed Transpose puts the four p x p quarters in the patch layout. The layout is checked
+    against crop_target_patches itself when the graph is made, so the two cannot drift apart."""
     c, size, p, n = config.in_chans, config.img_size, config.patch_size, config.num_coarse
+    grid = size // (2 * p)
+    cell, ch, y = np.meshgrid(np.arange(n), np.arange(c), np.arange(2 * p), indexing="ij")
+    table = ch * size * grid + ((cell // grid) * 2 * p + y) * grid + cell % grid  # (n, C, 2p)
+    table = table.reshape(n, c * 2 * p)
+    order = (0, 1, 3, 5, 2, 4, 6)  # (1, k, C, 2, p, 2, p) -> (1, k, 2, 2, C, p, p)
     offsets = np.arange(c * size * size, dtype=np.int64).reshape(1, c, size, size)
-    table = crop_target_patches(offsets, np.arange(n)[None], p).reshape(n, 4 * c * p * p)
-    consts = [_const("pixels", table.astype(np.int32)), _const("flat", np.array([-1], np.int64)),
+    gathered = offsets.reshape(-1, 2 * p)[table].reshape(1, n, c, 2, p, 2, p).transpose(order)
+    if not np.array_equal(gathered.reshape(1, 4 * n, c * p * p), crop_target_patches(offsets, np.arange(n)[None], p)):
+        raise ExportError("the frame graph's crop layout differs from tokens.crop_target_patches")  # pragma: no cover
+    consts = [_const("cell_rows", table.astype(np.int32)), _const("rows", np.array([-1, 2 * p], np.int64)),
+              _const("quarters", np.array([1, -1, c, 2, p, 2, p], np.int64)),
               _const("patches", np.array([1, -1, c * p * p], np.int64))]
-    nodes = [node("Reshape", ["image", _C + "flat"], ["image_flat"]),
-             node("Gather", [_C + "pixels", "target_idx"], ["target_pixels"], axis=0),
-             node("Gather", ["image_flat", "target_pixels"], ["target_values"], axis=0),
-             node("Reshape", ["target_values", _C + "patches"], ["target_patches"])]
+    nodes = [node("Reshape", ["image", _C + "rows"], ["image_rows"]),
+             node("Gather", [_C + "cell_rows", "target_idx"], ["target_rows"], axis=0),
+             node("Gather", ["image_rows", "target_rows"], ["target_values"], axis=0),
+             node("Reshape", ["target_values", _C + "quarters"], ["target_quarters"]),
+             node("Transpose", ["target_quarters"], ["target_fine"], perm=list(order)),
+             node("Reshape", ["target_fine", _C + "patches"], ["target_patches"])]
     return nodes, consts
 
 

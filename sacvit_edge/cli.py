@@ -548,7 +548,7 @@ def bench(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for bench.json, bench.md, bench.png")] = Path("bench"),
     eval_images: Annotated[int, typer.Option(help="test images for accuracy")] = 10000,
     speed_images: Annotated[int, typer.Option(help="images timed per point at batch --batch")] = 512,
-    latency_iters: Annotated[int, typer.Option(help="batch-1 calls timed per point (8x at the shipped geometry, whose calls are ~30x cheaper)")] = 100,
+    latency_iters: Annotated[int, typer.Option(help="batch-1 calls timed per point (8x at the shipped geometry, whose calls are ~30x cheaper; 3x at 224 px)")] = 100,
     batch: Annotated[int, typer.Option()] = 32,
     etas: Annotated[str, typer.Option(help="comma-separated exit thresholds")] = ",".join(map(str, DEFAULT_ETAS)),
     backends: Annotated[str, typer.Option(help="comma-separated; unavailable ones are skipped")] = "onnxruntime,pytorch,tensorrt,pytorch-cuda",

@@ -105,9 +105,9 @@ and DeiT-S-224 (untrained weights), all with the shipped model's exit decisions 
 on 256 test canvases at its eta imposed (exit rate {lat[0]['exit_rate']:.3f}, mean k {lat[0]['mean_target_tokens']:.1f}),
 ONNX Runtime with the same session options for both, batch-1 calls on batch-1 sessions
 (`runtimes/ort.py`; SAC-ViT's a frame graph where the export has one: one engine call per frame,
-`export/frame.py`). Mean over {res['config']['latency_iters']} calls at batch 1 ({8 * res['config']['latency_iters']} at
-the shipped geometry), each method timed in blocks of about 0.1 s alternating with the other's, as a
-camera loop keeps one model's caches; the no-exit frame runs the EE stage and the SAC stage at
+`export/frame.py`). Mean over {8 * res['config']['latency_iters']} calls at batch 1 at the shipped geometry
+({3 * res['config']['latency_iters']} at 224 px), each method timed in blocks of about 0.1 s and at least 10 calls,
+alternating with the other's, as a camera loop keeps one model's caches; the no-exit frame runs the EE stage and the SAC stage at
 k_max = 25, the slowest a frame can be.
 
 {markdown_latency(lat)}

@@ -376,15 +376,17 @@ def _best_deit_threads(deit: DeitRunner, frames: list[np.ndarray], rounds: int =
 
 
 BLOCK_S = 0.1  # seconds of calls per method per block in the batch-1 latency table
+LATENCY_CALLS_SCALE = {"tiny_112": 8, "deit_ti_224": 3, "deit_s_224": 3}  # x latency_iters per geometry
+MIN_BLOCK_CALLS = 10  # ... and at least this many calls, so that a 224-px block is not one call on cold caches
 
 
 def _interleaved_latency_ms(fns: dict[str, Callable[[int], Any]], iters: int, block_s: float = BLOCK_S,
-                            warmup: int = 10) -> dict[str, dict[str, float]]:
+                            warmup: int = 10, min_calls: int = MIN_BLOCK_CALLS) -> dict[str, dict[str, float]]:
     """Per-call latency of several callables measured in alternating blocks, so that a slow phase
     of a shared machine hits all of them alike: ratios between them are what the benchmark reports.
 
     Each block runs one callable for about `block_s` seconds (its call count from the warm-up's
-    speed), `iters` calls per callable in all. A camera loop calls one model over and over: with
+    speed) and at least `min_calls` calls, `iters` calls per callable in all. A camera loop calls one model over and over: with
     blocks of a few calls every block would start on caches the other model filled (measured on
     the shipped model with blocks of 10 calls: SAC-ViT 2.64 ms per frame after DeiT's blocks against
     2.28 ms alone, DeiT's own time hardly moving), which is no deployment's state."""
@@ -393,7 +395,7 @@ def _interleaved_latency_ms(fns: dict[str, Callable[[int], Any]], iters: int, bl
         t = time.perf_counter()
         for i in range(warmup):
             fn(i)
-        per[name] = max(1, min(iters, int(block_s / max((time.perf_counter() - t) / warmup, 1e-6))))
+        per[name] = max(1, min(iters, max(min_calls, int(block_s / max((time.perf_counter() - t) / warmup, 1e-6)))))
     samples: dict[str, list[float]] = {k: [] for k in fns}
     done = dict.fromkeys(fns, 0)
     while any(done[name] < iters for name in fns):
@@ -443,9 +445,9 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
         size = sac_model.cfg.img_size
         x = np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
         one = [np.ascontiguousarray(x[i][None]) for i in range(len(x))]
-        # the shipped geometry's calls are ~30x cheaper: 8x the calls there, so that its means are not one
-        # slow moment of a shared machine (in blocks of about BLOCK_S seconds per method either way)
-        iters = cfg.latency_iters * (8 if geo == "tiny_112" else 1)
+        # more calls than asked, so that a geometry's means are not one slow moment of a shared machine:
+        # 8x at the shipped geometry (its calls are ~30x cheaper), 3x at 224 px (blocks of >= MIN_BLOCK_CALLS)
+        iters = cfg.latency_iters * LATENCY_CALLS_SCALE[geo]
         export_dir = _exported(path, work)
         # batch 1: each method at its best intra-op thread count on this device, measured the way
         # calibrate measures it for a deployment (1 thread against ONNX Runtime's default), unless given
