@@ -464,9 +464,11 @@ def latency_geometry_table(cfg: BenchConfig, work: Path, step: Callable[[str], N
             imp = ImposedDecisions(np.array([e]), np.array([0 if e else k], np.int64))
             return lambda i: clf.run(one[i % len(one)], imposed=imp)
 
+        # the pattern's decisions made before the clock starts, as DeiT's callable only indexes its inputs
+        pattern = [ImposedDecisions(exited[j][None], counts[j][None].astype(np.int64)) for j in range(n)]
         lat = _interleaved_latency_ms({
             "deit": lambda i: deit1.logits(one[i % len(one)]),
-            "sac": lambda i: clf1.run(one[i % len(one)], imposed=ImposedDecisions(exited[i % n][None], counts[i % n][None])),
+            "sac": lambda i: clf1.run(one[i % len(one)], imposed=pattern[i % n]),
             "exit": frame(True, 0), "no_exit": frame(False, hi)}, iters)
         deit_b1, sac_b1, exit_b1, kmax_b1 = lat["deit"], lat["sac"], lat["exit"], lat["no_exit"]
         xb = np.ascontiguousarray(np.resize(x, (cfg.batch, 3, size, size)))
