@@ -173,6 +173,49 @@ def split_model(config: ModelConfig) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
 
 
+def _gemm_on_rows(nodes: list, inits: dict[str, TensorProto]) -> tuple[list, list[TensorProto]]:
+    """Each MatMul by a 2-D weight whose only consumer adds a 1-D bias, as Reshape -> Gemm -> Reshape.
+
+    ONNX Runtime fuses MatMul + Add into one Gemm only where the token count is known when the
+    session is made; the SAC stage's is k-dependent, so in the frame graph's branch each linear
+    layer ran as a MatMul and a separate Add over its output. A frame is one image, so its tokens
+    are the rows of a 2-D view: (1, L, D) -> (L, D) -> Gemm -> (1, L, D'). 26 rewrites at the
+    shipped geometry; paired A/B in docs/latency.md (the frame at k = 9 0.91)."""
+    consumers: dict[str, list] = {}
+    for nd in nodes:
+        for name in nd.input:
+            consumers.setdefault(name, []).append(nd)
+
+    def dims(name: str) -> list[int] | None:
+        return list(inits[name].dims) if name in inits else None
+
+    fused: dict[int, list] = {}  # id of a MatMul -> its replacement; the Adds it absorbs are dropped
+    absorbed: set[int] = set()
+    shapes: dict[str, TensorProto] = {}
+    for nd in nodes:
+        weight = dims(nd.input[1]) if nd.op_type == "MatMul" and len(nd.input) == 2 else None
+        users = consumers.get(nd.output[0], []) if weight is not None and len(weight) == 2 else []
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        bias = [x for x in add.input if x != nd.output[0]]
+        if len(bias) != 1 or dims(bias[0]) != [weight[1]]:
+            continue
+        rows, out = f"{_C}rows_{weight[0]}", f"{_C}tokens_{weight[1]}"
+        shapes.setdefault(rows, numpy_helper.from_array(np.array([-1, weight[0]], np.int64), rows))
+        shapes.setdefault(out, numpy_helper.from_array(np.array([1, -1, weight[1]], np.int64), out))
+        x2, y2 = f"{nd.name}/rows", f"{nd.name}/gemm"
+        fused[id(nd)] = [helper.make_node("Reshape", [nd.input[0], rows], [x2], name=f"{nd.name}/Reshape_rows"),
+                         helper.make_node("Gemm", [x2, nd.input[1], bias[0]], [y2], name=f"{nd.name}/Gemm"),
+                         helper.make_node("Reshape", [y2, out], [add.output[0]], name=f"{nd.name}/Reshape_tokens")]
+        absorbed.add(id(add))
+    rewritten = []
+    for nd in nodes:
+        if id(nd) not in absorbed:
+            rewritten.extend(fused.get(id(nd), [nd]))
+    return rewritten, list(shapes.values())
+
+
 def compose_frame_graph(ee_path: Path, sac_path: Path, config: ModelConfig, out: Path,
                         metadata: dict[str, str] | None = None) -> Path:
     """Write the frame graph of an export's ee.attention.onnx and sac.unpadded.attention.onnx.
@@ -213,6 +256,7 @@ def compose_frame_graph(ee_path: Path, sac_path: Path, config: ModelConfig, out:
         m.input[:] = [sac_name(x) for x in n.input]
         m.output[:] = [sac_name(x) for x in n.output]
         sac_nodes.append(m)
+    sac_nodes, gemm_shapes = _gemm_on_rows(sac_nodes, inits)
     sac_info = []
     for v in sac.graph.value_info:  # ONNX Runtime's inference inside If needs the declared shapes
         u = _copy(v)
@@ -222,7 +266,7 @@ def compose_frame_graph(ee_path: Path, sac_path: Path, config: ModelConfig, out:
     split, split_consts = _split_nodes(config, node)
     crop, crop_consts = _crop_nodes(config, node)
     n, classes = config.num_coarse, config.num_classes
-    consts = split_consts + crop_consts + [_const("no_mask", np.zeros((1, n), bool)),
+    consts = split_consts + crop_consts + gemm_shapes + [_const("no_mask", np.zeros((1, n), bool)),
                                            _const("no_count", np.zeros(1, np.int64))]
     info = helper.make_tensor_value_info
     sac_branch = helper.make_graph(
