@@ -216,3 +216,27 @@ def test_imposed_counts_outside_the_k_range_are_refused(random_export):
         with pytest.raises(ConfigError, match=r"lie outside the SAC engine's k range"):
             clf.run(x[:batch], imposed=bad)
     assert clf.counters["images"] == 0
+
+
+def test_frame_graph_sac_branch_is_built_for_one_frame(random_export):
+    """The two rewrites that make the branch cheap at batch 1 are there (docs/latency.md, fourth round):
+    every SAC linear layer is one Gemm on the frame's rows (no MatMul by a weight whose output then
+    gets a bias Add, which ONNX Runtime leaves unfused for a k-dependent token count), and the crop
+    gathers whole pixel rows (its image Gather has C*2p indices per target, not 4*C*p*p)."""
+    m = read_manifest(random_export)
+    model = onnx.load(str(random_export / m.frame))
+    cfg = m.config
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    branch = next(a.g for n in model.graph.node if n.op_type == "If" for a in n.attribute if a.name == "else_branch")
+    users: dict[str, list] = {}
+    for node in branch.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    unfused = [n.name for n in branch.node if n.op_type == "MatMul" and len(weights.get(n.input[1], [])) == 2
+               and any(u.op_type == "Add" and any(len(weights.get(x, [])) == 1 for x in u.input)
+                       for u in users.get(n.output[0], []))]
+    assert not unfused, unfused
+    gemms = [n for n in branch.node if n.op_type == "Gemm" and len(weights.get(n.input[1], [])) == 2]
+    assert len(gemms) >= 4 * cfg.depth  # qkv, proj, fc1, fc2 per block (+ the reuse MLP and the head)
+    row_table = [t for t in model.graph.initializer if t.name == "frame/cell_rows"]
+    assert row_table and list(row_table[0].dims) == [cfg.num_coarse, cfg.in_chans * 2 * cfg.patch_size]
