@@ -386,8 +386,8 @@ def _interleaved_latency_ms(fns: dict[str, Callable[[int], Any]], iters: int, bl
     of a shared machine hits all of them alike: ratios between them are what the benchmark reports.
 
     Each block runs one callable for about `block_s` seconds (its call count from the warm-up's
-    speed) and at least `min_calls` calls, `iters` calls per callable in all. A camera loop calls one model over and over: with
-    blocks of a few calls every block would start on caches the other model filled (measured on
+    speed) and at least `min_calls` calls, `iters` calls per callable in all. A camera loop calls
+    one model over and over: with blocks of a few calls every block would start on caches the other model filled (measured on
     the shipped model with blocks of 10 calls: SAC-ViT 2.64 ms per frame after DeiT's blocks against
     2.28 ms alone, DeiT's own time hardly moving), which is no deployment's state."""
     per: dict[str, int] = {}
