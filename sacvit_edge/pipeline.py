@@ -23,7 +23,7 @@ import numpy as np
 from .clustering import Split, select_targets
 from .errors import BackendError, ConfigError, ImageError
 from .gate import Eta, deadline_gate, gate, validate_deadline, validate_eta
-from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resize, preprocess
+from .images import DEFAULT_MAX_PIXELS, ImageInput, check_color, check_resample, check_resize, preprocess
 from .tokens import build_sac_group, plan_sac_groups
 
 
@@ -39,6 +39,7 @@ class PipelineOptions:
         max_pixels: larger inputs are refused from their header.
         color: numpy frames' channel order, "rgb" or "bgr".
         resize: "stretch", "center_crop" or "letterbox".
+        resample: "exact" (the training arithmetic) or "fast" (images.check_resample).
     """
 
     eta: float
@@ -48,14 +49,16 @@ class PipelineOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     color: str = "rgb"
     resize: str = "stretch"
+    resample: str = "exact"
 
     @classmethod
     def checked(cls, *, eta: Eta, deadline_ms: object = None, topk: object = 5, group_overhead_tokens: object = 64.0,
-                max_pixels: object = DEFAULT_MAX_PIXELS, color: object = "rgb", resize: object = "stretch"
-                ) -> "PipelineOptions":
-        """Every option checked, each a ConfigError naming it."""
+                max_pixels: object = DEFAULT_MAX_PIXELS, color: object = "rgb", resize: object = "stretch",
+                resample: object = "exact") -> "PipelineOptions":
+        """Every option checked, each a ConfigError naming it (resample="fast" without OpenCV: the
+        MissingExtraError saying what to install)."""
         try:
-            color_ok, resize_ok = check_color(color), check_resize(resize)
+            color_ok, resize_ok, resample_ok = check_color(color), check_resize(resize), check_resample(resample)
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
         for name, value in (("topk", topk), ("max_pixels", max_pixels)):
@@ -66,7 +69,7 @@ class PipelineOptions:
             raise ConfigError(f"group_overhead_tokens={group_overhead_tokens!r} must be a number in [0, 1e6)")
         return cls(eta=validate_eta(eta), deadline_ms=validate_deadline(deadline_ms), topk=int(topk),  # type: ignore[arg-type]
                    group_overhead_tokens=float(group_overhead_tokens), max_pixels=int(max_pixels),  # type: ignore[arg-type]
-                   color=color_ok, resize=resize_ok)
+                   color=color_ok, resize=resize_ok, resample=resample_ok)
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,8 @@ class Pipeline:
         """Inputs -> the (B, 3, H, W) float32 batch the engines take (see images.preprocess)."""
         o = self.options
         return preprocess(images, self.manifest.size, self.manifest.mean, self.manifest.std, o.max_pixels,
-                          o.color if color is None else color, o.resize if resize is None else resize, geometries)
+                          o.color if color is None else color, o.resize if resize is None else resize, geometries,
+                          o.resample)
 
     def _engines(self):
         if self.backend is None or getattr(self.backend, "closed", False):

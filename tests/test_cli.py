@@ -74,3 +74,16 @@ def test_tune_eta_refuses_a_deit_checkpoint(tmp_path):
     assert r.exit_code == 3 and "only SAC-ViT has an exit threshold" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["bench", "--sac", str(tmp_path / "missing.pt"), "--deit", str(path)])
     assert r.exit_code == 3 and "no such checkpoint" in r.output
+
+
+def test_predict_resample_option():
+    bundled = str(Path(__file__).resolve().parents[1] / "sacvit_edge" / "assets" / "sacvit_tiny_112")
+    r = runner.invoke(app, ["predict", bundled, str(SAMPLES[0]), "--backend", "onnxruntime", "--resample", "nearest"])
+    assert r.exit_code == 2 and "resample='nearest'" in r.output and "Traceback" not in r.output, r.output
+    exact = runner.invoke(app, ["predict", bundled, *map(str, SAMPLES[:2]), "--backend", "onnxruntime", "--json"])
+    fast = runner.invoke(app, ["predict", bundled, *map(str, SAMPLES[:2]), "--backend", "onnxruntime", "--json",
+                               "--resample", "fast"])
+    assert exact.exit_code == 0 and fast.exit_code == 0, fast.output
+    # 112-px samples need no resampling: the same answers either way
+    labels = [[p["label"] for p in json.loads(x.output)["predictions"]] for x in (exact, fast)]
+    assert labels[0] == labels[1]

@@ -71,3 +71,82 @@ def test_the_caller_frame_is_never_modified():
     before = frame.copy()
     preprocess([frame, frame[:, ::-1]], 112, MEAN, STD, color="bgr", resize="letterbox")
     np.testing.assert_array_equal(frame, before)
+
+
+# resample="fast": OpenCV's block means, then the same filter (images.resize_uint8)
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "sacvit_edge" / "assets" / "sacvit_tiny_112"
+SAMPLES = sorted((REPO / "sacvit_edge" / "assets" / "samples").glob("*.png"))
+
+
+def camera_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A bundled sample enlarged to a camera's size, with sensor noise: what a camera delivers."""
+    canvas = Image.open(SAMPLES[seed % len(SAMPLES)]).convert("RGB").resize((width, height), Image.BICUBIC)
+    noise = np.random.default_rng(seed).integers(0, 24, (height, width, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.asarray(canvas) // 2 + noise)
+
+
+@pytest.mark.parametrize("shape", [(720, 1280), (1080, 1920), (1920, 1080), (1944, 2592)])
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_fast_resample_is_within_one_grey_level_on_camera_frames(shape, mode):
+    pytest.importorskip("cv2")
+    from sacvit_edge import images
+
+    h, w = shape
+    for seed in range(2):
+        frame = camera_frame(w, h, seed)
+        exact, geometry = images.fit_square(frame, 112, mode)
+        fast, fast_geometry = images.fit_square(frame, 112, mode, "fast")
+        assert fast_geometry == geometry
+        assert np.abs(fast.astype(int) - exact.astype(int)).max() <= 1
+    # the fast path did run on block means at these sizes (a test that would pass without it
+    # would prove nothing)
+    assert images._block_means(frame, 112, (0, 0)) is not None
+    noise = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)  # the hardest case
+    diff = np.abs(images.fit_square(noise, 112, mode, "fast")[0].astype(int)
+                  - images.fit_square(noise, 112, mode)[0].astype(int))
+    assert diff.max() <= 6 and diff.mean() <= 1.2, (diff.max(), diff.mean())  # docs: resize_uint8
+
+
+def test_fast_resample_leaves_frames_without_whole_blocks_exact():
+    pytest.importorskip("cv2")
+    from sacvit_edge.images import fit_square
+
+    for h, w in ((480, 640), (333, 500), (112, 112)):  # fewer than 2 x 3 pixels per output pixel on some axis
+        frame = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for mode in RESIZE_MODES:
+            np.testing.assert_array_equal(fit_square(frame, 112, mode, "fast")[0], fit_square(frame, 112, mode)[0])
+
+
+def test_fast_resample_gives_the_shipped_model_the_same_answers():
+    pytest.importorskip("cv2")
+    from sacvit_edge import EdgeClassifier
+
+    with EdgeClassifier(BUNDLED, backend="onnxruntime", threads=1) as exact, \
+            EdgeClassifier(BUNDLED, backend="onnxruntime", threads=1, resample="fast") as fast:
+        assert fast.resample == "fast" and exact.resample == "exact"
+        for i in range(len(SAMPLES)):
+            frame = camera_frame(1920, 1080, i)
+            a, b = exact.predict(frame, resize="letterbox"), fast.predict(frame, resize="letterbox")
+            assert a.label == b.label
+            assert abs(a.confidence - b.confidence) < 0.02
+
+
+def test_resample_option_is_checked(monkeypatch):
+    import importlib.util
+
+    from sacvit_edge.errors import ConfigError
+    from sacvit_edge.extras import MissingExtraError
+    from sacvit_edge.images import fit_square
+    from sacvit_edge.pipeline import PipelineOptions
+
+    with pytest.raises(ConfigError, match="resample='bilinear'"):
+        PipelineOptions.checked(eta=0.5, resample="bilinear")
+    with pytest.raises(Exception, match="resample='nearest'"):
+        fit_square(np.zeros((8, 8, 3), np.uint8), 4, "stretch", "nearest")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"sacvit-edge\[video\]"):
+        PipelineOptions.checked(eta=0.5, resample="fast")
+    assert PipelineOptions.checked(eta=0.5).resample == "exact"  # the default needs nothing more
