@@ -492,6 +492,7 @@ def profile(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16, int8, or auto (what calibration recommends here)")] = "fp32",
+    resample: Annotated[str, typer.Option(help="how --images are fitted: exact (as trained) or fast ([video])")] = "exact",
 ) -> None:
     """Latency / throughput / per-stage split / GFLOPs / power of EdgeClassifier on this device."""
 
@@ -505,7 +506,8 @@ def profile(
         if json_out is not None:
             check_report_file(json_out, "--json")
         _torch_threads(threads, backend)
-        clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads, precision=precision)
+        clf = EdgeClassifier(source, backend=backend, eta=eta_value, threads=threads, precision=precision,
+                             resample=resample)
         batches = load_image_batches(images, clf, batch)
         with _progress() as progress:
             task = progress.add_task("profile", total=iters, info=clf.backend_name)
