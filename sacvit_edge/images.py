@@ -202,11 +202,13 @@ def check_resample(resample: object, name: str = "resample") -> str:
     """"exact": Pillow's antialiased bilinear filter on the whole frame (the training arithmetic).
     "fast": OpenCV's block means first where whole blocks tile the frame, then the same filter
     (`resize_uint8`); needs the [video] extra, checked here so a missing OpenCV is a
-    MissingExtraError when the option is given, not on the first frame."""
+    MissingExtraError when the option is given, and OpenCV's import (about 0.1 s) is paid then, not
+    by the first frame."""
     if resample not in RESAMPLE_MODES:
         raise ImageError(f"{name}={resample!r}: expected one of {', '.join(RESAMPLE_MODES)}")
     if resample == "fast":
         require_extra("video", "resample='fast' (OpenCV's block means before the resampling filter)")
+        _opencv()
     return resample  # type: ignore[return-value]
 
 
