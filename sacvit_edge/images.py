@@ -246,9 +246,7 @@ def fit_square(rgb: np.ndarray, size: int, mode: str = "stretch", resample: str 
     `resample`: see check_resample.
     """
     check_resize(mode)
-    if resample not in RESAMPLE_MODES:  # the [video] extra is checked on the first fast frame (_opencv)
-        raise ImageError(f"resample={resample!r}: expected one of {', '.join(RESAMPLE_MODES)}")
-    fast = resample == "fast"
+    fast = check_resample(resample) == "fast"
     h, w = rgb.shape[:2]
     if mode == "stretch" or h == w:
         return resize_uint8(rgb, size, fast=fast), FrameGeometry(w, h, 0.0, 0.0, w / size, h / size)
@@ -296,7 +294,8 @@ def _block_means(rgb: np.ndarray, size: int, pad_rows: tuple[int, int]) -> tuple
     ry = _block_factor(h, (h + top + bottom) / size, top, bottom)
     if rx == ry == 1:
         return None
-    return _opencv().resize(rgb, (w // rx, h // ry), interpolation=_opencv().INTER_AREA), (top // ry, bottom // ry)
+    cv2 = _opencv()
+    return cv2.resize(rgb, (w // rx, h // ry), interpolation=cv2.INTER_AREA), (top // ry, bottom // ry)
 
 
 def resize_uint8(rgb: np.ndarray, size: int, pad_rows: tuple[int, int] = (0, 0), fast: bool = False) -> np.ndarray:

@@ -128,8 +128,7 @@ def main() -> None:
                 names = [i.name for i in sessions[0].get_inputs()]
                 cases = [(args.batch, 0)] if kind in ("ee", "deit") else [(args.batch * 2 // 3, 9), (args.batch * 2 // 3, 25)]
                 for batch, k in cases:
-                    f = feeds("sac" if kind == "sac" else ("sac_unpadded" if kind == "sac_unpadded" else kind),
-                              batch, k, rng, size, n, dim, patch)
+                    f = feeds(kind, batch, k, rng, size, n, dim, patch)
                     f = {name: f[name] for name in names}
                     a, b = (s.run(None, f)[0] for s in sessions)
                     if np.abs(a - b).max() > 1e-5:
