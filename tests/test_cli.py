@@ -76,14 +76,18 @@ def test_tune_eta_refuses_a_deit_checkpoint(tmp_path):
     assert r.exit_code == 3 and "no such checkpoint" in r.output
 
 
-def test_predict_resample_option():
+def test_predict_resample_option(tmp_path):
+    from PIL import Image
+
     bundled = str(Path(__file__).resolve().parents[1] / "sacvit_edge" / "assets" / "sacvit_tiny_112")
     r = runner.invoke(app, ["predict", bundled, str(SAMPLES[0]), "--backend", "onnxruntime", "--resample", "nearest"])
     assert r.exit_code == 2 and "resample='nearest'" in r.output and "Traceback" not in r.output, r.output
-    exact = runner.invoke(app, ["predict", bundled, *map(str, SAMPLES[:2]), "--backend", "onnxruntime", "--json"])
-    fast = runner.invoke(app, ["predict", bundled, *map(str, SAMPLES[:2]), "--backend", "onnxruntime", "--json",
+    # a 1080p file, so that "fast" does resample from block means (a 112-px sample is not resampled at all)
+    big = tmp_path / "big.png"
+    Image.open(SAMPLES[0]).convert("RGB").resize((1920, 1080), Image.BICUBIC).save(big)
+    exact = runner.invoke(app, ["predict", bundled, str(big), "--backend", "onnxruntime", "--json"])
+    fast = runner.invoke(app, ["predict", bundled, str(big), "--backend", "onnxruntime", "--json",
                                "--resample", "fast"])
     assert exact.exit_code == 0 and fast.exit_code == 0, fast.output
-    # 112-px samples need no resampling: the same answers either way
     labels = [[p["label"] for p in json.loads(x.output)["predictions"]] for x in (exact, fast)]
     assert labels[0] == labels[1]
